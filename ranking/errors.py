@@ -1,0 +1,69 @@
+"""The service's errors, each carrying the gRPC status a caller sees.
+
+    RankingError                      INTERNAL (base; never raised directly)
+    ├── InvalidRequest                INVALID_ARGUMENT: the request is malformed; message names the field
+    ├── DeadlineExceeded              DEADLINE_EXCEEDED: the caller's deadline had passed
+    ├── Overloaded                    RESOURCE_EXHAUSTED: shed by the concurrency limiter
+    ├── Unavailable                   UNAVAILABLE: strict mode with the store down, or shutting down
+    │   └── FeatureStoreUnavailable   a store could not answer in time (adapters raise it)
+    └── BundleError                   FAILED_PRECONDITION: a model bundle is invalid (load / reload)
+
+Only `server/errors` turns these into gRPC statuses; everything else raises. Messages are
+written for the caller: they never contain exception text from a library. Errors from Redis
+and LightGBM are translated at the adapter edge with `raise ... from exc`.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "BundleError",
+    "DeadlineExceeded",
+    "FeatureStoreUnavailable",
+    "InvalidRequest",
+    "Overloaded",
+    "RankingError",
+    "Unavailable",
+]
+
+
+class RankingError(Exception):
+    """Base of the service's errors; `code` is the gRPC status sent to the caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(RankingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class DeadlineExceeded(RankingError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Overloaded(RankingError):
+    """Shed by admission control. `retry_after_ms` is a hint sent as trailing metadata."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class Unavailable(RankingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class FeatureStoreUnavailable(Unavailable):
+    """A feature store failed or timed out. Raised by store adapters; the cache and the core
+    turn it into a degraded answer unless the request is strict."""
+
+
+class BundleError(RankingError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
