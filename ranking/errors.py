@@ -1,7 +1,7 @@
 """The service's errors, each carrying the gRPC status a caller sees.
 
     RankingError                      INTERNAL (base; never raised directly)
-    ├── InvalidRequest                INVALID_ARGUMENT: the request is malformed; message names the field
+    ├── InvalidRequest                INVALID_ARGUMENT: malformed; the message names the field
     ├── DeadlineExceeded              DEADLINE_EXCEEDED: the caller's deadline had passed
     ├── Overloaded                    RESOURCE_EXHAUSTED: shed by the concurrency limiter
     ├── Unavailable                   UNAVAILABLE: strict mode with the store down, or shutting down

@@ -1,0 +1,214 @@
+"""The `ranking` command: parse flags, build settings, run. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{what}: expected NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from ranking.settings import Settings
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "bundle": args.bundle,
+            "port": args.port,
+            "host": args.host,
+            "workers": args.workers,
+            "engine": args.engine,
+            "budget_ms": args.budget_ms,
+            "limiter": args.limiter,
+            "admin_token": args.admin_token,
+            "demo_trees": args.demo_trees,
+            "demo_leaves": args.demo_leaves,
+        }.items()
+        if v is not None
+    }
+    if args.redis:
+        overrides["redis_urls"] = tuple(args.redis)
+    if args.redis_cluster:
+        overrides["redis_cluster"] = True
+    if args.features:
+        overrides["features"] = {k: Path(v) for k, v in _pairs(args.features, "--features").items()}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise SystemExit(f"bad settings:\n{exc}") from None
+    from ranking.server.app import demo_bundle_path
+    from ranking.server.workers import serve
+
+    if settings.bundle is None:
+        # Build (or find) the demo bundle once here, before any worker starts.
+        demo_bundle_path(settings, progress=True)
+    return serve(settings)
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from ranking.client import build_request, demo_request, rank_command
+
+    if args.candidates:
+        context = {k: float(v) for k, v in _pairs(args.context, "--context").items()}
+        ids = [c for c in args.candidates.split(",") if c]
+        request = build_request(args.user, ids, context, args.top_k)
+    else:
+        request = demo_request(args.n, args.top_k, args.seed)
+        if args.user:
+            request.user_id = args.user
+    return rank_command(
+        args.target, request, repeat=args.repeat, deadline_ms=args.deadline_ms, show=args.show
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ranking.train import train_command
+
+    report = train_command(
+        args.data,
+        args.query,
+        args.out,
+        trees=args.trees,
+        leaves=args.leaves,
+        group_column=args.group_column,
+        label_column=args.label_column,
+    )
+    print(report)
+    return 0
+
+
+def _features_load(args: argparse.Namespace) -> int:
+    from ranking.features.memory import read_entity_file
+
+    if args.demo:
+        from ranking.server.app import demo_tables
+        from ranking.settings import Settings
+
+        tables = demo_tables(Settings())
+    else:
+        if not args.file or not args.entity_type:
+            raise SystemExit("features load: give --type and --file, or --demo")
+        tables = {args.entity_type: read_entity_file(args.file, args.id_column)}
+    if not args.redis:
+        for et, table in tables.items():
+            print(f"{et}: {len(table.ids)} entities x {len(table.columns)} features (checked)")
+        print("no --redis given: nothing written (the in-process store reads files at start-up)")
+        return 0
+    from ranking.features.redis_loader import load_entities
+
+    for et, table in tables.items():
+        count = load_entities(
+            args.redis,
+            args.namespace,
+            et,
+            table.ids,
+            table.columns,
+            table.matrix,
+            ttl_s=args.ttl_s,
+            progress=True,
+        )
+        print(f"{et}: wrote {count} entities to {args.redis} (namespace {args.namespace})")
+    return 0
+
+
+def _load(args: argparse.Namespace, rest: list[str]) -> int:
+    from ranking.loadgen.cli import main as load_main
+
+    return load_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ranking", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gRPC server (the demo when no --bundle)")
+    p.add_argument("--bundle", type=Path, help="model bundle folder (model.txt + schema.json)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--host")
+    p.add_argument("--workers", type=int, help="server processes; 0 = one per CPU")
+    p.add_argument("--engine", choices=["auto", "quickscorer", "lightgbm"])
+    p.add_argument("--budget-ms", type=float)
+    p.add_argument("--limiter", choices=["gradient2", "vegas", "aimd", "fixed", "off"])
+    p.add_argument("--redis", action="append", metavar="URL", help="Redis replica (repeat)")
+    p.add_argument("--redis-cluster", action="store_true")
+    p.add_argument("--features", action="append", metavar="TYPE=PATH", help="CSV/Parquet table")
+    p.add_argument("--admin-token")
+    p.add_argument("--demo-trees", type=int)
+    p.add_argument("--demo-leaves", type=int)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("rank", help="send a Rank request and print the ranked list")
+    p.add_argument("--target", default="127.0.0.1:50051")
+    p.add_argument("--user", default="")
+    p.add_argument("--candidates", help="comma-separated ids (default: a demo request)")
+    p.add_argument("--context", action="append", metavar="NAME=VALUE")
+    p.add_argument("-n", type=int, default=200, help="demo candidates")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=1, help="send it N times; print latency")
+    p.add_argument("--deadline-ms", type=float, default=1000.0)
+    p.add_argument("--show", type=int, default=20)
+    p.set_defaults(func=_rank)
+
+    p = sub.add_parser("train", help="train a LambdaRank bundle")
+    p.add_argument("--data", type=Path, required=True, help="LETOR/libsvm, CSV or Parquet")
+    p.add_argument("--query", type=Path, help="query/group file for LETOR data")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--trees", type=int, default=100)
+    p.add_argument("--leaves", type=int, default=31)
+    p.add_argument("--group-column", default="query_id")
+    p.add_argument("--label-column", default="label")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("features", help="feature data")
+    fsub = p.add_subparsers(dest="features_command", required=True)
+    f = fsub.add_parser("load", help="bulk-load entity features (into Redis with --redis)")
+    f.add_argument("--type", dest="entity_type", help="entity type: user or item")
+    f.add_argument("--file", type=Path, help="CSV or Parquet with an id column")
+    f.add_argument("--id-column", default="id")
+    f.add_argument("--demo", action="store_true", help="load the demo world's users and items")
+    f.add_argument("--redis", metavar="URL")
+    f.add_argument("--namespace", default="rk")
+    f.add_argument("--ttl-s", type=float)
+    f.set_defaults(func=_features_load)
+
+    p = sub.add_parser(
+        "load", help="load-test a server (see `ranking load --help`)", add_help=False
+    )
+    p.set_defaults(func=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if argv and argv[0] == "load":
+        return _load(argparse.Namespace(), argv[1:])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""`ranking rank`: send a Rank request and print the ranked list as a table."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import grpc
+
+from ranking.api.v1 import ranking_pb2 as pb
+from ranking.api.v1 import ranking_pb2_grpc as pb_grpc
+
+__all__ = ["build_request", "rank_command"]
+
+
+def build_request(
+    user_id: str,
+    candidate_ids: Sequence[str],
+    context: dict[str, float] | None = None,
+    top_k: int = 0,
+    request_id: str = "",
+) -> pb.RankRequest:
+    return pb.RankRequest(
+        request_id=request_id,
+        user_id=user_id,
+        candidates=[pb.Candidate(id=c) for c in candidate_ids],
+        context=context or {},
+        top_k=top_k,
+    )
+
+
+def demo_request(n_candidates: int, top_k: int, seed: int) -> pb.RankRequest:
+    """A request for the demo world: a user, `n_candidates` item ids and a context."""
+    from ranking.demo.world import example_request
+
+    user_id, candidates, context = example_request(n_candidates=n_candidates, seed=seed)
+    return build_request(user_id, candidates, context, top_k)
+
+
+def rank_command(
+    target: str,
+    request: pb.RankRequest,
+    *,
+    repeat: int = 1,
+    deadline_ms: float = 1000.0,
+    show: int = 20,
+) -> int:
+    """Send `request` (`repeat` times on one channel); print the list and the latency."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RankingServiceStub(channel)
+        latencies = []
+        response = None
+        for _ in range(max(repeat, 1)):
+            started = time.perf_counter()
+            try:
+                response = stub.Rank(request, timeout=deadline_ms / 1e3)
+            except grpc.RpcError as exc:
+                print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                return 2
+            latencies.append((time.perf_counter() - started) * 1e3)
+    assert response is not None
+    print(f"model {response.model_version}  items {len(response.items)}", end="")
+    if response.degraded_reasons:
+        print(f"  degraded: {', '.join(response.degraded_reasons)}", end="")
+    print()
+    print(f"{'rank':>4}  {'id':<24} {'score':>12}")
+    for i, item in enumerate(response.items[:show], 1):
+        score = "unscored" if item.unscored else f"{item.score:12.6f}"
+        print(f"{i:>4}  {item.id:<24} {score:>12}")
+    if len(response.items) > show:
+        print(f"      ... {len(response.items) - show} more")
+    if repeat > 1:
+        warm = latencies[1:] if len(latencies) > 2 else latencies
+        q = statistics.quantiles(warm, n=100) if len(warm) >= 2 else warm * 99
+        print(
+            f"{repeat} calls: median {statistics.median(warm):.3f} ms, "
+            f"p90 {q[89]:.3f} ms, p99 {q[98]:.3f} ms (first call excluded)"
+        )
+    else:
+        print(f"latency {latencies[0]:.3f} ms")
+    return 0

@@ -1,0 +1,331 @@
+"""The request path, one direction: admit -> fetch -> assemble -> score -> sort.
+
+`RankingService.rank(query, deadline)` knows nothing of protobuf or gRPC. It admits or sheds the
+request, fetches the user's and the candidates' features in one store call, assembles the
+matrix in the model's order, scores what fits in the time left, sorts, and says in
+`degraded` every corner it cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ranking.core.deadline import Deadline
+from ranking.core.models import ModelHolder, ServingModel
+from ranking.errors import (
+    DeadlineExceeded,
+    FeatureStoreUnavailable,
+    InvalidRequest,
+    Overloaded,
+    Unavailable,
+)
+from ranking.features.store import FeatureStore, FetchResult, Lookup
+from ranking.limits import Limiter
+from ranking.telemetry import Telemetry
+from ranking.telemetry import stats as st
+
+__all__ = ["Degraded", "RankQuery", "RankResult", "RankingService"]
+
+log = logging.getLogger(__name__)
+
+
+class Degraded:
+    """The reasons a response may carry in `degraded_reasons`."""
+
+    USER_UNKNOWN = "features.user_unknown"
+    ITEMS_UNKNOWN = "features.items_unknown"
+    STORE_UNAVAILABLE = "features.store_unavailable"
+    PARTIAL_SCORING = "budget.partial_scoring"
+
+
+@dataclass(frozen=True, slots=True)
+class RankQuery:
+    """One Rank call in domain terms. `inline_values` is (len(candidate_ids), len(inline_names))."""
+
+    candidate_ids: Sequence[str]
+    user_id: str = ""
+    context: Mapping[str, float] = field(default_factory=dict)
+    top_k: int = 0
+    inline_names: Sequence[str] = ()
+    inline_values: npt.NDArray[np.float64] | None = None
+    #: Which candidates sent inline values (None: all of them); the others sent none.
+    inline_rows: npt.NDArray[np.bool_] | None = None
+    strict: bool = False
+    request_id: str = ""
+
+
+@dataclass(slots=True)
+class RankResult:
+    """Ranked ids, best first; the last `unscored` of them were not scored (score 0)."""
+
+    ids: list[str]
+    scores: list[float]
+    unscored: int
+    model_version: str
+    degraded: list[str]
+
+
+class _Stage:
+    """Times a stage into the stats row and, when tracing records, wraps it in a span."""
+
+    __slots__ = ("_index", "_row", "_span", "_start", "_tracer", "name")
+
+    def __init__(self, telemetry: Telemetry, name: str, index: int) -> None:
+        self._tracer = telemetry.tracer if telemetry.recording else None
+        self._row = telemetry.stats.row
+        self._index = index
+        self.name = name
+        self._span: object = None
+        self._start = 0
+
+    def __enter__(self) -> _Stage:
+        if self._tracer is not None:
+            self._span = self._tracer.start_as_current_span(f"rank.{self.name}")
+            self._span.__enter__()  # type: ignore[attr-defined]
+        self._start = time.perf_counter_ns()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._row[self._index] += time.perf_counter_ns() - self._start
+        if self._span is not None:
+            self._span.__exit__(*exc)  # type: ignore[attr-defined]
+
+
+class RankingService:
+    """The core. Built once per worker by the app; safe for one event loop."""
+
+    def __init__(
+        self,
+        *,
+        models: ModelHolder,
+        store: FeatureStore,
+        limiter: Limiter,
+        telemetry: Telemetry,
+        max_candidates: int,
+        fetch_share: float,
+        inline_max_row_trees: int,
+        executor: Executor | None,
+    ) -> None:
+        self.models = models
+        self.store = store
+        self.limiter = limiter
+        self.telemetry = telemetry
+        self.max_candidates = max_candidates
+        self.fetch_share = fetch_share
+        self.inline_max_row_trees = inline_max_row_trees
+        self._executor = executor
+        self._has_users = _holds(store, "user")
+        # Time the stages after scoring take; reserved before deciding how many rows fit.
+        self._tail_s = 100e-6
+
+    async def rank(self, query: RankQuery, deadline: Deadline) -> RankResult:
+        """Rank the query's candidates. Raises a `RankingError` subclass on refusal."""
+        row = self.telemetry.stats.row
+        row[st.I_REQUESTS] += 1
+        if deadline.expired():
+            raise DeadlineExceeded("the deadline had passed before the request was handled")
+        self._validate(query)
+        token = self.limiter.try_acquire()
+        if token is None:
+            raise Overloaded(
+                "server overloaded: request shed by the concurrency limiter; retry later",
+                self.limiter.retry_after_ms(),
+            )
+        try:
+            result = await self._rank(query, deadline, self.models.current)
+        except DeadlineExceeded:
+            token.dropped()
+            raise
+        except BaseException:
+            token.ignore()
+            raise
+        token.success()
+        row[st.I_TOTAL] += deadline.elapsed_s() * 1e9
+        return result
+
+    def _validate(self, query: RankQuery) -> None:
+        n = len(query.candidate_ids)
+        if n == 0:
+            raise InvalidRequest("candidates: at least one candidate is required")
+        if n > self.max_candidates:
+            raise InvalidRequest(
+                f"candidates: {n} sent, at most {self.max_candidates} allowed per request"
+            )
+        if query.top_k < 0:
+            raise InvalidRequest("top_k: must be >= 0 (0 returns all candidates)")
+        if len(set(query.candidate_ids)) != n:
+            seen: set[str] = set()
+            dup = next(c for c in query.candidate_ids if c in seen or seen.add(c))  # type: ignore[func-returns-value]
+            raise InvalidRequest(f"candidates: duplicate id {dup[:64]!r}")
+        if any(not c for c in query.candidate_ids):
+            raise InvalidRequest("candidates: ids must be non-empty")
+        for name, value in query.context.items():
+            if math.isinf(value):
+                raise InvalidRequest(f"context[{name[:64]!r}]: must be finite or NaN (missing)")
+        if query.inline_names:
+            if len(set(query.inline_names)) != len(query.inline_names):
+                raise InvalidRequest("feature_names: names must be unique")
+            values = query.inline_values
+            if values is None or values.shape != (n, len(query.inline_names)):
+                raise InvalidRequest(
+                    "candidates.feature_values: each candidate needs one value per feature_names"
+                )
+            if np.isinf(values).any():
+                raise InvalidRequest(
+                    "candidates.feature_values: values must be finite or NaN (missing)"
+                )
+
+    async def _rank(self, query: RankQuery, deadline: Deadline, model: ServingModel) -> RankResult:
+        tel = self.telemetry
+        row = tel.stats.row
+        ids = query.candidate_ids
+        n = len(ids)
+        model.plan.check_names(query.context, query.inline_names)
+        degraded: list[str] = []
+
+        with _Stage(tel, "fetch", st.I_FETCH):
+            user, items = await self._fetch(query, deadline, degraded)
+        if deadline.expired():
+            raise DeadlineExceeded("the deadline passed while fetching features")
+
+        with _Stage(tel, "assemble", st.I_ASSEMBLE):
+            matrix = model.plan.assemble(
+                user,
+                items,
+                n,
+                query.context,
+                query.inline_names,
+                query.inline_values,
+                query.inline_rows,
+            )
+
+        with _Stage(tel, "score", st.I_SCORE):
+            priority, fit = self._plan_scoring(model, matrix, n, deadline)
+            if fit < n:
+                degraded.append(Degraded.PARTIAL_SCORING)
+            scores = await self._score(model, matrix, None if priority is None else priority[:fit])
+
+        with _Stage(tel, "sort", st.I_SORT):
+            ranked_ids, ranked_scores, unscored = _sort(ids, scores, priority, fit, query.top_k)
+
+        row[st.I_OK] += 1
+        row[st.I_CANDIDATES] += n
+        row[st.I_SCORED] += fit
+        row[st.I_UNSCORED] += n - fit
+        if degraded:
+            row[st.I_DEGRADED] += 1
+        return RankResult(ranked_ids, ranked_scores, unscored, model.version, degraded)
+
+    async def _fetch(
+        self, query: RankQuery, deadline: Deadline, degraded: list[str]
+    ) -> tuple[FetchResult | None, FetchResult | None]:
+        lookups = [Lookup("item", query.candidate_ids)]
+        want_user = bool(query.user_id) and self._has_users
+        if want_user:
+            lookups.append(Lookup("user", (query.user_id,)))
+        try:
+            results = await self.store.fetch(
+                lookups, timeout_s=max(deadline.remaining_s() * self.fetch_share, 0.0)
+            )
+        except FeatureStoreUnavailable as exc:
+            self.telemetry.stats.add("store_errors")
+            if query.strict:
+                raise Unavailable(
+                    "feature store unavailable and the request is strict; retry later"
+                ) from exc
+            degraded.append(Degraded.STORE_UNAVAILABLE)
+            return None, None
+        items = results[0]
+        user = results[1] if want_user else None
+        for result in results:
+            for reason in result.degraded:
+                if reason not in degraded:
+                    degraded.append(reason)
+        if query.strict and Degraded.STORE_UNAVAILABLE in degraded:
+            raise Unavailable("feature store unavailable and the request is strict; retry later")
+        if user is not None and not user.found[0]:
+            self.telemetry.stats.add("unknown_users")
+            degraded.append(Degraded.USER_UNKNOWN)
+        if not items.found.all():
+            self.telemetry.stats.add("unknown_items", float(np.count_nonzero(~items.found)))
+            degraded.append(Degraded.ITEMS_UNKNOWN)
+        return user, items
+
+    def _plan_scoring(
+        self, model: ServingModel, matrix: npt.NDArray[np.float64], n: int, deadline: Deadline
+    ) -> tuple[npt.NDArray[np.intp] | None, int]:
+        """How many rows fit in the time left, and in which order to try them.
+
+        Returns (None, n) when every row fits. Otherwise the rows in priority order (the
+        bundle's prior, highest first; else the caller's order) and how many of them to score.
+        """
+        fit = model.cost.rows_within(deadline.remaining_s() - self._tail_s)
+        if fit >= n:
+            return None, n
+        prior = model.plan.prior_position
+        if prior is None:
+            return np.arange(n, dtype=np.intp), fit
+        values = np.nan_to_num(matrix[:, prior], nan=-np.inf)
+        return np.argsort(-values, kind="stable").astype(np.intp), fit
+
+    async def _score(
+        self,
+        model: ServingModel,
+        matrix: npt.NDArray[np.float64],
+        rows: npt.NDArray[np.intp] | None,
+    ) -> npt.NDArray[np.float64]:
+        if rows is not None:
+            if len(rows) == 0:
+                return np.empty(0, dtype=np.float64)
+            matrix = np.ascontiguousarray(matrix[rows])
+        count = len(matrix)
+        started = time.perf_counter()
+        if count * model.num_trees <= self.inline_max_row_trees or self._executor is None:
+            raw = model.scorer.score(matrix)
+        else:
+            loop = asyncio.get_running_loop()
+            raw = await loop.run_in_executor(self._executor, model.scorer.score, matrix)
+        model.cost.observe(count, time.perf_counter() - started)
+        if raw.ndim == 2:
+            raw = raw[:, model.bundle.output_index]
+        return raw
+
+
+def _sort(
+    ids: Sequence[str],
+    scores: npt.NDArray[np.float64],
+    priority: npt.NDArray[np.intp] | None,
+    fit: int,
+    top_k: int,
+) -> tuple[list[str], list[float], int]:
+    """Best first, ties in caller order; unscored rows follow in priority order."""
+    n = len(ids)
+    limit = top_k if 0 < top_k < n else n
+    order = np.argsort(-scores, kind="stable")[:limit]
+    out_scores = scores[order].tolist()
+    rows = order if priority is None else priority[order]
+    out_ids = [ids[i] for i in rows.tolist()]
+    unscored = 0
+    if priority is not None and len(out_ids) < limit:
+        extra = priority[fit : fit + limit - len(out_ids)].tolist()
+        out_ids += [ids[i] for i in extra]
+        out_scores += [0.0] * len(extra)
+        unscored = len(extra)
+    return out_ids, out_scores, unscored
+
+
+def _holds(store: FeatureStore, entity_type: str) -> bool:
+    try:
+        store.columns(entity_type)
+    except KeyError:
+        return False
+    return True

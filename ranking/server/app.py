@@ -1,0 +1,290 @@
+"""One owner for start-up and shutdown of a server process.
+
+`App` builds, in order: the feature store, the serving model (off the event loop), the limiter,
+the core, and the grpc.aio server with health and reflection; `stop` undoes it in reverse after
+draining in-flight calls. `run_worker` is the process entry: uvloop, signals, serve until
+SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2, ranking_pb2_grpc
+from ranking.core.models import ModelHolder, build_serving_model
+from ranking.core.service import RankingService
+from ranking.errors import BundleError
+from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
+from ranking.features.store import FeatureStore
+from ranking.limits import build_limiter
+from ranking.scoring.bundle import Bundle, load_bundle
+from ranking.settings import Settings
+from ranking.telemetry import Stats, Telemetry, build_telemetry
+
+__all__ = ["App", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+def demo_bundle_path(settings: Settings, progress: bool = True) -> Path:
+    """The cached demo bundle for these settings, built (once) when missing."""
+    from ranking.demo.model import build_demo_bundle
+
+    return build_demo_bundle(
+        settings.cache_dir,
+        trees=settings.demo_trees,
+        leaves=settings.demo_leaves,
+        n_users=settings.demo_users,
+        n_items=settings.demo_items,
+        progress=progress,
+    )
+
+
+async def build_store(settings: Settings) -> FeatureStore:
+    """Redis when URLs are set; else files into the in-process store; else the demo world."""
+    if settings.redis_urls:
+        from ranking.features.hedging import HedgePolicy
+        from ranking.features.redis_factory import CacheParams, build_redis_store
+
+        return await build_redis_store(
+            settings.redis_urls,
+            cluster=settings.redis_cluster,
+            namespace=settings.redis_namespace,
+            timeout_s=settings.redis_timeout_ms / 1e3,
+            cache=CacheParams(
+                enabled=settings.cache_capacity > 0,
+                capacity=max(settings.cache_capacity, 1),
+                ttl_s=settings.cache_ttl_s,
+                negative_ttl_s=settings.cache_negative_ttl_s,
+                stale_ttl_s=settings.cache_stale_ttl_s,
+            ),
+            hedge=HedgePolicy(
+                enabled=settings.hedge,
+                percentile=settings.hedge_percentile,
+                floor_ms=settings.hedge_delay_floor_ms,
+                cap_ms=settings.hedge_delay_cap_ms,
+                budget_ratio=settings.hedge_budget_ratio,
+                timeout_s=settings.redis_timeout_ms / 1e3,
+            ),
+        )
+    loop = asyncio.get_running_loop()
+    if settings.features:
+        tables = {}
+        for entity_type, path in settings.features.items():
+            tables[entity_type] = await loop.run_in_executor(None, read_entity_file, path)
+        return MemoryFeatureStore(tables)
+    if settings.bundle is None:
+        return MemoryFeatureStore(await loop.run_in_executor(None, demo_tables, settings))
+    return MemoryFeatureStore({})
+
+
+def demo_tables(settings: Settings) -> dict[str, EntityTable]:
+    from ranking.demo.world import make_world
+
+    world = make_world(n_users=settings.demo_users, n_items=settings.demo_items)
+    return {
+        "user": EntityTable(world.user_ids, tuple(world.user_columns), world.user_matrix),
+        "item": EntityTable(world.item_ids, tuple(world.item_columns), world.item_matrix),
+    }
+
+
+def _columns(store: FeatureStore, entity_type: str) -> tuple[str, ...]:
+    try:
+        return store.columns(entity_type)
+    except KeyError:
+        return ()
+
+
+class App:
+    """A server process's parts, started and stopped together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        telemetry: Telemetry | None = None,
+        stats: Stats | None = None,
+        worker: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.worker = worker
+        stats = stats or Stats()
+        self.telemetry = telemetry or build_telemetry(stats)
+        self.port = 0
+        self.core: RankingService | None = None
+        self.store: FeatureStore | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._score_executor: ThreadPoolExecutor | None = None
+        self._build_executor: ThreadPoolExecutor | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> int:
+        """Build everything and start serving; returns the bound port."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        # Scoring large batches and building models run off the event loop (STYLE habit 6).
+        self._score_executor = ThreadPoolExecutor(1, thread_name_prefix="score")
+        self._build_executor = ThreadPoolExecutor(1, thread_name_prefix="model-build")
+        self.store = await build_store(s)
+        bundle_dir = s.bundle
+        if bundle_dir is None:
+            bundle_dir = await loop.run_in_executor(self._build_executor, demo_bundle_path, s)
+        build = functools.partial(
+            build_serving_model,
+            user_columns=_columns(self.store, "user"),
+            item_columns=_columns(self.store, "item"),
+            engine=s.engine,
+        )
+        bundle: Bundle = await loop.run_in_executor(self._build_executor, load_bundle, bundle_dir)
+        model = await loop.run_in_executor(self._build_executor, build, bundle)
+        holder = ModelHolder(model, build=build, executor=self._build_executor)
+        limiter = _limiter(s)
+        self.core = RankingService(
+            models=holder,
+            store=self.store,
+            limiter=limiter,
+            telemetry=self.telemetry,
+            max_candidates=s.max_candidates,
+            fetch_share=s.fetch_share,
+            inline_max_row_trees=s.inline_max_row_trees,
+            executor=self._score_executor,
+        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.so_reuseport", 1 if s.effective_workers() > 1 else 0),
+            ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        ]
+        server = grpc.aio.server(options=options)
+        from ranking.server.servicer import AdminServicer, RankingServicer
+
+        ranking_pb2_grpc.add_RankingServiceServicer_to_server(
+            RankingServicer(self.core, s.budget_ms / 1e3), server
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.core, s.admin_token, s.effective_workers()), server
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {s.host}:{s.port}")
+        self._server = server
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if s.bundle is not None and s.reload_poll_s > 0:
+            self._watcher = asyncio.create_task(self._watch(s.bundle, s.reload_poll_s))
+        log.info(
+            "worker %d serving model %s (%s) on %s:%d",
+            self.worker,
+            model.version,
+            model.scorer.name,
+            s.host,
+            self.port,
+        )
+        return self.port
+
+    async def _watch(self, folder: Path, every_s: float) -> None:
+        """Poll the bundle folder; reload when its files change. A bad bundle is refused."""
+        seen = _fingerprint(folder)
+        while True:
+            await asyncio.sleep(every_s)
+            now = _fingerprint(folder)
+            if now == seen or self.core is None:
+                continue
+            seen = now
+            with contextlib.suppress(BundleError):
+                await self.core.models.reload(folder)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish within the grace period, close."""
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        for executor in (self._score_executor, self._build_executor):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._score_executor = self._build_executor = None
+        self.telemetry.shutdown()
+
+
+def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for name in ("model.txt", "schema.json"):
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            continue
+        out.append((name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _limiter(s: Settings):  # type: ignore[no-untyped-def]
+    if s.limiter == "off":
+        return build_limiter("off")
+    if s.limiter == "fixed":
+        return build_limiter("fixed", limit=s.limiter_max)
+    return build_limiter(s.limiter, initial_limit=s.limiter_initial, max_limit=s.limiter_max)
+
+
+def run_worker(settings: Settings, worker: int = 0, stats_path: Path | None = None) -> None:
+    """Process entry: serve until SIGTERM or SIGINT, then drain and exit."""
+    if settings.uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    stats = Stats(settings.effective_workers(), stats_path, worker) if stats_path else Stats()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        app = App(settings, stats=stats, worker=worker)
+        await app.start()
+        await stop.wait()
+        log.info("worker %d draining (grace %.1f s)", worker, settings.grace_s)
+        await app.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,44 @@
+"""The one place where errors become gRPC statuses.
+
+Known errors (`RankingError`) abort with their own code and caller-facing message; anything else
+is logged with its traceback and becomes INTERNAL with a generic message, so exception text
+never reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import grpc
+
+from ranking.errors import DeadlineExceeded, InvalidRequest, Overloaded, RankingError, Unavailable
+from ranking.telemetry.stats import Stats
+
+__all__ = ["abort"]
+
+log = logging.getLogger(__name__)
+
+_COUNTER = {
+    InvalidRequest: "invalid",
+    Overloaded: "shed",
+    DeadlineExceeded: "deadline",
+    Unavailable: "unavailable",
+}
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException, stats: Stats) -> NoReturn:
+    """Abort the call for `exc` (always raises, as `context.abort` does)."""
+    if isinstance(exc, RankingError):
+        for kind, name in _COUNTER.items():
+            if isinstance(exc, kind):
+                stats.add(name)
+                break
+        else:
+            stats.add("internal")
+        if isinstance(exc, Overloaded):
+            context.set_trailing_metadata((("retry-after-ms", str(exc.retry_after_ms)),))
+        await context.abort(exc.code, exc.message)
+    stats.add("internal")
+    log.error("unexpected error in a call", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")

@@ -1,0 +1,109 @@
+"""One typed settings object, built once at start-up and passed down.
+
+Values come from (highest first) command-line flags, `RANKING_*` environment variables, and the
+defaults below. Units are in the names. Ranges are checked when the object is built, so a bad
+value fails at start-up with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """Where built artifacts (the demo bundle) are cached: $XDG_CACHE_HOME/ranking."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ranking"
+
+
+class Settings(BaseSettings):
+    """Everything the server needs to start. See README "Settings" for the chosen values."""
+
+    model_config = SettingsConfigDict(env_prefix="RANKING_", frozen=True, extra="forbid")
+
+    # --- transport ---
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
+    port: int = Field(50051, ge=0, le=65535, description="Port; 0 picks a free one (1 worker).")
+    workers: int = Field(
+        0, ge=0, le=64, description="Server processes sharing the port; 0 = one per CPU."
+    )
+    grace_s: float = Field(5.0, ge=0, le=300, description="Drain time for in-flight calls.")
+    max_concurrent_streams: int = Field(
+        256, ge=1, le=100_000, description="HTTP/2 streams per connection."
+    )
+    uvloop: bool = Field(True, description="Run the event loop on uvloop when installed.")
+
+    # --- model ---
+    bundle: Path | None = Field(None, description="Model bundle folder; None serves the demo.")
+    engine: Literal["auto", "quickscorer", "lightgbm"] = Field(
+        "auto", description="Scoring engine; auto picks the fastest exact one available."
+    )
+    reload_poll_s: float = Field(
+        2.0, ge=0, le=3600, description="How often to check the bundle for changes; 0 = never."
+    )
+    admin_token: str | None = Field(
+        None, description="Token for the admin ReloadModel RPC; unset disables it."
+    )
+
+    # --- demo ---
+    demo_trees: int = Field(500, ge=1, le=5000)
+    demo_leaves: int = Field(63, ge=2, le=1024)
+    demo_users: int = Field(10_000, ge=1)
+    demo_items: int = Field(50_000, ge=1)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    # --- features ---
+    features: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Entity feature files (CSV/Parquet) for the in-process store, by entity type.",
+    )
+    redis_urls: tuple[str, ...] = Field(
+        (), description="Redis replicas (redis://host:port/db); empty = in-process store."
+    )
+    redis_cluster: bool = False
+    redis_namespace: str = Field("rk", min_length=1, max_length=64)
+    redis_timeout_ms: float = Field(50.0, gt=0, le=60_000)
+    cache_capacity: int = Field(200_000, ge=0, description="Cached entities per entity type.")
+    cache_ttl_s: float = Field(60.0, ge=0)
+    cache_negative_ttl_s: float = Field(10.0, ge=0)
+    cache_stale_ttl_s: float = Field(600.0, ge=0)
+    hedge: bool = True
+    hedge_percentile: float = Field(95.0, gt=0, lt=100)
+    hedge_delay_floor_ms: float = Field(0.5, ge=0)
+    hedge_delay_cap_ms: float = Field(20.0, gt=0)
+    hedge_budget_ratio: float = Field(0.05, ge=0, le=1)
+
+    # --- request path ---
+    budget_ms: float = Field(
+        8.0, gt=0, le=60_000, description="Server-side latency budget per request."
+    )
+    fetch_share: float = Field(
+        0.5, gt=0, le=1, description="Share of the remaining budget the feature fetch may use."
+    )
+    max_candidates: int = Field(1000, ge=1, le=100_000)
+    inline_max_row_trees: int = Field(
+        400_000,
+        ge=0,
+        description="Score on the event loop when rows x trees is at most this; else in a thread.",
+    )
+    limiter: Literal["gradient2", "vegas", "aimd", "fixed", "off"] = "gradient2"
+    limiter_initial: int = Field(16, ge=1)
+    limiter_max: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.hedge_delay_floor_ms > self.hedge_delay_cap_ms:
+            raise ValueError("hedge_delay_floor_ms must not exceed hedge_delay_cap_ms")
+        if self.limiter_initial > self.limiter_max:
+            raise ValueError("limiter_initial must not exceed limiter_max")
+        return self
+
+    def effective_workers(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
