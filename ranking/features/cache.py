@@ -1,0 +1,381 @@
+"""An in-process, vectorised read-through cache wearing `FeatureStore`.
+
+Per entity type the cache is a table of preallocated numpy arrays, one slot per entity:
+`rows` (capacity x columns, float32), `expires` (monotonic seconds), `negative` (the store said
+the id is unknown) and `ref` (CLOCK reference bit), plus a dict id -> slot. A request does one
+dict lookup per id (one comprehension) and everything else with numpy: freshness masks, one
+fancy-index gather of the rows, one write of the reference bits. A per-key cache (`cachetools`)
+costs about as much as the MGET it saves; this one gathers 200 rows in tens of microseconds.
+
+Eviction is CLOCK (second chance) with a vectorised, bounded scan: a hit sets the slot's
+reference bit; inserting k entries takes the first k slots from the hand whose bit is clear,
+clearing the bits it passes. It costs O(k) numpy per insert batch (no per-hit bookkeeping
+beyond one vectorised bit write, unlike LRU's list moves) and keeps hot entries better than
+FIFO or random choice, which would evict a hot entity once per pass of the ring. Expired
+entries are not hit, so their bits stay clear and they go first.
+
+Misses are read through with single flight: the keys a request misses that no other request is
+already reading go to the inner store in one batch (one task, so a requester that times out or
+is cancelled does not cancel the read for the others); keys already in flight are joined, so
+two concurrent requests missing the same key cause one inner read. The read fills the cache,
+including negative entries for unknown ids (kept `negative_ttl_s`).
+
+When the inner store raises `FeatureStoreUnavailable` (or does not answer within the caller's
+timeout), entries that expired less than `stale_ttl_s` ago are served and the result is marked
+"features.stale"; ids with no usable entry come back not found and the result is marked
+"features.store_unavailable". Contract with the core: the cache does not raise for an
+unavailable store unless built with `strict=True`; a strict *request* is the core's to enforce
+by checking `"features.store_unavailable"` (or `"features.stale"`) in `FetchResult.degraded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ranking.errors import FeatureStoreUnavailable
+from ranking.features.store import FeatureStore, FetchResult, Lookup
+
+__all__ = ["STALE", "STORE_UNAVAILABLE", "CacheStats", "CachedFeatureStore"]
+
+logger = logging.getLogger(__name__)
+
+STALE = "features.stale"
+STORE_UNAVAILABLE = "features.store_unavailable"
+
+Key = tuple[str, str]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Counters (keys unless named otherwise); read them, never reset them."""
+
+    hits: int = 0
+    negative_hits: int = 0
+    misses: int = 0
+    joined: int = 0  # misses that joined a read already in flight
+    inner_reads: int = 0  # calls to the inner store
+    inserts: int = 0
+    evictions: int = 0
+    stale_served: int = 0
+    unavailable: int = 0  # misses answered not found because the store failed
+    store_failures: int = 0  # inner reads that failed or timed out
+
+
+class _Table:
+    """The slots of one entity type."""
+
+    def __init__(self, columns: tuple[str, ...], capacity: int) -> None:
+        self.columns = columns
+        self.capacity = capacity
+        self.rows = np.full((capacity, len(columns)), np.nan, dtype=np.float32)
+        self.expires = np.full(capacity, -np.inf, dtype=np.float64)
+        self.negative = np.zeros(capacity, dtype=np.bool_)
+        self.ref = np.zeros(capacity, dtype=np.bool_)
+        self.ids: list[str | None] = [None] * capacity
+        self.index: dict[str, int] = {}
+        self.used = 0
+        self.hand = 0
+
+    def slots_of(self, ids: Sequence[str]) -> IntArray:
+        get = self.index.get
+        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
+    def take_slots(self, k: int, protect: IntArray) -> IntArray:
+        """k distinct slots for new entries: never used ones first, then CLOCK victims."""
+        fresh = np.arange(self.used, min(self.capacity, self.used + k), dtype=np.int64)
+        self.used += len(fresh)
+        need = k - len(fresh)
+        if need <= 0:
+            return fresh
+        cap = self.capacity
+        chosen = [fresh]
+        # A short scan usually suffices; the full sweeps are bounded fallbacks: the first clears
+        # every reference bit, so the second finds enough (k <= capacity - len(protect)).
+        for scan in (min(cap, max(4 * need, 64)), cap, cap):
+            window = (self.hand + np.arange(scan, dtype=np.int64)) % cap
+            ok = ~self.ref[window]
+            taken = np.concatenate([protect, *chosen])
+            if len(taken):
+                ok &= ~np.isin(window, taken)
+            pos = np.flatnonzero(ok)[:need]
+            end = int(pos[-1]) + 1 if len(pos) == need else scan
+            self.ref[window[:end]] = False
+            self.hand = (self.hand + end) % cap
+            chosen.append(window[pos])
+            need -= len(pos)
+            if need == 0:
+                break
+        return np.concatenate(chosen)
+
+
+class CachedFeatureStore:
+    """Read-through cache in front of `inner`; see the module docstring.
+
+    capacity: slots per entity type. ttl_s: freshness of found entries; negative_ttl_s: of
+    unknown ids; stale_ttl_s: how long past expiry an entry may be served while the inner
+    store fails. clock: monotonic seconds (injectable for tests). strict: raise
+    `FeatureStoreUnavailable` instead of answering degraded.
+    """
+
+    def __init__(
+        self,
+        inner: FeatureStore,
+        *,
+        capacity: int = 100_000,
+        ttl_s: float = 60.0,
+        negative_ttl_s: float = 10.0,
+        stale_ttl_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+        strict: bool = False,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        if ttl_s < 0 or negative_ttl_s < 0 or stale_ttl_s < 0:
+            raise ValueError("ttl_s, negative_ttl_s and stale_ttl_s must be >= 0")
+        self._inner = inner
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self.negative_ttl_s = negative_ttl_s
+        self.stale_ttl_s = stale_ttl_s
+        self._clock = clock
+        self.strict = strict
+        self.stats = CacheStats()
+        self._tables: dict[str, _Table] = {}
+        self._inflight: dict[Key, _Flight] = {}
+        self._flights: set[asyncio.Task[list[FetchResult] | None]] = set()
+        self._closed = False
+
+    @property
+    def inner(self) -> FeatureStore:
+        return self._inner
+
+    def columns(self, entity_type: str) -> tuple[str, ...]:
+        return self._inner.columns(entity_type)
+
+    def _table(self, entity_type: str) -> _Table:
+        columns = self._inner.columns(entity_type)
+        table = self._tables.get(entity_type)
+        if table is None or table.columns != columns:  # new type, or the schema changed
+            table = self._tables[entity_type] = _Table(columns, self.capacity)
+        return table
+
+    def __len__(self) -> int:
+        return sum(len(t.index) for t in self._tables.values())
+
+    async def fetch(
+        self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
+    ) -> list[FetchResult]:
+        now = self._clock()
+        stats = self.stats
+        outs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], set[str]]] = []
+        misses: list[tuple[int, IntArray]] = []
+        for li, lk in enumerate(lookups):
+            table = self._table(lk.entity_type)
+            slots = table.slots_of(lk.ids)
+            s = np.maximum(slots, 0)
+            fresh = (slots >= 0) & (table.expires[s] > now)
+            neg = table.negative[s]
+            rows = table.rows[s]
+            rows[~fresh] = np.nan
+            table.ref[s[fresh]] = True
+            n_fresh = int(fresh.sum())
+            stats.hits += n_fresh
+            stats.negative_hits += int((fresh & neg).sum())
+            outs.append((rows, fresh & ~neg, set()))
+            if n_fresh < len(slots):
+                miss = np.flatnonzero(~fresh)
+                stats.misses += len(miss)
+                misses.append((li, miss))
+        if misses:
+            await self._read_through(lookups, misses, outs, timeout_s)
+        return [FetchResult(rows, found, tuple(sorted(why))) for rows, found, why in outs]
+
+    async def _read_through(
+        self,
+        lookups: Sequence[Lookup],
+        misses: list[tuple[int, IntArray]],
+        outs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], set[str]]],
+        timeout_s: float | None,
+    ) -> None:
+        # Which flight answers each missed position; start one flight for keys nobody reads.
+        wanted: dict[_Flight, list[tuple[int, int, Key]]] = {}
+        new: dict[str, dict[str, None]] = {}
+        for li, miss in misses:
+            et, ids = lookups[li].entity_type, lookups[li].ids
+            for p in miss.tolist():
+                key = (et, ids[p])
+                flight = self._inflight.get(key)
+                if flight is None:
+                    new.setdefault(et, {})[key[1]] = None
+                else:
+                    wanted.setdefault(flight, []).append((li, p, key))
+        self.stats.joined += sum(len(v) for v in wanted.values())
+        if new:
+            flight = self._start_flight(new, timeout_s)
+            for li, miss in misses:
+                et, ids = lookups[li].entity_type, lookups[li].ids
+                mine = wanted.setdefault(flight, [])
+                mine.extend(
+                    (li, p, (et, ids[p])) for p in miss.tolist() if (et, ids[p]) in flight.pos
+                )
+        tasks = {f.task for f in wanted}
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        failed: list[tuple[int, int, Key]] = []
+        for flight, items in wanted.items():
+            results = flight.task.result() if flight.task.done() else None
+            if results is None:
+                failed.extend(items)
+                continue
+            by_lookup: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+            for li, p, key in items:
+                fi, row = flight.pos[key]
+                dst, src = by_lookup.setdefault((li, fi), ([], []))
+                dst.append(p)
+                src.append(row)
+            for (li, fi), (dst, src) in by_lookup.items():
+                res = results[fi]
+                rows, found, why = outs[li]
+                rows[dst] = res.rows[src]
+                found[dst] = res.found[src]
+                why.update(res.degraded)
+        if failed:
+            self._serve_stale(lookups, failed, outs)
+
+    def _start_flight(self, new: dict[str, dict[str, None]], timeout_s: float | None) -> _Flight:
+        subs = [Lookup(et, list(ids)) for et, ids in new.items()]
+        flight = _Flight(subs)
+        for fi, sub in enumerate(subs):
+            for row, i in enumerate(sub.ids):
+                key = (sub.entity_type, i)
+                flight.pos[key] = (fi, row)
+                self._inflight[key] = flight
+        flight.task = asyncio.create_task(self._run_flight(flight, timeout_s))
+        self._flights.add(flight.task)
+        flight.task.add_done_callback(self._flights.discard)
+        return flight
+
+    async def _run_flight(
+        self, flight: _Flight, timeout_s: float | None
+    ) -> list[FetchResult] | None:
+        """Read the flight's keys and fill the cache; None when the store failed."""
+        self.stats.inner_reads += 1
+        try:
+            results = await self._inner.fetch(flight.lookups, timeout_s=timeout_s)
+        except FeatureStoreUnavailable:
+            self.stats.store_failures += 1
+            return None
+        finally:
+            for key in flight.pos:
+                if self._inflight.get(key) is flight:
+                    del self._inflight[key]
+        now = self._clock()
+        for sub, res in zip(flight.lookups, results, strict=True):
+            # Rows of a schema-mismatched answer are not cached as unknown: they must be
+            # read (and reported) again.
+            cache_negative = "features.schema_mismatch" not in res.degraded
+            self._insert(sub.entity_type, sub.ids, res, now, cache_negative)
+        return results
+
+    def _insert(
+        self, entity_type: str, ids: Sequence[str], res: FetchResult, now: float, neg: bool
+    ) -> None:
+        table = self._table(entity_type)
+        keep = np.ones(len(ids), dtype=np.bool_) if neg else res.found.copy()
+        if not keep.any():
+            return
+        kept = np.flatnonzero(keep)
+        kept_ids = [ids[i] for i in kept.tolist()]
+        slots = table.slots_of(kept_ids)
+        known = slots >= 0
+        new = np.flatnonzero(~known)
+        room = table.capacity - int(known.sum())
+        if len(new) > room:  # a batch larger than the cache: keep what fits
+            slots[new[room:]] = -1
+            new = new[:room]
+        if len(new):
+            victims = table.take_slots(len(new), slots[known])
+            table_ids, index = table.ids, table.index
+            for slot in victims.tolist():
+                old = table_ids[slot]
+                if old is not None and index.get(old) == slot:
+                    del index[old]
+                    self.stats.evictions += 1
+            for slot, j in zip(victims.tolist(), new.tolist(), strict=True):
+                table_ids[slot] = kept_ids[j]
+                index[kept_ids[j]] = slot
+            slots[new] = victims
+        ok = slots >= 0
+        dst = slots[ok]
+        found = res.found[kept[ok]]
+        table.rows[dst] = res.rows[kept[ok]]
+        table.negative[dst] = ~found
+        table.expires[dst] = now + np.where(found, self.ttl_s, self.negative_ttl_s)
+        table.ref[dst] = False
+        self.stats.inserts += len(dst)
+
+    def _serve_stale(
+        self,
+        lookups: Sequence[Lookup],
+        failed: list[tuple[int, int, Key]],
+        outs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], set[str]]],
+    ) -> None:
+        """Answer keys whose read failed from entries expired less than stale_ttl_s ago."""
+        now = self._clock()
+        per_lookup: dict[int, list[int]] = {}
+        for li, p, _ in failed:
+            per_lookup.setdefault(li, []).append(p)
+        any_unavailable = False
+        for li, positions in per_lookup.items():
+            lk = lookups[li]
+            table = self._table(lk.entity_type)
+            pos = np.asarray(positions, dtype=np.int64)
+            slots = table.slots_of([lk.ids[p] for p in positions])
+            s = np.maximum(slots, 0)
+            usable = (slots >= 0) & (table.expires[s] + self.stale_ttl_s > now)
+            stale = usable & ~table.negative[s]
+            rows, found, why = outs[li]
+            rows[pos[stale]] = table.rows[s[stale]]
+            found[pos[stale]] = True
+            n_stale = int(stale.sum())
+            self.stats.stale_served += n_stale
+            if n_stale:
+                why.add(STALE)
+            n_unavailable = len(pos) - int(usable.sum())
+            self.stats.unavailable += n_unavailable
+            if n_unavailable:
+                why.add(STORE_UNAVAILABLE)
+                any_unavailable = True
+        if self.strict:
+            raise FeatureStoreUnavailable("feature store unavailable")
+        if any_unavailable:
+            logger.debug("answered %d keys degraded: store unavailable", len(failed))
+
+    async def close(self) -> None:
+        """Cancel reads in flight, then close the inner store. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        flights = list(self._flights)
+        for t in flights:
+            t.cancel()
+        if flights:
+            await asyncio.gather(*flights, return_exceptions=True)
+        await self._inner.close()
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """One inner read shared by every request that missed one of its keys."""
+
+    lookups: list[Lookup]
+    pos: dict[Key, tuple[int, int]] = field(default_factory=dict)
+    task: asyncio.Task[list[FetchResult] | None] = field(init=False)
