@@ -31,7 +31,7 @@ class FloorServicer(ranking_pb2_grpc.RankingServiceServicer):
             ranking_pb2.RankedItem(id=f"i{j}", score=0.0) for j in range(response_items)
         )
 
-    async def Rank(  # noqa: N802 - the gRPC method name
+    async def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> ranking_pb2.RankResponse:
         if not request.request_id:

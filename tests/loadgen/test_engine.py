@@ -131,7 +131,7 @@ class _StallingServicer(ranking_pb2_grpc.RankingServiceServicer):
 
     def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext
-    ) -> ranking_pb2.RankResponse:  # noqa: N802
+    ) -> ranking_pb2.RankResponse:
         if not self._stalled and time.monotonic() - self._start > self._stall_after_s:
             self._stalled = True
             time.sleep(self._stall_s)
