@@ -124,6 +124,7 @@ class RankingService:
         self.inline_max_row_trees = inline_max_row_trees
         self._executor = executor
         self._has_users = _holds(store, "user")
+        self._has_items = _holds(store, "item")
         # Time the stages after scoring take; reserved before deciding how many rows fit.
         self._tail_s = 100e-6
 
@@ -228,10 +229,14 @@ class RankingService:
     async def _fetch(
         self, query: RankQuery, deadline: Deadline, degraded: list[str]
     ) -> tuple[FetchResult | None, FetchResult | None]:
-        lookups = [Lookup("item", query.candidate_ids)]
+        lookups = []
+        if self._has_items:
+            lookups.append(Lookup("item", query.candidate_ids))
         want_user = bool(query.user_id) and self._has_users
         if want_user:
             lookups.append(Lookup("user", (query.user_id,)))
+        if not lookups:
+            return None, None
         try:
             results = await self.store.fetch(
                 lookups, timeout_s=max(deadline.remaining_s() * self.fetch_share, 0.0)
@@ -244,8 +249,8 @@ class RankingService:
                 ) from exc
             degraded.append(Degraded.STORE_UNAVAILABLE)
             return None, None
-        items = results[0]
-        user = results[1] if want_user else None
+        items = results[0] if self._has_items else None
+        user = results[-1] if want_user else None
         for result in results:
             for reason in result.degraded:
                 if reason not in degraded:
@@ -255,7 +260,7 @@ class RankingService:
         if user is not None and not user.found[0]:
             self.telemetry.stats.add("unknown_users")
             degraded.append(Degraded.USER_UNKNOWN)
-        if not items.found.all():
+        if items is not None and not items.found.all():
             self.telemetry.stats.add("unknown_items", float(np.count_nonzero(~items.found)))
             degraded.append(Degraded.ITEMS_UNKNOWN)
         return user, items

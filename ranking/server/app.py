@@ -214,14 +214,20 @@ class App:
         return self.port
 
     async def _watch(self, folder: Path, every_s: float) -> None:
-        """Poll the bundle folder; reload when its files change. A bad bundle is refused."""
-        seen = _fingerprint(folder)
+        """Poll the bundle folder; reload when its files changed and then held still for one
+        more poll (a writer replaces model.txt and schema.json one after the other, and a
+        half-written pair must not be loaded). A bad bundle is refused; the old one serves on.
+        For an instant, atomic switch, point --bundle at a symlink and replace the link.
+        """
+        loaded = _fingerprint(folder)
+        previous = loaded
         while True:
             await asyncio.sleep(every_s)
             now = _fingerprint(folder)
-            if now == seen or self.core is None:
+            settled, previous = now == previous, now
+            if now == loaded or not settled or self.core is None:
                 continue
-            seen = now
+            loaded = now
             with contextlib.suppress(BundleError):
                 await self.core.models.reload(folder)
 
@@ -248,14 +254,14 @@ class App:
         self.telemetry.shutdown()
 
 
-def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+def _fingerprint(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
     out = []
     for name in ("model.txt", "schema.json"):
         try:
-            st = (folder / name).stat()
+            st = (folder / name).stat()  # follows a symlinked folder to its target
         except OSError:
             continue
-        out.append((name, st.st_mtime_ns, st.st_size))
+        out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
 
 
