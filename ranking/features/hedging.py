@@ -1,0 +1,302 @@
+"""Hedged reads across replicas of a feature store ("The Tail at Scale", Dean & Barroso 2013).
+
+A read goes to one replica (round-robin over the replicas that are up). If it has not answered
+within the hedge delay, the same read goes to the next replica and the first answer wins; the
+loser is cancelled and awaited. Three parts, kept apart so each can be tested alone:
+
+- `LatencyTracker`: the hedge delay is a high percentile (p95 by default) of the latencies of
+  recent reads, from a ring buffer recomputed every few reads, clamped to [floor_ms, cap_ms].
+  Reads cut short by a hedge are recorded at the time they were answered; that censors only
+  values above the delay, so the percentile at the delay is still estimated correctly.
+  Deferring the hedge to p95 bounds hedges to about 5% of reads when replicas are healthy.
+- `HedgeBudget`: a token bucket; each read earns `ratio` tokens (up to `burst`), each hedge costs
+  one. Extra reads are therefore at most `ratio * reads + burst`, whatever the latencies do, so
+  hedging cannot amplify an overload of the replicas.
+- Replica health: a replica whose read fails (`FeatureStoreUnavailable`) is failed over to the
+  next one at once (not charged to the budget: the failed read cost the replicas nothing) and
+  is marked down for `down_backoff_ms`; so is one that loses `slow_strikes` hedges in a row
+  (paused or overloaded replicas answer nothing, so "slow" is the only signal they give). While
+  every replica is down, one read at a time probes the replica whose back-off ends first and
+  the others fail fast with `FeatureStoreUnavailable` (the cache then serves stale entries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ranking.errors import FeatureStoreUnavailable
+from ranking.features.store import FeatureStore, FetchResult, Lookup
+
+__all__ = ["HedgeBudget", "HedgePolicy", "HedgeStats", "HedgedFeatureStore", "LatencyTracker"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HedgePolicy:
+    """Hedging settings; checked when built.
+
+    enabled: False sends each read to one replica only (failover on error still happens).
+    percentile: of recent read latencies, used as the hedge delay.
+    floor_ms, cap_ms: clamp of the hedge delay; initial_ms until `min_samples` reads are seen.
+    window: reads kept for the percentile; recomputed every `recompute_every` reads.
+    budget_ratio, budget_burst: the hedge token bucket (see `HedgeBudget`).
+    max_hedges: extra reads per request (1: one hedge).
+    down_backoff_ms: how long a failing or repeatedly slow replica is skipped.
+    slow_strikes: lost hedges in a row that mark a replica down (0 disables).
+    timeout_s: the read timeout when the caller gives none.
+    """
+
+    enabled: bool = True
+    percentile: float = 95.0
+    floor_ms: float = 1.0
+    cap_ms: float = 20.0
+    initial_ms: float = 5.0
+    window: int = 512
+    min_samples: int = 32
+    recompute_every: int = 16
+    budget_ratio: float = 0.05
+    budget_burst: float = 10.0
+    max_hedges: int = 1
+    down_backoff_ms: float = 1000.0
+    slow_strikes: int = 3
+    timeout_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.percentile < 100.0:
+            raise ValueError("percentile must be in (0, 100)")
+        if not 0.0 <= self.floor_ms <= self.cap_ms:
+            raise ValueError("need 0 <= floor_ms <= cap_ms")
+        if self.window < 1 or self.min_samples < 1 or self.recompute_every < 1:
+            raise ValueError("window, min_samples and recompute_every must be >= 1")
+        if self.budget_ratio < 0 or self.budget_burst < 0:
+            raise ValueError("budget_ratio and budget_burst must be >= 0")
+        if self.max_hedges < 0 or self.slow_strikes < 0:
+            raise ValueError("max_hedges and slow_strikes must be >= 0")
+        if self.down_backoff_ms < 0 or self.timeout_s <= 0:
+            raise ValueError("down_backoff_ms must be >= 0 and timeout_s > 0")
+
+
+class LatencyTracker:
+    """A percentile of the last `window` latencies, clamped; O(1) per sample amortised."""
+
+    def __init__(self, policy: HedgePolicy) -> None:
+        self._p = policy
+        self._buf = np.zeros(policy.window, dtype=np.float64)
+        self._n = 0
+        self._pos = 0
+        self._since = 0
+        self._delay_ms = min(max(policy.initial_ms, policy.floor_ms), policy.cap_ms)
+
+    def record(self, ms: float) -> None:
+        self._buf[self._pos] = ms
+        self._pos = (self._pos + 1) % len(self._buf)
+        self._n = min(self._n + 1, len(self._buf))
+        self._since += 1
+        if self._n >= self._p.min_samples and self._since >= self._p.recompute_every:
+            self._since = 0
+            q = float(np.percentile(self._buf[: self._n], self._p.percentile))
+            self._delay_ms = min(max(q, self._p.floor_ms), self._p.cap_ms)
+
+    @property
+    def delay_ms(self) -> float:
+        return self._delay_ms
+
+
+class HedgeBudget:
+    """Token bucket: `earn()` per read adds `ratio` (capped at `burst`); a hedge spends 1."""
+
+    def __init__(self, ratio: float, burst: float) -> None:
+        self.ratio = ratio
+        self.burst = burst
+        self.tokens = burst
+
+    def earn(self) -> None:
+        self.tokens = min(self.burst, self.tokens + self.ratio)
+
+    def try_spend(self) -> bool:
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class HedgeStats:
+    """Counters; per-replica lists are indexed like the replicas."""
+
+    reads: int = 0
+    hedges_sent: int = 0
+    hedges_won: int = 0
+    budget_exhausted: int = 0
+    failovers: int = 0
+    fail_fast: int = 0
+    replica_reads: list[int] = field(default_factory=list)
+    errors: list[int] = field(default_factory=list)
+    marked_down: list[int] = field(default_factory=list)
+
+    @property
+    def extra_read_ratio(self) -> float:
+        """Reads sent beyond one per request, over requests."""
+        return (sum(self.replica_reads) - self.reads) / self.reads if self.reads else 0.0
+
+
+class HedgedFeatureStore:
+    """`FeatureStore` over replicas holding the same data; see the module docstring."""
+
+    def __init__(
+        self,
+        replicas: Sequence[FeatureStore],
+        *,
+        policy: HedgePolicy | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not replicas:
+            raise ValueError("need at least one replica")
+        self._replicas = tuple(replicas)
+        self.policy = policy or HedgePolicy()
+        self._clock = clock
+        self.tracker = LatencyTracker(self.policy)
+        self.budget = HedgeBudget(self.policy.budget_ratio, self.policy.budget_burst)
+        n = len(self._replicas)
+        self.stats = HedgeStats(replica_reads=[0] * n, errors=[0] * n, marked_down=[0] * n)
+        self._down_until = [0.0] * n
+        self._strikes = [0] * n
+        self._rr = 0
+        self._probing = False
+        self._closed = False
+
+    @property
+    def replicas(self) -> tuple[FeatureStore, ...]:
+        return self._replicas
+
+    def columns(self, entity_type: str) -> tuple[str, ...]:
+        for replica in self._replicas:
+            try:
+                return replica.columns(entity_type)
+            except KeyError:
+                continue
+        raise KeyError(entity_type)
+
+    def is_down(self, i: int) -> bool:
+        return self._clock() < self._down_until[i]
+
+    def _mark_down(self, i: int) -> None:
+        self._down_until[i] = self._clock() + self.policy.down_backoff_ms / 1000.0
+        self._strikes[i] = 0
+        self.stats.marked_down[i] += 1
+
+    def _order(self) -> list[int]:
+        """Replicas that are up, round-robin; [] if none."""
+        n = len(self._replicas)
+        self._rr = (self._rr + 1) % n
+        now = self._clock()
+        return [j for j in ((self._rr + k) % n for k in range(n)) if now >= self._down_until[j]]
+
+    async def fetch(
+        self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
+    ) -> list[FetchResult]:
+        timeout = self.policy.timeout_s if timeout_s is None else timeout_s
+        self.stats.reads += 1
+        self.budget.earn()
+        order = self._order()
+        probe = False
+        if not order:
+            if self._probing:
+                self.stats.fail_fast += 1
+                raise FeatureStoreUnavailable("feature store unavailable")
+            probe = self._probing = True
+            order = [min(range(len(self._replicas)), key=self._down_until.__getitem__)]
+        tasks: dict[asyncio.Task[list[FetchResult]], tuple[int, bool]] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._race(lookups, timeout, deque(order), tasks)
+        except TimeoutError as exc:
+            raise FeatureStoreUnavailable("feature store timed out") from exc
+        finally:
+            if probe:
+                self._probing = False
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _race(
+        self,
+        lookups: Sequence[Lookup],
+        replica_timeout_s: float,
+        candidates: deque[int],
+        tasks: dict[asyncio.Task[list[FetchResult]], tuple[int, bool]],
+    ) -> list[FetchResult]:
+        start = self._clock()
+
+        def launch(hedge: bool) -> None:
+            i = candidates.popleft()
+            self.stats.replica_reads[i] += 1
+            coro = self._replicas[i].fetch(lookups, timeout_s=replica_timeout_s)
+            tasks[asyncio.create_task(coro)] = (i, hedge)
+
+        launch(False)
+        hedges_left = self.policy.max_hedges if self.policy.enabled else 0
+        hedge_at = start + self.tracker.delay_ms / 1000.0
+        while True:
+            wait_s = None
+            if hedges_left and candidates:
+                wait_s = max(0.0, hedge_at - self._clock())
+            done, _ = await asyncio.wait(
+                tasks.keys(), timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:  # the hedge delay passed with no answer
+                hedges_left -= 1
+                if self.budget.try_spend():
+                    self.stats.hedges_sent += 1
+                    launch(True)
+                else:
+                    self.stats.budget_exhausted += 1
+                continue
+            for t in done:
+                i, hedge = tasks.pop(t)
+                exc = t.exception()
+                if exc is None:
+                    self._on_success(i, hedge, tasks)
+                    self.tracker.record((self._clock() - start) * 1000.0)
+                    return t.result()
+                if not isinstance(exc, FeatureStoreUnavailable):
+                    raise exc
+                self.stats.errors[i] += 1
+                self._mark_down(i)
+                if candidates:
+                    self.stats.failovers += 1
+                    launch(False)
+            if not tasks:
+                raise FeatureStoreUnavailable("feature store unavailable")
+
+    def _on_success(
+        self, i: int, hedge: bool, losers: dict[asyncio.Task[list[FetchResult]], tuple[int, bool]]
+    ) -> None:
+        self._strikes[i] = 0
+        self._down_until[i] = 0.0
+        if not hedge:
+            return
+        self.stats.hedges_won += 1
+        strikes = self.policy.slow_strikes
+        for j, loser_hedge in losers.values():
+            if loser_hedge:
+                continue
+            self._strikes[j] += 1
+            if strikes and self._strikes[j] >= strikes:
+                logger.info("replica %d lost %d hedges in a row; marked down", j, strikes)
+                self._mark_down(j)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(r.close() for r in self._replicas), return_exceptions=True)

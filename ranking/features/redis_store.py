@@ -1,0 +1,298 @@
+"""The Redis online store: one key per entity holding a packed float32 vector.
+
+Layout (shared with `ranking.features.redis_loader`):
+
+    {namespace}:{entity_type}:__schema__   JSON {"columns": [...], "schema_id": int, "format": 1}
+    {namespace}:{entity_type}:{id}          standalone Redis (`buckets=0`)
+    {{namespace}:{entity_type}:b{k}}:{id}   Redis Cluster (`buckets>0`), k = crc32(id) % buckets
+
+A value is an 8-byte header followed by the vector as little-endian float32:
+
+    b"RF"  magic          (2 bytes)
+    0x01   format         (1 byte: float32, little-endian)
+    0x00   reserved       (1 byte)
+    crc32  schema id      (4 bytes, little-endian: crc32 of the column names joined by "\\n")
+
+Eight bytes rather than five keep the payload 4-byte aligned, so that a whole MGET reply joined
+into one buffer is read by a single `np.frombuffer(..., "<f4")` and the header checked as two
+uint32 words per row: no per-value Python decoding. A value whose length, magic, format or schema
+id differs from the schema read at start is counted, treated as not found and reported as
+"features.schema_mismatch"; it is never misread as features.
+
+A request's lookups (user and items together) are read with one MGET; in cluster mode the keys
+are hash-tagged into `buckets` slots per entity type and `mget_nonatomic` sends one MGET per
+slot, pipelined per node. Trade-off: one bucket per entity type (`buckets=1`) means one MGET per
+type but puts a whole entity type on one master (no spreading of data or load); more buckets
+spread both, at the cost of up to `buckets` MGETs per type per request, sent concurrently, one
+round trip per node. A few buckets per master (e.g. 16 for 3 masters) is the middle ground.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from ranking.errors import FeatureStoreUnavailable
+from ranking.features.store import FetchResult, Lookup
+
+__all__ = [
+    "FORMAT_FLOAT32",
+    "HEADER_BYTES",
+    "MAGIC",
+    "KeyLayout",
+    "RedisFeatureStore",
+    "RedisStoreStats",
+    "connect_redis",
+    "header_for",
+    "schema_id",
+]
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"RF"
+FORMAT_FLOAT32 = 1
+HEADER_BYTES = 8
+SCHEMA_MISMATCH = "features.schema_mismatch"
+
+AsyncClient = aioredis.Redis | RedisCluster
+
+
+def schema_id(columns: Sequence[str]) -> int:
+    """crc32 of the column names joined by newlines: changes when names or order change."""
+    return zlib.crc32("\n".join(columns).encode()) & 0xFFFFFFFF
+
+
+def header_for(columns: Sequence[str]) -> bytes:
+    """The 8-byte header every value of this schema starts with."""
+    return MAGIC + bytes([FORMAT_FLOAT32, 0]) + schema_id(columns).to_bytes(4, "little")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """How entity ids map to Redis keys.
+
+    buckets: 0 for plain keys (standalone Redis); N > 0 hash-tags keys into N slots per entity
+        type (Redis Cluster), so one request needs at most N MGETs per entity type.
+    """
+
+    namespace: str
+    buckets: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.namespace or "{" in self.namespace or "}" in self.namespace:
+            raise ValueError("namespace must be non-empty and hold no braces")
+        if self.buckets < 0:
+            raise ValueError("buckets must be >= 0")
+
+    def schema_key(self, entity_type: str) -> str:
+        return f"{self.namespace}:{entity_type}:__schema__"
+
+    def keys(self, entity_type: str, ids: Sequence[str]) -> list[str]:
+        """Keys of `ids`, in order (one comprehension: per-id string work is unavoidable)."""
+        prefix = f"{self.namespace}:{entity_type}"
+        if self.buckets == 0:
+            return [f"{prefix}:{i}" for i in ids]
+        b = self.buckets
+        return [f"{{{prefix}:b{zlib.crc32(i.encode()) % b}}}:{i}" for i in ids]
+
+
+@dataclass(slots=True)
+class RedisStoreStats:
+    """Counters; read them, never reset them (exporters take deltas)."""
+
+    fetches: int = 0
+    keys_read: int = 0
+    found: int = 0
+    schema_mismatches: int = 0
+    errors: int = 0
+    timeouts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    columns: tuple[str, ...]
+    header_words: npt.NDArray[np.uint32] = field(repr=False)  # the header as two uint32
+
+    @classmethod
+    def of(cls, columns: Sequence[str]) -> _Schema:
+        cols = tuple(columns)
+        words = np.frombuffer(header_for(cols), dtype="<u4").astype(np.uint32)
+        return cls(cols, words)
+
+    @property
+    def value_bytes(self) -> int:
+        return HEADER_BYTES + 4 * len(self.columns)
+
+
+def connect_redis(
+    url: str, *, cluster: bool = False, connect_timeout_s: float = 0.5, **kwargs: Any
+) -> AsyncClient:
+    """An asyncio client with settings fit for a latency-bound reader.
+
+    One immediate retry (no backoff): a pooled connection broken by a server restart fails on
+    its first use and the retry reconnects; longer retry loops would only hold the request past
+    its deadline, which `fetch` enforces anyway. The pool reconnects by itself.
+    """
+    common: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout_s,
+        "retry": Retry(NoBackoff(), 1),
+        "health_check_interval": 0,
+    }
+    common.update(kwargs)
+    if cluster:
+        return RedisCluster.from_url(url, **common)
+    return aioredis.Redis.from_url(url, **common)
+
+
+class RedisFeatureStore:
+    """`FeatureStore` over one Redis (or one Redis Cluster). See the module docstring.
+
+    Build it with a client (or a URL, with `cluster` saying which kind), then `await start()`
+    to read the schemas, unless `schemas` gives the columns per entity type (then no I/O
+    happens before the first fetch, so a replica that is down at start-up does not stop the
+    service from starting). The store owns the client and closes it in `close()`. `buckets`
+    defaults to 16 for a cluster client and 0 otherwise; it must match the loader's.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient | str,
+        *,
+        namespace: str,
+        cluster: bool = False,
+        entity_types: Sequence[str] = ("user", "item"),
+        schemas: Mapping[str, Sequence[str]] | None = None,
+        buckets: int | None = None,
+        timeout_s: float = 0.05,
+        name: str = "redis",
+    ) -> None:
+        if isinstance(client, str):
+            client = connect_redis(client, cluster=cluster)
+        is_cluster = isinstance(client, RedisCluster)
+        self._client: AsyncClient = client
+        if buckets is None:
+            buckets = 16 if is_cluster else 0
+        self.layout = KeyLayout(namespace, buckets)
+        self._entity_types = tuple(entity_types)
+        self._schemas: dict[str, _Schema] = {
+            et: _Schema.of(cols) for et, cols in (schemas or {}).items()
+        }
+        self._timeout_s = timeout_s
+        self.name = name
+        self.stats = RedisStoreStats()
+        self._closed = False
+
+    @property
+    def client(self) -> AsyncClient:
+        return self._client
+
+    async def start(self) -> None:
+        """Read the schema key of every entity type not given at construction."""
+        for et in self._entity_types:
+            if et not in self._schemas:
+                self._schemas[et] = await self._read_schema(et)
+
+    def set_columns(self, entity_type: str, columns: Sequence[str]) -> None:
+        """Use this schema for `entity_type` (read elsewhere, e.g. from another replica)."""
+        self._schemas[entity_type] = _Schema.of(columns)
+
+    async def reload_schema(self, entity_type: str) -> None:
+        """Re-read one schema (after a load that changed the columns)."""
+        self._schemas[entity_type] = await self._read_schema(entity_type)
+
+    async def _read_schema(self, entity_type: str) -> _Schema:
+        try:
+            async with asyncio.timeout(max(self._timeout_s, 1.0)):
+                raw = await self._client.get(self.layout.schema_key(entity_type))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise FeatureStoreUnavailable("feature store unavailable") from exc
+        if raw is None:
+            raise KeyError(f"no schema for entity type {entity_type!r}")
+        doc = json.loads(raw)
+        schema = _Schema.of([str(c) for c in doc["columns"]])
+        if int(doc.get("schema_id", schema_id(schema.columns))) != schema_id(schema.columns):
+            raise ValueError(f"schema key of {entity_type!r} is inconsistent")
+        return schema
+
+    def columns(self, entity_type: str) -> tuple[str, ...]:
+        return self._schemas[entity_type].columns
+
+    async def fetch(
+        self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
+    ) -> list[FetchResult]:
+        """One MGET for all lookups (one per slot in cluster mode); decode with numpy."""
+        schemas = [self._schemas[lk.entity_type] for lk in lookups]  # KeyError: unknown type
+        keys: list[str] = []
+        for lk in lookups:
+            keys.extend(self.layout.keys(lk.entity_type, lk.ids))
+        self.stats.fetches += 1
+        self.stats.keys_read += len(keys)
+        if not keys:
+            return [_empty(0, len(s.columns)) for s in schemas]
+        try:
+            async with asyncio.timeout(self._timeout_s if timeout_s is None else timeout_s):
+                if isinstance(self._client, RedisCluster):
+                    values = await self._client.mget_nonatomic(keys)
+                else:
+                    values = await self._client.mget(keys)
+        except TimeoutError as exc:
+            self.stats.timeouts += 1
+            raise FeatureStoreUnavailable("feature store timed out") from exc
+        except (RedisError, OSError) as exc:
+            self.stats.errors += 1
+            raise FeatureStoreUnavailable("feature store unavailable") from exc
+        results = []
+        start = 0
+        for lk, schema in zip(lookups, schemas, strict=True):
+            n = len(lk.ids)
+            results.append(self._decode(values[start : start + n], schema))
+            start += n
+        return results
+
+    def _decode(self, values: Sequence[bytes | None], schema: _Schema) -> FetchResult:
+        n, width = len(values), len(schema.columns)
+        size = schema.value_bytes
+        rows = np.full((n, width), np.nan, dtype=np.float32)
+        found = np.zeros(n, dtype=np.bool_)
+        present = np.fromiter((v is not None for v in values), np.bool_, n)
+        sized = np.fromiter((v is not None and len(v) == size for v in values), np.bool_, n)
+        idx = np.flatnonzero(sized)
+        mismatches = int(present.sum()) - len(idx)
+        if len(idx):
+            buf = b"".join([values[i] for i in idx.tolist()])  # type: ignore[misc]
+            words = np.frombuffer(buf, dtype="<f4").reshape(len(idx), size // 4)
+            header = words[:, :2].view("<u4")
+            ok = (header == schema.header_words).all(axis=1)
+            good = idx[ok]
+            rows[good] = words[ok, 2:]
+            found[good] = True
+            mismatches += len(idx) - len(good)
+        self.stats.found += int(found.sum())
+        if mismatches:
+            self.stats.schema_mismatches += mismatches
+            logger.warning("%d feature vectors do not match the schema", mismatches)
+            return FetchResult(rows, found, (SCHEMA_MISMATCH,))
+        return FetchResult(rows, found)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.aclose()
+
+
+def _empty(n: int, width: int) -> FetchResult:
+    return FetchResult(np.full((n, width), np.nan, dtype=np.float32), np.zeros(n, dtype=np.bool_))

@@ -1,0 +1,201 @@
+"""RedisFeatureStore and the loader against real redis-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+import redis
+
+from ranking.errors import FeatureStoreUnavailable
+from ranking.features.redis_loader import load_entities, pack_rows
+from ranking.features.redis_store import (
+    HEADER_BYTES,
+    KeyLayout,
+    RedisFeatureStore,
+    connect_redis,
+    header_for,
+    schema_id,
+)
+from ranking.features.store import FeatureStore, Lookup
+from tests.features.conftest import COLUMNS, make_matrix
+from tests.redis_servers import RedisCluster, RedisServer
+
+NS = "t"
+
+
+def load(server_url: str, n: int = 300) -> np.ndarray:
+    m = make_matrix(n)
+    ids = [f"i{k}" for k in range(n)]
+    assert load_entities(server_url, NS, "item", ids, COLUMNS, m, progress=False) == n
+    users = make_matrix(3, seed=1)
+    load_entities(server_url, NS, "user", ["u0", "u1", "u2"], COLUMNS, users, progress=False)
+    return m
+
+
+def mget_calls(server: RedisServer) -> int:
+    with server.client() as c:
+        stats = c.info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+async def started(url: str, **kw: object) -> RedisFeatureStore:
+    store = RedisFeatureStore(url, namespace=NS, **kw)  # type: ignore[arg-type]
+    await store.start()
+    return store
+
+
+def test_pack_layout() -> None:
+    m = make_matrix(2)
+    packed = pack_rows(COLUMNS, m)
+    assert packed.shape == (2, HEADER_BYTES + 4 * len(COLUMNS))
+    assert packed[0, :HEADER_BYTES].tobytes() == header_for(COLUMNS)
+    assert header_for(COLUMNS)[:3] == b"RF\x01"
+    assert int.from_bytes(header_for(COLUMNS)[4:], "little") == schema_id(COLUMNS)
+    np.testing.assert_array_equal(packed[1, HEADER_BYTES:].view("<f4"), m[1])
+    with pytest.raises(ValueError):
+        pack_rows(COLUMNS[:3], m)
+
+
+def test_key_layout() -> None:
+    assert KeyLayout("ns").keys("item", ["a"]) == ["ns:item:a"]
+    (k,) = KeyLayout("ns", 16).keys("item", ["a"])
+    assert k.startswith("{ns:item:b") and k.endswith("}:a")
+    with pytest.raises(ValueError):
+        KeyLayout("n{s")
+
+
+async def test_round_trip_one_mget(redis_server: RedisServer) -> None:
+    m = load(redis_server.url)
+    users = make_matrix(3, seed=1)
+    store = await started(redis_server.url)
+    assert isinstance(store, FeatureStore)
+    assert store.columns("item") == COLUMNS
+    before = mget_calls(redis_server)
+    ids = [f"i{k}" for k in range(0, 400, 2)]  # 200 ids, the last 50 unknown
+    user, items = await store.fetch([Lookup("user", ["u1", "zz"]), Lookup("item", ids)])
+    assert mget_calls(redis_server) - before == 1  # user and items together
+    assert user.found.tolist() == [True, False]
+    np.testing.assert_array_equal(user.rows[0], users[1])
+    assert items.found.sum() == 150 and not items.found[150:].any()
+    np.testing.assert_array_equal(items.rows[:150], m[0:300:2])
+    assert np.isnan(items.rows[150:]).all()
+    assert items.rows.dtype == np.float32 and items.degraded == ()
+    assert await store.fetch([Lookup("item", [])]) != []
+    await store.close()
+    await store.close()
+
+
+async def test_schema_mismatch_detected(redis_server: RedisServer) -> None:
+    m = load(redis_server.url, 10)
+    with redis_server.client() as c:
+        other = ("g0", *COLUMNS[1:])  # same width, another schema
+        c.set(f"{NS}:item:i1", pack_rows(other, m[1:2])[0].tobytes())
+        c.set(f"{NS}:item:i2", pack_rows(COLUMNS, m[2:3])[0].tobytes()[:-4])  # short
+        c.set(f"{NS}:item:i3", b"garbage")
+    store = await started(redis_server.url)
+    (r,) = await store.fetch([Lookup("item", ["i0", "i1", "i2", "i3", "i4", "nope"])])
+    assert r.found.tolist() == [True, False, False, False, True, False]
+    assert r.degraded == ("features.schema_mismatch",)
+    assert store.stats.schema_mismatches == 3
+    np.testing.assert_array_equal(r.rows[4], m[4])
+    await store.close()
+
+
+async def test_unknown_schema_and_entity_type(redis_server: RedisServer) -> None:
+    store = RedisFeatureStore(redis_server.url, namespace="empty", entity_types=("item",))
+    with pytest.raises(KeyError):
+        await store.start()
+    with pytest.raises(KeyError):
+        store.columns("item")
+    await store.close()
+
+
+async def test_paused_server_times_out_cleanly(redis_server: RedisServer) -> None:
+    load(redis_server.url, 10)
+    store = await started(redis_server.url)
+    redis_server.pause()
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(FeatureStoreUnavailable) as info:
+            await store.fetch([Lookup("item", ["i1"])], timeout_s=0.05)
+        assert loop.time() - t0 < 0.5
+        assert "redis" not in info.value.message.lower()
+        assert isinstance(info.value.__cause__, TimeoutError)
+    finally:
+        redis_server.resume()
+    (r,) = await store.fetch([Lookup("item", ["i1"])], timeout_s=1.0)
+    assert r.found.all()
+    await store.close()
+
+
+async def test_refused_connection_is_unavailable(redis_server: RedisServer) -> None:
+    load(redis_server.url, 10)
+    store = await started(redis_server.url)
+    redis_server.kill()
+    with pytest.raises(FeatureStoreUnavailable) as info:
+        await store.fetch([Lookup("item", ["i1"])], timeout_s=1.0)
+    assert isinstance(info.value.__cause__, redis.RedisError | OSError)
+    assert store.stats.errors == 1
+    await store.close()
+
+
+async def test_reconnects_after_restart(redis_server: RedisServer) -> None:
+    load(redis_server.url, 10)
+    store = await started(redis_server.url)
+    (r,) = await store.fetch([Lookup("item", ["i1"])])
+    assert r.found.all()
+    redis_server.restart()  # no persistence: the data is gone, reload it
+    load(redis_server.url, 10)
+    for _ in range(20):  # bounded: the first read may fail on the broken pooled connection
+        try:
+            (r,) = await store.fetch([Lookup("item", ["i1"])], timeout_s=1.0)
+            break
+        except FeatureStoreUnavailable:
+            await asyncio.sleep(0.05)
+    assert r.found.all()
+    await store.close()
+
+
+def test_loader_idempotent_ttl_and_progress(redis_server: RedisServer) -> None:
+    seen: list[int] = []
+    m = make_matrix(25)
+    ids = [f"i{k}" for k in range(25)]
+    with redis_server.client() as c:
+        n = load_entities(c, NS, "item", ids, COLUMNS, m, batch=10, progress=seen.append)
+        assert n == 25 and seen == [10, 20, 25]
+        assert c.dbsize() == 26  # 25 entities + the schema key
+        load_entities(c, NS, "item", ids, COLUMNS, m, batch=10, progress=False)
+        assert c.dbsize() == 26
+        assert json.loads(c.get(f"{NS}:item:__schema__"))["columns"] == list(COLUMNS)
+        assert c.ttl(f"{NS}:item:i3") == -1
+        load_entities(c, NS, "item", ids[:2], COLUMNS, m[:2], ttl_s=30, progress=False)
+        assert 0 < c.ttl(f"{NS}:item:i1") <= 30
+        assert c.ttl(f"{NS}:item:__schema__") == -1
+        with pytest.raises(ValueError):
+            load_entities(c, NS, "item", ids[:3], COLUMNS, m, progress=False)
+
+
+async def test_cluster_round_trip_few_mgets(redis_cluster: RedisCluster) -> None:
+    ns = "cl"
+    m = make_matrix(300)
+    ids = [f"i{k}" for k in range(300)]
+    n = load_entities(
+        redis_cluster.url, ns, "item", ids, COLUMNS, m, progress=False, buckets=4, cluster=True
+    )
+    assert n == 300
+    before = sum(mget_calls(node) for node in redis_cluster.nodes)
+    store = RedisFeatureStore(
+        connect_redis(redis_cluster.url, cluster=True), namespace=ns, entity_types=("item",),
+        buckets=4,
+    )  # fmt: skip
+    await store.start()
+    (r,) = await store.fetch([Lookup("item", [*ids[:200], "nope"])], timeout_s=2.0)
+    assert r.found[:200].all() and not r.found[200]
+    np.testing.assert_array_equal(r.rows[:200], m[:200])
+    calls = sum(mget_calls(node) for node in redis_cluster.nodes) - before
+    assert 1 <= calls <= 4  # one MGET per bucket, not per id
+    await store.close()
