@@ -1,4 +1,8 @@
-"""Fixtures of the feature-store tests: real Redis servers, a fake inner store, data."""
+"""Fixtures of the feature-store tests: a fake inner store and data.
+
+The Redis server fixtures come from the `tests.redis_servers` plugin (registered in
+tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,6 @@ import pytest
 
 from ranking.errors import FeatureStoreUnavailable
 from ranking.features.store import FetchResult, Lookup
-from tests.redis_servers import (  # noqa: F401  (fixtures, used by name)
-    redis_cluster,
-    redis_replicas,
-    redis_server,
-    redis_servers,
-)
 
 COLUMNS = tuple(f"f{i}" for i in range(8))
 
