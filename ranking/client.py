@@ -31,12 +31,14 @@ def build_request(
     )
 
 
-def demo_request(n_candidates: int, top_k: int, seed: int) -> pb.RankRequest:
-    """A request for the demo world: a user, `n_candidates` item ids and a context."""
-    from ranking.demo.world import example_request
+def demo_request(
+    n_candidates: int, top_k: int, seed: int, n_users: int = 10_000, n_items: int = 50_000
+) -> pb.RankRequest:
+    """A request for the demo world (same sizes as the server's): a user, items, a context."""
+    from ranking.demo.world import example_request, make_world
 
-    user_id, candidates, context = example_request(n_candidates=n_candidates, seed=seed)
-    return build_request(user_id, candidates, context, top_k)
+    example = example_request(make_world(n_users, n_items), seed=seed, candidates=n_candidates)
+    return build_request(example.user_id, example.candidate_ids, example.context, top_k)
 
 
 def rank_command(
