@@ -13,7 +13,14 @@ from ranking.limits.algorithms import (
     LimitListener,
     VegasLimit,
 )
-from ranking.limits.limiter import LIMITER_KINDS, Limiter, Token, build_limit, build_limiter
+from ranking.limits.limiter import (
+    LIMITER_KINDS,
+    Limiter,
+    Token,
+    build_limit,
+    build_limiter,
+    limit_parameters,
+)
 
 __all__ = [
     "LIMITER_KINDS",
@@ -27,4 +34,5 @@ __all__ = [
     "VegasLimit",
     "build_limit",
     "build_limiter",
+    "limit_parameters",
 ]

@@ -33,6 +33,7 @@ Counters are plain ints, for metrics to read at any time:
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import time
@@ -41,7 +42,7 @@ from typing import Any, Final
 
 from ranking.limits.algorithms import AIMDLimit, FixedLimit, Gradient2Limit, Limit, VegasLimit
 
-__all__ = ["LIMITER_KINDS", "Limiter", "Token", "build_limit", "build_limiter"]
+__all__ = ["LIMITER_KINDS", "Limiter", "Token", "build_limit", "build_limiter", "limit_parameters"]
 
 #: Names accepted by `build_limiter` (and the RANKING_LIMITER setting).
 LIMITER_KINDS: Final = ("off", "fixed", "vegas", "gradient2", "aimd")
@@ -228,6 +229,27 @@ class Limiter:
         )
 
 
+_LIMIT_CLASSES: Final[dict[str, type[Limit]]] = {
+    "fixed": FixedLimit,
+    "vegas": VegasLimit,
+    "gradient2": Gradient2Limit,
+    "aimd": AIMDLimit,
+}
+
+
+def limit_parameters(kind: str) -> tuple[str, ...]:
+    """The keyword parameters `build_limit(kind, ...)` accepts, so a settings layer holding
+    parameters for every kind can pass on just the ones this kind takes."""
+    if kind == "off":
+        return ()
+    if kind not in _LIMIT_CLASSES:
+        raise ValueError(
+            f"unknown limiter kind {kind!r}; expected one of {', '.join(LIMITER_KINDS)}"
+        )
+    signature = inspect.signature(_LIMIT_CLASSES[kind])
+    return tuple(name for name in signature.parameters if name != "rng")
+
+
 def build_limit(kind: str, **params: Any) -> Limit | None:
     """The `Limit` named by `kind` (one of `LIMITER_KINDS`), built from `params`; None for
     "off". Parameters are the constructor's keywords (`initial_limit`, `min_limit`, ...);
@@ -236,15 +258,11 @@ def build_limit(kind: str, **params: Any) -> Limit | None:
         if params:
             raise ValueError(f"limiter 'off' takes no parameters, got {sorted(params)}")
         return None
-    if kind == "fixed":
-        return FixedLimit(**params)
-    if kind == "vegas":
-        return VegasLimit(**params)
-    if kind == "gradient2":
-        return Gradient2Limit(**params)
-    if kind == "aimd":
-        return AIMDLimit(**params)
-    raise ValueError(f"unknown limiter kind {kind!r}; expected one of {', '.join(LIMITER_KINDS)}")
+    if kind not in _LIMIT_CLASSES:
+        raise ValueError(
+            f"unknown limiter kind {kind!r}; expected one of {', '.join(LIMITER_KINDS)}"
+        )
+    return _LIMIT_CLASSES[kind](**params)
 
 
 def build_limiter(
