@@ -15,9 +15,11 @@ loser is cancelled and awaited. Three parts, kept apart so each can be tested al
 - Replica health: a replica whose read fails (`FeatureStoreUnavailable`) is failed over to the
   next one at once (not charged to the budget: the failed read cost the replicas nothing) and
   is marked down for `down_backoff_ms`; so is one that loses `slow_strikes` hedges in a row
-  (paused or overloaded replicas answer nothing, so "slow" is the only signal they give). While
-  every replica is down, one read at a time probes the replica whose back-off ends first and
-  the others fail fast with `FeatureStoreUnavailable` (the cache then serves stale entries).
+  (paused or overloaded replicas answer nothing, so "slow" is the only signal they give). A
+  replica that is down is not chosen as the primary while another is up, but stays a last
+  resort for hedges and failovers. While every replica is down, one read at a time probes the
+  replica whose back-off ends first and the others fail fast with `FeatureStoreUnavailable`
+  (the cache then serves stale entries).
 """
 
 from __future__ import annotations
@@ -193,12 +195,17 @@ class HedgedFeatureStore:
         self._strikes[i] = 0
         self.stats.marked_down[i] += 1
 
-    def _order(self) -> list[int]:
-        """Replicas that are up, round-robin; [] if none."""
+    def _order(self) -> tuple[list[int], list[int]]:
+        """(replicas up, round-robin; replicas down, soonest back first)."""
         n = len(self._replicas)
         self._rr = (self._rr + 1) % n
         now = self._clock()
-        return [j for j in ((self._rr + k) % n for k in range(n)) if now >= self._down_until[j]]
+        up: list[int] = []
+        down: list[int] = []
+        for j in ((self._rr + k) % n for k in range(n)):
+            (up if now >= self._down_until[j] else down).append(j)
+        down.sort(key=self._down_until.__getitem__)
+        return up, down
 
     async def fetch(
         self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
@@ -206,14 +213,18 @@ class HedgedFeatureStore:
         timeout = self.policy.timeout_s if timeout_s is None else timeout_s
         self.stats.reads += 1
         self.budget.earn()
-        order = self._order()
+        up, down = self._order()
         probe = False
-        if not order:
-            if self._probing:
-                self.stats.fail_fast += 1
-                raise FeatureStoreUnavailable("feature store unavailable")
+        if up:
+            # A replica that is down is never the primary, but is still a last resort for a
+            # hedge or a failover: "down" may mean "slow lately", and a dead one fails fast.
+            order = up + down
+        elif self._probing:
+            self.stats.fail_fast += 1
+            raise FeatureStoreUnavailable("feature store unavailable")
+        else:
             probe = self._probing = True
-            order = [min(range(len(self._replicas)), key=self._down_until.__getitem__)]
+            order = down[:1]
         tasks: dict[asyncio.Task[list[FetchResult]], tuple[int, bool]] = {}
         try:
             async with asyncio.timeout(timeout):

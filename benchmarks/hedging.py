@@ -1,0 +1,496 @@
+"""What hedging buys under a tail fault, and what the store and cache cost per fetch.
+
+    python benchmarks/hedging.py            # ~1 minute; writes benchmarks/results/hedging.{json,md}
+
+Scenario 1 (tail): two redis-server replicas holding the same 10k items x 64 float32 features,
+each behind a small TCP proxy (a separate process, so both paths pay the same hop); the proxy of
+replica B holds 1% of requests for 50 ms. A request fetches 1 user + 200 items (one MGET per
+replica read). Modes run interleaved in rounds, in one process, one request at a time:
+"off" (round-robin, no hedging), "hedged p95" (the default policy) and "hedged p99".
+Scenario 2 (store): 200 items x 64 features straight from one replica: raw MGET, the store
+(MGET + numpy decode), the cache on all hits, the cache on all misses.
+Scenario 3 (Feast): the same read through Feast's `get_online_features` on the same Redis, run
+in a separate virtual environment (`--feast-python`), if one is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import hiredis
+import numpy as np
+import redis
+from hdrh.histogram import HdrHistogram
+
+from ranking.features.cache import CachedFeatureStore
+from ranking.features.hedging import HedgedFeatureStore, HedgePolicy, HedgeStats
+from ranking.features.redis_loader import load_entities
+from ranking.features.redis_store import RedisFeatureStore, connect_redis
+from ranking.features.store import Lookup
+
+NS = "bench"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextlib.contextmanager
+def process(args: Sequence[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def redis_args(port: int, workdir: str) -> list[str]:
+    return [
+        shutil.which("redis-server") or "/usr/bin/redis-server",
+        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", workdir, "--loglevel", "warning",
+    ]  # fmt: skip
+
+
+# --- the delaying proxy (runs as `hedging.py proxy ...` in its own process) ------------------
+
+
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    tail_p: float,
+    tail_s: float,
+    rng: random.Random,
+) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            # Decide once per command: a RESP command starts with "*"; a long one may arrive
+            # in several chunks, and only its first one is eligible.
+            if tail_p and data[:1] == b"*" and rng.random() < tail_p:
+                await asyncio.sleep(tail_s)
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _proxy(listen: int, upstream: int, tail_p: float, tail_ms: float, seed: int) -> None:
+    rng = random.Random(seed)
+
+    async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", upstream)
+        await asyncio.gather(_pipe(cr, uw, tail_p, tail_ms / 1000, rng), _pipe(ur, cw, 0, 0, rng))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", listen)
+    async with server:
+        await server.serve_forever()
+
+
+def proxy_main(argv: Sequence[str]) -> None:
+    """proxy LISTEN:UPSTREAM:TAIL_P:TAIL_MS ... (one listener per spec)."""
+
+    async def run() -> None:
+        specs = [s.split(":") for s in argv]
+        await asyncio.gather(
+            *(
+                _proxy(int(a), int(b), float(p), float(ms), k)
+                for k, (a, b, p, ms) in enumerate(specs)
+            )
+        )
+
+    try:
+        import uvloop  # the proxy should add as little of its own latency as it can
+
+        uvloop.install()
+    except ImportError:
+        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def hist() -> HdrHistogram:
+    return HdrHistogram(1, 60_000_000, 3)  # microseconds, up to a minute
+
+
+def summary(h: HdrHistogram) -> dict[str, float]:
+    ms = 1000.0
+    return {
+        "count": h.get_total_count(),
+        "p50_ms": h.get_value_at_percentile(50) / ms,
+        "p99_ms": h.get_value_at_percentile(99) / ms,
+        "p99_9_ms": h.get_value_at_percentile(99.9) / ms,
+        "max_ms": h.get_max_value() / ms,
+        "mean_ms": h.get_mean_value() / ms,
+    }
+
+
+async def timed(h: HdrHistogram, n: int, op: Callable[[], Awaitable[object]]) -> None:
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        await op()
+        h.record_value(max(1, (time.perf_counter_ns() - t0) // 1000))
+
+
+def request(rng: np.random.Generator, n_items: int, batch: int) -> list[Lookup]:
+    ids = rng.choice(n_items, size=batch, replace=False)
+    return [Lookup("user", [f"u{int(ids[0]) % 100}"]), Lookup("item", [f"i{k}" for k in ids])]
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+async def tail_scenario(args: argparse.Namespace, urls: list[str]) -> dict[str, Any]:
+    modes = {
+        "off": HedgePolicy(enabled=False, timeout_s=1.0),
+        "hedged p95": HedgePolicy(timeout_s=1.0),
+        "hedged p99": HedgePolicy(percentile=99.0, timeout_s=1.0),
+    }
+    stores: dict[str, HedgedFeatureStore] = {}
+    for name, policy in modes.items():
+        replicas = [
+            RedisFeatureStore(connect_redis(u), namespace=NS, name=f"r{k}")
+            for k, u in enumerate(urls)
+        ]
+        for r in replicas:
+            await r.start()
+        stores[name] = HedgedFeatureStore(replicas, policy=policy)
+    hists = {name: hist() for name in modes}
+    rng = np.random.default_rng(1)
+    try:
+        for store in stores.values():  # warm pools and latency windows, not recorded
+            for _ in range(300):
+                await store.fetch(request(rng, args.entities, args.batch))
+            n = len(urls)
+            store.stats = HedgeStats(replica_reads=[0] * n, errors=[0] * n, marked_down=[0] * n)
+        per_round = args.reads // args.rounds
+        for _ in range(args.rounds):
+            for name, store in stores.items():
+
+                def op(store: HedgedFeatureStore = store) -> Awaitable[object]:
+                    return store.fetch(request(rng, args.entities, args.batch), timeout_s=1.0)
+
+                await timed(hists[name], per_round, op)
+        out: dict[str, Any] = {}
+        for name, store in stores.items():
+            s = store.stats
+            out[name] = summary(hists[name]) | {
+                "extra_reads_pct": 100.0 * s.extra_read_ratio,
+                "hedges_sent": s.hedges_sent,
+                "hedges_won": s.hedges_won,
+                "budget_exhausted": s.budget_exhausted,
+                "errors": s.errors,
+                "marked_down": s.marked_down,
+                "hedge_delay_ms_at_end": store.tracker.delay_ms,
+            }
+        return out
+    finally:
+        for store in stores.values():
+            await store.close()
+
+
+async def store_scenario(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    n = args.store_reads
+    rng = np.random.default_rng(2)
+    keys_of = [f"{NS}:item:i{k}" for k in range(args.entities)]
+    fixed = [Lookup("item", [f"i{k}" for k in range(args.batch)])]
+    out: dict[str, Any] = {}
+
+    raw = connect_redis(url)
+    h = hist()
+
+    def raw_op() -> Awaitable[object]:
+        ids = rng.choice(args.entities, size=args.batch, replace=False)
+        return raw.mget([keys_of[k] for k in ids])
+
+    await timed(hist(), 100, raw_op)
+    await timed(h, n, raw_op)
+    out["redis-py MGET only (no decode)"] = summary(h)
+    await raw.aclose()
+
+    store = RedisFeatureStore(connect_redis(url), namespace=NS, entity_types=("item",))
+    await store.start()
+    h = hist()
+
+    def store_op() -> Awaitable[object]:
+        ids = rng.choice(args.entities, size=args.batch, replace=False)
+        return store.fetch([Lookup("item", [f"i{k}" for k in ids])])
+
+    await timed(h, n, store_op)
+    out["RedisFeatureStore.fetch (MGET + numpy decode)"] = summary(h)
+
+    hit_cache = CachedFeatureStore(store, capacity=args.entities, ttl_s=3600)
+    await hit_cache.fetch(fixed)
+    h = hist()
+    await timed(h, n, lambda: hit_cache.fetch(fixed))
+    out["cache, all 200 hit"] = summary(h)
+
+    miss_cache = CachedFeatureStore(store, capacity=args.entities, ttl_s=0.0)
+    h = hist()
+
+    def miss_op() -> Awaitable[object]:
+        ids = rng.choice(args.entities, size=args.batch, replace=False)
+        return miss_cache.fetch([Lookup("item", [f"i{k}" for k in ids])])
+
+    await timed(h, n, miss_op)
+    out["cache, all 200 miss (read through to Redis)"] = summary(h)
+    await store.close()
+    return out
+
+
+FEAST_SCRIPT = r"""
+import json, sys, time, tempfile, os
+from datetime import datetime, timezone
+import numpy as np, pandas as pd
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
+from feast.repo_config import RepoConfig
+from feast.types import Float32
+
+port, n_items, n_feat, batch, reads = (int(a) for a in sys.argv[1:6])
+work = tempfile.mkdtemp()
+rng = np.random.default_rng(0)
+df = pd.DataFrame(rng.standard_normal((n_items, n_feat)).astype("float32"),
+                  columns=[f"f{k}" for k in range(n_feat)])
+df["item_id"] = [f"i{k}" for k in range(n_items)]
+df["ts"] = datetime.now(timezone.utc)
+df.to_parquet(os.path.join(work, "items.parquet"))
+item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
+src = FileSource(path=os.path.join(work, "items.parquet"), timestamp_field="ts")
+fv = FeatureView(name="item_features", entities=[item], source=src, online=True,
+                 schema=[Field(name=f"f{k}", dtype=Float32) for k in range(n_feat)])
+cfg = RepoConfig(project="bench", provider="local", registry=os.path.join(work, "registry.db"),
+                 online_store={"type": "redis", "connection_string": f"127.0.0.1:{port}"},
+                 offline_store={"type": "file"}, entity_key_serialization_version=3)
+fs = FeatureStore(config=cfg)
+fs.apply([item, fv])
+t0 = time.perf_counter()
+fs.write_to_online_store("item_features", df)
+load_s = time.perf_counter() - t0
+feats = [f"item_features:f{k}" for k in range(n_feat)]
+lat = []
+for i in range(reads + 20):
+    ids = rng.choice(n_items, size=batch, replace=False)
+    t = time.perf_counter()
+    r = fs.get_online_features(features=feats, entity_rows=[{"item_id": f"i{k}"} for k in ids])
+    r.to_dict()
+    if i >= 20:
+        lat.append((time.perf_counter() - t) * 1000)
+import feast
+lat = np.array(lat)
+print(json.dumps({"feast": feast.__version__, "load_s": load_s, "count": len(lat),
+                  "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                  "max_ms": float(lat.max()), "mean_ms": float(lat.mean())}))
+"""
+
+
+def feast_scenario(args: argparse.Namespace, port: int) -> dict[str, Any]:
+    py = args.feast_python
+    if not py or not Path(py).exists():
+        return {"not_run": f"no Feast interpreter at {py!r} (see --feast-python)"}
+    check = subprocess.run([py, "-c", "import feast"], capture_output=True, timeout=120)
+    if check.returncode != 0:
+        return {"not_run": "feast does not import in that environment"}
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(FEAST_SCRIPT)
+    try:
+        argv = [str(a) for a in (port, args.entities, 64, args.batch, args.feast_reads)]
+        proc = subprocess.run([py, f.name, *argv], capture_output=True, text=True, timeout=600)
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        return {"not_run": "feast run failed: " + " | ".join(tail)}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    server = subprocess.run(
+        [shutil.which("redis-server") or "redis-server", "--version"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return {
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "redis_server": next((w[2:] for w in server if w.startswith("v=")), "?"),
+        "redis_py": redis.__version__,
+        "hiredis": hiredis.__version__,
+        "numpy": np.__version__,
+        "note": "2 shared cores; other work ran on the machine at the same time",
+    }
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m, cfg = res["machine"], res["config"]
+    lines = [
+        "# Hedged feature reads: results",
+        "",
+        f"{m['date_utc']} UTC; {m['cpu']}, {m['cores']} cores ({m['note']}); Python "
+        f"{m['python']}, redis-server {m['redis_server']}, redis-py {m['redis_py']} + hiredis "
+        f"{m['hiredis']}, numpy {m['numpy']}. Reproduce: `python benchmarks/hedging.py`.",
+        "",
+        f"## Tail fault: replica B delays {cfg['tail_p'] * 100:g}% of requests by "
+        f"{cfg['tail_ms']:g} ms",
+        "",
+        f"1 user + {cfg['batch']} items x 64 float32 per request, one request at a time, "
+        f"{cfg['reads']} requests per mode, modes interleaved in {cfg['rounds']} rounds.",
+        "",
+        "| mode | p50 ms | p99 ms | p99.9 ms | max ms | extra reads | hedges won / sent "
+        "| budget exhausted | final delay ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in res["tail"].items():
+        lines.append(
+            f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p99_9_ms']:.2f} "
+            f"| {r['max_ms']:.1f} | {r['extra_reads_pct']:.2f}% "
+            f"| {r['hedges_won']} / {r['hedges_sent']} | {r['budget_exhausted']} "
+            f"| {r['hedge_delay_ms_at_end']:.2f} |"
+        )
+    off = res["tail"]["off"]["p99_9_ms"]
+    for name in ("hedged p95", "hedged p99"):
+        on = res["tail"][name]["p99_9_ms"]
+        lines.append("")
+        lines.append(f"p99.9 off / {name}: **{off / on:.1f}x**.")
+    lines += [
+        "",
+        f"## Fetch of {cfg['batch']} entities x 64 features (one replica, no proxy)",
+        "",
+        "| read | p50 ms | p99 ms | p99.9 ms | mean ms |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in res["store"].items():
+        lines.append(
+            f"| {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['p99_9_ms']:.3f} "
+            f"| {r['mean_ms']:.3f} |"
+        )
+    f = res["feast"]
+    if "not_run" in f:
+        lines.append(f"| Feast `get_online_features` | not run: {f['not_run']} | | | |")
+    else:
+        lines.append(
+            f"| Feast {f['feast']} `get_online_features` (same Redis, {f['count']} reads) "
+            f"| {f['p50_ms']:.3f} | {f['p99_ms']:.3f} | - | {f['mean_ms']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as work:
+        pa, pb, xa, xb = (free_port() for _ in range(4))
+        with (
+            process(redis_args(pa, work), pa),
+            process(redis_args(pb, work), pb),
+            process(
+                [
+                    sys.executable,
+                    __file__,
+                    "proxy",
+                    f"{xa}:{pa}:0:0",
+                    f"{xb}:{pb}:{args.tail_p}:{args.tail_ms}",
+                ],
+                xb,
+            ),
+        ):
+            wait_port(xa)
+            m = np.random.default_rng(0).standard_normal((args.entities, 64)).astype(np.float32)
+            cols = [f"f{k}" for k in range(64)]
+            ids = [f"i{k}" for k in range(args.entities)]
+            users = [f"u{k}" for k in range(100)]
+            for port in (pa, pb):
+                url = f"redis://127.0.0.1:{port}"
+                load_entities(url, NS, "item", ids, cols, m, progress=False)
+                load_entities(url, NS, "user", users, cols, m[:100], progress=False)
+            print("tail scenario ...", file=sys.stderr)
+            tail = await tail_scenario(args, [f"redis://127.0.0.1:{xa}", f"redis://127.0.0.1:{xb}"])
+            print("store scenario ...", file=sys.stderr)
+            store = await store_scenario(args, f"redis://127.0.0.1:{pa}")
+            print("feast scenario ...", file=sys.stderr)
+            feast = feast_scenario(args, pa)
+    config = {
+        k: getattr(args, k)
+        for k in ("reads", "rounds", "tail_p", "tail_ms", "entities", "batch", "store_reads")
+    }
+    return {"machine": machine(), "config": config, "tail": tail, "store": store, "feast": feast}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "proxy":
+        proxy_main(sys.argv[2:])
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--reads", type=int, default=12_000, help="requests per hedging mode")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--tail-p", type=float, default=0.01)
+    p.add_argument("--tail-ms", type=float, default=50.0)
+    p.add_argument("--entities", type=int, default=10_000)
+    p.add_argument("--batch", type=int, default=200)
+    p.add_argument("--store-reads", type=int, default=2000)
+    p.add_argument("--feast-reads", type=int, default=200)
+    p.add_argument("--feast-python", default=os.environ.get("FEAST_PYTHON", ""))
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+    res = asyncio.run(run(args))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "hedging.json").write_text(json.dumps(res, indent=2) + "\n")
+    md = markdown(res)
+    (args.out / "hedging.md").write_text(md)
+    print(textwrap.indent(md, ""))
+
+
+if __name__ == "__main__":
+    main()
