@@ -10,6 +10,8 @@ command -v "$PY" >/dev/null || PY=python3
 if [ ! -x "$VENV/bin/mlserver" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet "mlserver>=1.6" "mlserver-lightgbm>=1.6"
+  # uvloop 0.22+ raises from asyncio.get_event_loop() outside a running loop, which kills
+  # MLServer 1.7's inference-pool workers at start-up ("There is no current event loop").
+  "$VENV/bin/pip" install --quiet "mlserver>=1.6" "mlserver-lightgbm>=1.6" "uvloop<0.22"
 fi
 "$VENV/bin/mlserver" --version

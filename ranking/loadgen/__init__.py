@@ -10,7 +10,7 @@ in flight to find the maximum throughput. Percentiles come from HDR histograms m
 client processes. A run whose client fell behind its schedule says so (`report.valid`).
 """
 
-from ranking.loadgen._cli import main
+from ranking.loadgen.cli import main
 from ranking.loadgen._config import LoadConfig, Mode
 from ranking.loadgen._mix import RANK_METHOD, CandidateCount, Payload, RankPayload, RequestMix
 from ranking.loadgen._report import LatencySummary, LoadReport, decode_histogram

@@ -1,0 +1,202 @@
+"""Processes the runner starts: the servers under test and a Redis, each stopped by its own id.
+
+Every process is started in a new session (its own process group), so that a server which
+spawns workers (`ranking serve --workers 2`, MLServer's inference pool) is stopped whole: first
+SIGTERM to the group the runner created, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+__all__ = ["ManagedProcess", "free_port", "process_tree_cpu_s", "start_redis", "wait_ready"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ManagedProcess:
+    """A subprocess with its output in a log file, stopped by process group."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        else:
+            # The leader exited; make sure no worker it started lingers in its group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+
+    def __enter__(self) -> ManagedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_ready(
+    proc: ManagedProcess,
+    target: str,
+    *,
+    probe: str = "grpc-health",
+    timeout_s: float = 120.0,
+    oip_model: str = "",
+) -> None:
+    """Block until the server answers its readiness probe; raise RuntimeError with its log."""
+    deadline = time.monotonic() + timeout_s
+    channel = grpc.insecure_channel(target)
+    try:
+        while True:
+            if not proc.alive():
+                raise RuntimeError(
+                    f"{proc.name} exited with {proc.proc.returncode} before it was ready:\n"
+                    + proc.tail()
+                )
+            if _probe(channel, probe, oip_model):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{proc.name} not ready after {timeout_s:g} s on {target}:\n" + proc.tail()
+                )
+            time.sleep(0.2)
+    finally:
+        channel.close()
+
+
+def _probe(channel: grpc.Channel, probe: str, oip_model: str) -> bool:
+    try:
+        if probe == "grpc-health":
+            stub = health_pb2_grpc.HealthStub(channel)
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+        if probe == "oip":
+            from benchmarks.baselines.mlserver import MODEL_READY_METHOD, model_ready_request
+
+            call = channel.unary_unary(MODEL_READY_METHOD)
+            raw: bytes = call(model_ready_request(oip_model), timeout=1.0)
+            return raw == b"\x08\x01"
+    except grpc.RpcError:
+        return False
+    raise ValueError(f"unknown readiness probe {probe!r}")
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and all its live descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        # Fields after the command (which may hold spaces) start after the last ")".
+        fields = stat[stat.rfind(")") + 2 :].split()
+        ppid = int(fields[1])
+        children.setdefault(ppid, []).append(int(entry))
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        total += cpu.get(p, 0.0)
+        stack.extend(children.get(p, ()))
+    return total
+
+
+def start_redis(log_dir: Path) -> tuple[ManagedProcess, int]:
+    """A throwaway redis-server on a free loopback port, no persistence."""
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    proc = ManagedProcess(
+        "redis",
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+        ],
+        log_dir / "redis.log",
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return proc, port
+        if not proc.alive():
+            break
+        time.sleep(0.05)
+    proc.stop()
+    raise RuntimeError("redis-server did not start:\n" + proc.tail())
