@@ -89,7 +89,7 @@ def _check_bounds(min_limit: int, initial_limit: int, max_limit: int) -> None:
         )
 
 
-class _AdaptiveLimit:
+class _LimitBase:
     """Shared plumbing: a float estimate clamped to [min_limit, max_limit], an int view of
     it, and change listeners. Subclasses implement `_update` and return the new estimate."""
 
@@ -129,7 +129,7 @@ class _AdaptiveLimit:
         raise NotImplementedError
 
 
-class FixedLimit(_AdaptiveLimit):
+class FixedLimit(_LimitBase):
     """A static cap: `limit` never changes. The "fixed" setting, and the baseline the
     adaptive limits must beat in benchmarks."""
 
@@ -146,7 +146,7 @@ class FixedLimit(_AdaptiveLimit):
         return f"FixedLimit(limit={self._limit})"
 
 
-class AIMDLimit(_AdaptiveLimit):
+class AIMDLimit(_LimitBase):
     """Loss-based additive increase, multiplicative decrease (TCP Reno's congestion window).
 
     On a drop, or a sample slower than `timeout_ms`, the limit becomes
@@ -196,7 +196,7 @@ def _log10_root(limit: int) -> int:
     return max(1, int(math.log10(limit))) if limit > 0 else 1
 
 
-class VegasLimit(_AdaptiveLimit):
+class VegasLimit(_LimitBase):
     """Delay-based limit after TCP Vegas.
 
     It keeps `rtt_noload`, the smallest rtt seen (the service's latency with no queue), and
@@ -314,7 +314,7 @@ class VegasLimit(_AdaptiveLimit):
         return f"VegasLimit(limit={self._limit}, rtt_noload_ns={self.rtt_noload_ns})"
 
 
-class Gradient2Limit(_AdaptiveLimit):
+class Gradient2Limit(_LimitBase):
     """Delay-based limit from the gradient of a long-term rtt over the latest rtt.
 
     Each sample updates `long_rtt`, an exponential average over about `long_window` samples
@@ -326,7 +326,8 @@ class Gradient2Limit(_AdaptiveLimit):
 
     At usual latency the gradient is 1 and the limit grows by `smoothing * queue_size` per
     sample; when requests queue, rtt rises above the average, the gradient falls and the limit
-    shrinks (by at most half a step, so one outlier cannot collapse it). It settles where
+    shrinks (the gradient is floored at 0.5, so with smoothing 0.2 one outlier costs at most
+    10% of the limit). It settles where
     `limit * (1 - gradient) == queue_size`: roughly "the concurrency the cores can serve plus
     `queue_size` waiting". If a service runs at 2 requests' worth of CPU and rtt grows in
     proportion to the queue, the limit settles near 2 + queue_size.
@@ -339,6 +340,9 @@ class Gradient2Limit(_AdaptiveLimit):
 
     It holds the limit while fewer than half of it are in use (an idle service learns nothing
     about its capacity), but keeps learning `long_rtt` from those samples.
+
+    Unlike concurrency-limits' Gradient2, a dropped sample counts as the steepest gradient
+    (0.5) and is kept out of `long_rtt`: see `_update` for why.
     """
 
     __slots__ = ("_long_rtt", "_samples", "long_window", "queue_size", "smoothing")
