@@ -154,10 +154,8 @@ def markdown(
     if checks:
         lines += ["## SLO checks", ""]
         for c in checks:
-            lines.append(
-                f"- {'met' if c['met'] else '**MISSED**'} ({c['kind']}): {c['check']}"
-                f" -- {c['measured']}"
-            )
+            verdict = {True: "met", False: "**MISSED**", None: "skipped"}[c["met"]]
+            lines.append(f"- {verdict} ({c['kind']}): {c['check']} -- {c['measured']}")
         lines.append("")
     return "\n".join(lines)
 

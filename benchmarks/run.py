@@ -592,10 +592,22 @@ def machine_info() -> dict[str, Any]:
 
 
 def evaluate(scenario: Scenario, results: list[SystemResult]) -> list[dict[str, Any]]:
+    """Each check as {kind, check, met, measured}; `met` is None for a check on a system that
+    this invocation was asked not to run (--systems)."""
     by_name = {r.name: r for r in results}
     out = []
     for kind, checks in (("require", scenario.require), ("target", scenario.targets)):
         for check in checks:
+            if check.system not in by_name:
+                out.append(
+                    {
+                        "kind": kind,
+                        "check": check.describe(),
+                        "met": None,
+                        "measured": "skipped: system not run in this invocation",
+                    }
+                )
+                continue
             out.append({"kind": kind, **_evaluate(check, by_name, scenario)})
     return out
 
@@ -669,8 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenario, results, checks, machine, started, args.out, plots=not args.no_plots
         )
         for c in checks:
-            log(f"{c['kind']}: {c['check']}: {'MET' if c['met'] else 'MISSED'} ({c['measured']})")
-            if not c["met"] and (c["kind"] == "require" or args.strict):
+            verdict = {True: "MET", False: "MISSED", None: "SKIPPED"}[c["met"]]
+            log(f"{c['kind']}: {c['check']}: {verdict} ({c['measured']})")
+            if c["met"] is False and (c["kind"] == "require" or args.strict):
                 code = 1
         under_test = next((r for r in results if r.name == scenario.under_test), None)
         if under_test is not None and under_test.status != "ok":

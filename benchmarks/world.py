@@ -40,6 +40,8 @@ class WorldSpec:
     trees: int = 500
     leaves: int = 63
     seed: int = 0
+    #: Queries x 100 candidates to train on when the service's demo builder is not available.
+    train_queries: int = 500
 
     @property
     def key(self) -> str:
@@ -144,8 +146,9 @@ def _train_bundle(world, spec: WorldSpec, out: Path) -> None:  # type: ignore[no
     from ranking.scoring.bundle import FeatureSpec, write_bundle
 
     started = time.monotonic()
-    n_queries = 500  # x 100 candidates: 50k rows, the size MEASURED.md's models were fit on
-    sample = world.sample_queries(n_queries, candidates_per_query=min(100, spec.n_items), seed=1)
+    sample = world.sample_queries(
+        spec.train_queries, candidates_per_query=min(100, spec.n_items), seed=1
+    )
     x = world.feature_matrix(sample).astype(np.float64)
     y = sample.relevance.reshape(-1)
     group = sample.group_sizes()
