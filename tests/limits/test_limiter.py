@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -253,7 +254,9 @@ def test_retry_hint_follows_recent_rtt_within_its_bounds() -> None:
 def test_build_limiter_builds_each_kind_with_its_parameters(
     kind: str, expected: type[Limit]
 ) -> None:
-    params = {"limit": 7} if kind == "fixed" else {"initial_limit": 7, "max_limit": 9}
+    params: dict[str, Any] = (
+        {"limit": 7} if kind == "fixed" else {"initial_limit": 7, "max_limit": 9}
+    )
     limiter = build_limiter(kind, **params)
     assert isinstance(limiter.algorithm, expected)
     assert limiter.limit == 7
@@ -281,7 +284,7 @@ def test_limit_parameters_names_exactly_what_each_kind_accepts() -> None:
     assert "backoff_ratio" in limit_parameters("aimd")
     settings = {"initial_limit": 5, "min_limit": 2, "max_limit": 9, "queue_size": 3, "limit": 4}
     for kind in LIMITER_KINDS:
-        params = {k: v for k, v in settings.items() if k in limit_parameters(kind)}
+        params: dict[str, Any] = {k: v for k, v in settings.items() if k in limit_parameters(kind)}
         limiter = build_limiter(kind, **params)
         assert limiter.limit == {"off": 0, "fixed": 4}.get(kind, 5)
     with pytest.raises(ValueError, match="unknown limiter kind"):
