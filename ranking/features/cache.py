@@ -49,8 +49,8 @@ logger = logging.getLogger(__name__)
 STALE = "features.stale"
 STORE_UNAVAILABLE = "features.store_unavailable"
 
-Key = tuple[str, str]
 IntArray = npt.NDArray[np.int64]
+_Out = tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], set[str]]
 
 
 @dataclass(slots=True)
@@ -149,7 +149,7 @@ class CachedFeatureStore:
         self.strict = strict
         self.stats = CacheStats()
         self._tables: dict[str, _Table] = {}
-        self._inflight: dict[Key, _Flight] = {}
+        self._inflight: dict[str, dict[str, _Flight]] = {}  # entity type -> id -> flight
         self._flights: set[asyncio.Task[list[FetchResult] | None]] = set()
         self._closed = False
 
@@ -175,7 +175,7 @@ class CachedFeatureStore:
     ) -> list[FetchResult]:
         now = self._clock()
         stats = self.stats
-        outs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], set[str]]] = []
+        outs: list[_Out] = []
         misses: list[tuple[int, IntArray]] = []
         for li, lk in enumerate(lookups):
             table = self._table(lk.entity_type)
@@ -202,62 +202,79 @@ class CachedFeatureStore:
         self,
         lookups: Sequence[Lookup],
         misses: list[tuple[int, IntArray]],
-        outs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], set[str]]],
+        outs: list[_Out],
         timeout_s: float | None,
     ) -> None:
-        # Which flight answers each missed position; start one flight for keys nobody reads.
-        wanted: dict[_Flight, list[tuple[int, int, Key]]] = {}
-        new: dict[str, dict[str, None]] = {}
+        # A plan says: rows `src` of result `fi` of `flight` answer positions `dst` of lookup `li`.
+        plans: list[tuple[int, _Flight, int, IntArray, IntArray]] = []
+        new: dict[str, dict[str, int]] = {}  # entity type -> id -> row in the new flight
+        fresh_plans: list[tuple[int, str, IntArray, IntArray]] = []
         for li, miss in misses:
             et, ids = lookups[li].entity_type, lookups[li].ids
-            for p in miss.tolist():
-                key = (et, ids[p])
-                flight = self._inflight.get(key)
-                if flight is None:
-                    new.setdefault(et, {})[key[1]] = None
-                else:
-                    wanted.setdefault(flight, []).append((li, p, key))
-        self.stats.joined += sum(len(v) for v in wanted.values())
+            miss_ids = [ids[p] for p in miss.tolist()]
+            flying = self._inflight.get(et)
+            if flying:
+                owners = [flying.get(i) for i in miss_ids]
+                joined = np.fromiter((o is not None for o in owners), np.bool_, len(owners))
+                if joined.any():
+                    plans.extend(self._join(li, et, miss, miss_ids, owners, joined))
+                    miss = miss[~joined]
+                    miss_ids = [i for i, o in zip(miss_ids, owners, strict=True) if o is None]
+            if len(miss):
+                rows_of = new.setdefault(et, {})
+                # setdefault's default is evaluated first: a new id gets the next row.
+                src = np.fromiter(
+                    (rows_of.setdefault(i, len(rows_of)) for i in miss_ids), np.int64, len(miss)
+                )
+                fresh_plans.append((li, et, miss, src))
         if new:
             flight = self._start_flight(new, timeout_s)
-            for li, miss in misses:
-                et, ids = lookups[li].entity_type, lookups[li].ids
-                mine = wanted.setdefault(flight, [])
-                mine.extend(
-                    (li, p, (et, ids[p])) for p in miss.tolist() if (et, ids[p]) in flight.pos
-                )
-        tasks = {f.task for f in wanted}
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
-        failed: list[tuple[int, int, Key]] = []
-        for flight, items in wanted.items():
+            plans.extend(
+                (li, flight, flight.index[et], dst, src) for li, et, dst, src in fresh_plans
+            )
+        tasks = {plan[1].task for plan in plans}
+        await asyncio.wait(tasks, timeout=timeout_s)
+        failed: dict[int, list[IntArray]] = {}
+        for li, flight, fi, dst, src in plans:
             results = flight.task.result() if flight.task.done() else None
             if results is None:
-                failed.extend(items)
+                failed.setdefault(li, []).append(dst)
                 continue
-            by_lookup: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
-            for li, p, key in items:
-                fi, row = flight.pos[key]
-                dst, src = by_lookup.setdefault((li, fi), ([], []))
-                dst.append(p)
-                src.append(row)
-            for (li, fi), (dst, src) in by_lookup.items():
-                res = results[fi]
-                rows, found, why = outs[li]
-                rows[dst] = res.rows[src]
-                found[dst] = res.found[src]
-                why.update(res.degraded)
+            res = results[fi]
+            rows, found, why = outs[li]
+            rows[dst] = res.rows[src]
+            found[dst] = res.found[src]
+            why.update(res.degraded)
         if failed:
             self._serve_stale(lookups, failed, outs)
 
-    def _start_flight(self, new: dict[str, dict[str, None]], timeout_s: float | None) -> _Flight:
-        subs = [Lookup(et, list(ids)) for et, ids in new.items()]
-        flight = _Flight(subs)
-        for fi, sub in enumerate(subs):
-            for row, i in enumerate(sub.ids):
-                key = (sub.entity_type, i)
-                flight.pos[key] = (fi, row)
-                self._inflight[key] = flight
+    def _join(
+        self,
+        li: int,
+        et: str,
+        miss: IntArray,
+        miss_ids: list[str],
+        owners: list[_Flight | None],
+        joined: npt.NDArray[np.bool_],
+    ) -> list[tuple[int, _Flight, int, IntArray, IntArray]]:
+        """Plans for the misses already being read by other requests' flights."""
+        groups: dict[_Flight, tuple[list[int], list[int]]] = {}
+        for k in np.flatnonzero(joined).tolist():
+            flight = owners[k]
+            assert flight is not None
+            dst, src = groups.setdefault(flight, ([], []))
+            dst.append(int(miss[k]))
+            src.append(flight.rows[et][miss_ids[k]])
+        self.stats.joined += int(joined.sum())
+        return [
+            (li, f, f.index[et], np.asarray(d, np.int64), np.asarray(r, np.int64))
+            for f, (d, r) in groups.items()
+        ]
+
+    def _start_flight(self, new: dict[str, dict[str, int]], timeout_s: float | None) -> _Flight:
+        flight = _Flight([Lookup(et, list(rows_of)) for et, rows_of in new.items()], new)
+        for et, rows_of in new.items():
+            self._inflight.setdefault(et, {}).update(dict.fromkeys(rows_of, flight))
         flight.task = asyncio.create_task(self._run_flight(flight, timeout_s))
         self._flights.add(flight.task)
         flight.task.add_done_callback(self._flights.discard)
@@ -274,9 +291,12 @@ class CachedFeatureStore:
             self.stats.store_failures += 1
             return None
         finally:
-            for key in flight.pos:
-                if self._inflight.get(key) is flight:
-                    del self._inflight[key]
+            # Only this flight can own its ids (a flight is started only for ids nobody
+            # reads), so they are dropped without checking the owner.
+            for sub in flight.lookups:
+                pop = self._inflight.get(sub.entity_type, {}).pop
+                for i in sub.ids:
+                    pop(i, None)
         now = self._clock()
         for sub, res in zip(flight.lookups, results, strict=True):
             # Rows of a schema-mismatched answer are not cached as unknown: they must be
@@ -323,22 +343,15 @@ class CachedFeatureStore:
         self.stats.inserts += len(dst)
 
     def _serve_stale(
-        self,
-        lookups: Sequence[Lookup],
-        failed: list[tuple[int, int, Key]],
-        outs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], set[str]]],
+        self, lookups: Sequence[Lookup], failed: dict[int, list[IntArray]], outs: list[_Out]
     ) -> None:
-        """Answer keys whose read failed from entries expired less than stale_ttl_s ago."""
+        """Answer positions whose read failed from entries expired less than stale_ttl_s ago."""
         now = self._clock()
-        per_lookup: dict[int, list[int]] = {}
-        for li, p, _ in failed:
-            per_lookup.setdefault(li, []).append(p)
-        any_unavailable = False
-        for li, positions in per_lookup.items():
+        for li, parts in failed.items():
             lk = lookups[li]
             table = self._table(lk.entity_type)
-            pos = np.asarray(positions, dtype=np.int64)
-            slots = table.slots_of([lk.ids[p] for p in positions])
+            pos = np.concatenate(parts)
+            slots = table.slots_of([lk.ids[p] for p in pos.tolist()])
             s = np.maximum(slots, 0)
             usable = (slots >= 0) & (table.expires[s] + self.stale_ttl_s > now)
             stale = usable & ~table.negative[s]
@@ -353,11 +366,8 @@ class CachedFeatureStore:
             self.stats.unavailable += n_unavailable
             if n_unavailable:
                 why.add(STORE_UNAVAILABLE)
-                any_unavailable = True
         if self.strict:
             raise FeatureStoreUnavailable("feature store unavailable")
-        if any_unavailable:
-            logger.debug("answered %d keys degraded: store unavailable", len(failed))
 
     async def close(self) -> None:
         """Cancel reads in flight, then close the inner store. Idempotent."""
@@ -374,8 +384,16 @@ class CachedFeatureStore:
 
 @dataclass(eq=False, slots=True)
 class _Flight:
-    """One inner read shared by every request that missed one of its keys."""
+    """One inner read shared by every request that missed one of its keys.
+
+    lookups: one sub-lookup per entity type; rows: entity type -> id -> row in its result;
+    index: entity type -> position of its sub-lookup.
+    """
 
     lookups: list[Lookup]
-    pos: dict[Key, tuple[int, int]] = field(default_factory=dict)
+    rows: dict[str, dict[str, int]]
+    index: dict[str, int] = field(init=False)
     task: asyncio.Task[list[FetchResult] | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = {lk.entity_type: fi for fi, lk in enumerate(self.lookups)}
