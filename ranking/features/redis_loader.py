@@ -21,6 +21,7 @@ from redis.cluster import RedisCluster
 from tqdm import tqdm
 
 from ranking.features.redis_store import (
+    DEFAULT_CLUSTER_BUCKETS,
     FORMAT_FLOAT32,
     HEADER_BYTES,
     KeyLayout,
@@ -58,7 +59,7 @@ def load_entities(
     ttl_s: float | None = None,
     batch: int = 1000,
     progress: Progress = True,
-    buckets: int = 0,
+    buckets: int | None = None,
     cluster: bool = False,
 ) -> int:
     """Write one vector per id; return the number of entities written.
@@ -67,7 +68,8 @@ def load_entities(
         URL (a client is made and closed; `cluster` says which kind).
     ttl_s: expire each entity key after this long (the schema key never expires).
     progress: True for a tqdm bar, False for none, or a callable given the running count.
-    buckets: the hash-tag bucket count of the reader's `KeyLayout` (0: plain keys).
+    buckets: hash-tag buckets of the reader's `KeyLayout`; default, like the store's: 16 for a
+        cluster (a `RedisCluster` client or `cluster=True`), else 0 (plain keys).
     """
     if batch <= 0:
         raise ValueError("batch must be > 0")
@@ -78,7 +80,6 @@ def load_entities(
     packed = pack_rows(columns, matrix)
     if packed.shape[0] != len(ids):
         raise ValueError(f"{len(ids)} ids for {packed.shape[0]} rows")
-    layout = KeyLayout(namespace, buckets)
     owned = isinstance(client_or_url, str)
     client: SyncClient
     if isinstance(client_or_url, str):
@@ -87,6 +88,9 @@ def load_entities(
         )
     else:
         client = client_or_url
+    if buckets is None:
+        buckets = DEFAULT_CLUSTER_BUCKETS if isinstance(client, RedisCluster) else 0
+    layout = KeyLayout(namespace, buckets)
     bar: tqdm[Any] | None = None
     try:
         schema = {

@@ -49,6 +49,7 @@ from ranking.errors import FeatureStoreUnavailable
 from ranking.features.store import FetchResult, Lookup
 
 __all__ = [
+    "DEFAULT_CLUSTER_BUCKETS",
     "FORMAT_FLOAT32",
     "HEADER_BYTES",
     "MAGIC",
@@ -62,6 +63,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_CLUSTER_BUCKETS = 16  # hash-tag buckets per entity type on a cluster
 MAGIC = b"RF"
 FORMAT_FLOAT32 = 1
 HEADER_BYTES = 8
@@ -184,7 +186,7 @@ class RedisFeatureStore:
         is_cluster = isinstance(client, RedisCluster)
         self._client: AsyncClient = client
         if buckets is None:
-            buckets = 16 if is_cluster else 0
+            buckets = DEFAULT_CLUSTER_BUCKETS if is_cluster else 0
         self.layout = KeyLayout(namespace, buckets)
         self._entity_types = tuple(entity_types)
         self._schemas: dict[str, _Schema] = {

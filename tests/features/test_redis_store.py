@@ -199,3 +199,18 @@ async def test_cluster_round_trip_few_mgets(redis_cluster: RedisCluster) -> None
     calls = sum(mget_calls(node) for node in redis_cluster.nodes) - before
     assert 1 <= calls <= 4  # one MGET per bucket, not per id
     await store.close()
+
+
+async def test_cluster_defaults_match(redis_cluster: RedisCluster) -> None:
+    """Loader and store default to the same bucket count on a cluster."""
+    m = make_matrix(40)
+    ids = [f"i{k}" for k in range(40)]
+    load_entities(redis_cluster.url, "cl2", "item", ids, COLUMNS, m, progress=False, cluster=True)
+    store = RedisFeatureStore(
+        redis_cluster.url, namespace="cl2", cluster=True, entity_types=("item",)
+    )
+    await store.start()
+    (r,) = await store.fetch([Lookup("item", ids)], timeout_s=2.0)
+    assert r.found.all()
+    np.testing.assert_array_equal(r.rows, m)
+    await store.close()
