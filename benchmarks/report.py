@@ -151,6 +151,7 @@ def markdown(
     stages = _stage_table(results)
     if stages:
         lines += stages
+    lines += _profile_table(results)
     if checks:
         lines += ["## SLO checks", ""]
         for c in checks:
@@ -182,6 +183,28 @@ def _stage_table(results: list[SystemResult]) -> list[str]:
             + f" | {_fmt(s.server_cpu_ms_per_request)} |"
         )
     out.append("")
+    return out
+
+
+def _profile_table(results: list[SystemResult]) -> list[str]:
+    out: list[str] = []
+    for r in results:
+        for s in _all_steps(r):
+            if not s.profile:
+                continue
+            out += [
+                f"## CPU per request by stage: {r.name} at {s.rate:g} req/s (py-spy)",
+                "",
+                f"Server CPU {_fmt(s.server_cpu_ms_per_request, 3)} ms per request (all "
+                "processes, from /proc), split by the share of py-spy samples in each stage.",
+                "",
+                "| stage | share of samples | CPU ms per request |",
+                "|---|---:|---:|",
+            ]
+            cpu = s.profile_cpu_ms()
+            for k, share in s.profile.items():
+                out.append(f"| {k} | {share:.1%} | {_fmt(cpu.get(k), 3)} |")
+            out.append("")
     return out
 
 

@@ -21,6 +21,7 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.profile import start_profile, summarize_profile
 from benchmarks.scenario import Check, Scenario, find_scenario, load_scenario
 from benchmarks.servers import (
     ManagedProcess,
@@ -157,6 +159,12 @@ class Step:
     why: str
     server_cpu_ms_per_request: float | None = None
     stages_us: dict[str, float] = field(default_factory=dict)
+    #: py-spy bucket -> share of sampled server CPU (only with --profile).
+    profile: dict[str, float] = field(default_factory=dict)
+
+    def profile_cpu_ms(self) -> dict[str, float]:
+        cpu = self.server_cpu_ms_per_request or 0.0
+        return {k: share * cpu for k, share in self.profile.items()}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +173,8 @@ class Step:
             "why": self.why,
             "server_cpu_ms_per_request": self.server_cpu_ms_per_request,
             "server_stage_mean_us": self.stages_us,
+            "profile_share": self.profile,
+            "profile_cpu_ms_per_request": self.profile_cpu_ms(),
             "report": self.report.as_dict(),
         }
 
@@ -204,8 +214,16 @@ class SystemResult:
 
 
 class Runner:
-    def __init__(self, scenario: Scenario, *, out: Path, systems: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        out: Path,
+        systems: Sequence[str] | None,
+        profile: bool = False,
+    ) -> None:
         self.sc = scenario
+        self.profile = profile
         self.out = out
         # --systems replaces the scenario's list (and may add systems it does not name).
         self.systems = list(systems) if systems else list(scenario.systems)
@@ -325,8 +343,6 @@ class Runner:
 
     def _prepare_mlserver(self, port: int) -> str:
         """Create the MLServer venv when missing (bounded) and its folder; "" or a reason."""
-        import subprocess
-
         from benchmarks.baselines.mlserver import write_mlserver_folder
 
         exe = MLSERVER_VENV / "bin" / "mlserver"
@@ -382,7 +398,13 @@ class Runner:
         )
 
     def _one(
-        self, target: str, payload: Payload, rate: float, server: ManagedProcess, stats: bool
+        self,
+        target: str,
+        payload: Payload,
+        rate: float,
+        server: ManagedProcess,
+        stats: bool,
+        profile_to: Path | None = None,
     ) -> Step:
         plan = self.sc.load
         attempts = 1 + plan.retries_when_client_behind
@@ -391,8 +413,15 @@ class Runner:
             before_stats = _get_stats(target) if stats else None
             cpu0 = process_tree_cpu_s(server.pid)
             cfg = self._config(target, payload, rate, plan.duration_s, plan.warmup_s)
+            spy = start_profile(server.pid, plan.duration_s, profile_to) if profile_to else None
             report = _run_async(run_load(cfg))
             cpu = process_tree_cpu_s(server.pid) - cpu0
+            if spy is not None:
+                try:
+                    spy.wait(plan.duration_s + 30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
             after_stats = _get_stats(target) if stats else None
             passed, why = self._judge(report)
             sent = report.sent + report.warmup_sent
@@ -404,6 +433,8 @@ class Runner:
                 1000.0 * cpu / sent if sent else None,
                 _stage_delta(before_stats, after_stats),
             )
+            if spy is not None and profile_to is not None:
+                step.profile = summarize_profile(profile_to)
             if report.valid or attempt == attempts - 1:
                 break
             log(f"    client fell behind ({'; '.join(report.problems)}); retrying once")
@@ -450,7 +481,15 @@ class Runner:
                 if cached is not None:
                     return cached
                 log(f"  {result.name} @ {rate:g} req/s ({label}) ...")
-                step = self._one(target, payload, rate, server, stats)
+                profile_to = None
+                if (
+                    self.profile
+                    and result.name == self.sc.under_test
+                    and plan.fixed_rates
+                    and rate == plan.fixed_rates[0]
+                ):
+                    profile_to = self.logs / f"{result.name}-{rate:g}rps.pyspy.txt"
+                step = self._one(target, payload, rate, server, stats, profile_to)
                 r = step.report
                 log(
                     f"    p50 {r.latency.p50_ms:.2f}  p99 {r.latency.p99_ms:.2f}  p99.9 "
@@ -662,6 +701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="report folder")
     p.add_argument("--strict", action="store_true", help="missed targets fail too")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the system under test during the first fixed rate: CPU per stage",
+    )
     args = p.parse_args(argv)
     from benchmarks.report import write_reports
 
@@ -675,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenario = scenario.quick(args.duration)
         started = dt.datetime.now(dt.UTC)
         machine = machine_info()
-        results = Runner(scenario, out=args.out, systems=systems).run()
+        results = Runner(scenario, out=args.out, systems=systems, profile=args.profile).run()
         checks = evaluate(scenario, results)
         paths = write_reports(
             scenario, results, checks, machine, started, args.out, plots=not args.no_plots
