@@ -83,7 +83,7 @@ def prepare_world(spec: WorldSpec, cache_dir: Path | None = None) -> BenchWorld:
         world = _make_world(spec)
         _write_table(users_file, world.user_ids, world.user_columns, world.user_matrix)
         _write_table(items_file, world.item_ids, world.item_columns, world.item_matrix)
-    if not (bundle / "model.txt").exists():
+    if not (bundle / "model.txt").exists() or _stale_fallback(bundle):
         world = world or _make_world(spec)
         _train_bundle(world, spec, bundle)
     from ranking.scoring.bundle import load_bundle
@@ -98,6 +98,24 @@ def prepare_world(spec: WorldSpec, cache_dir: Path | None = None) -> BenchWorld:
         item_features=items_file,
         feature_names=loaded.feature_names,
     )
+
+
+_SOURCE_FILE = "source.txt"
+
+
+def _demo_builder():  # type: ignore[no-untyped-def]
+    try:
+        from ranking.demo.model import build_demo_bundle
+    except ImportError:
+        return None
+    return build_demo_bundle
+
+
+def _stale_fallback(bundle: Path) -> bool:
+    """A bundle trained here while the service's demo builder was missing is rebuilt with the
+    builder once it exists, so the benchmark serves the model `ranking serve` would."""
+    source = bundle / _SOURCE_FILE
+    return source.exists() and source.read_text().strip() == "fallback" and bool(_demo_builder())
 
 
 def _make_world(spec: WorldSpec):  # type: ignore[no-untyped-def]
@@ -122,10 +140,7 @@ def _write_table(
 def _train_bundle(world, spec: WorldSpec, out: Path) -> None:  # type: ignore[no-untyped-def]
     """Prefer the service's own demo builder (the very model `ranking serve` would build);
     train a LambdaRank model on the demo world here when that builder is not available."""
-    try:
-        from ranking.demo.model import build_demo_bundle
-    except ImportError:
-        build_demo_bundle = None
+    build_demo_bundle = _demo_builder()
     if build_demo_bundle is not None:
         built = Path(
             build_demo_bundle(
@@ -140,6 +155,7 @@ def _train_bundle(world, spec: WorldSpec, out: Path) -> None:  # type: ignore[no
         out.mkdir(parents=True, exist_ok=True)
         for name in ("model.txt", "schema.json"):
             (out / name).write_bytes((built / name).read_bytes())
+        (out / _SOURCE_FILE).write_text("demo-builder\n")
         return
     import lightgbm as lgb
 
@@ -173,6 +189,7 @@ def _train_bundle(world, spec: WorldSpec, out: Path) -> None:  # type: ignore[no
     )
     features = [FeatureSpec(n, {"u": "user", "i": "item", "c": "context"}[n[0]]) for n in names]
     write_bundle(out, booster.model_to_string(), features, version=f"bench-{spec.key}")
+    (out / _SOURCE_FILE).write_text("fallback\n")
     print(f"trained in {time.monotonic() - started:.0f} s", flush=True)
 
 

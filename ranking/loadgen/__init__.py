@@ -10,12 +10,12 @@ in flight to find the maximum throughput. Percentiles come from HDR histograms m
 client processes. A run whose client fell behind its schedule says so (`report.valid`).
 """
 
-from ranking.loadgen.cli import main
 from ranking.loadgen._config import LoadConfig, Mode
 from ranking.loadgen._mix import RANK_METHOD, CandidateCount, Payload, RankPayload, RequestMix
 from ranking.loadgen._report import LatencySummary, LoadReport, decode_histogram
 from ranking.loadgen._runner import LoadGenError, run_load
 from ranking.loadgen._schedule import Arrivals, arrival_offsets
+from ranking.loadgen.cli import main
 
 __all__ = [
     "RANK_METHOD",

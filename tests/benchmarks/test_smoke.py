@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.run import main  # noqa: E402
-from ranking.loadgen import decode_histogram  # noqa: E402
+from benchmarks.run import main
+from ranking.loadgen import decode_histogram
 
 
 def _service_can_score() -> bool:
