@@ -74,16 +74,15 @@ def summarize(h: HdrHistogram) -> LatencySummary:
         nan = float("nan")
         return LatencySummary(0, nan, nan, nan, nan, nan, nan)
 
-    def ms(p: float) -> float:
-        return float(h.get_value_at_percentile(p)) / 1000.0
-
+    # One pass over the histogram for all percentiles (each get_value_at_percentile walks it).
+    at = h.get_percentile_to_value_dict([50.0, 90.0, 99.0, 99.9])
     return LatencySummary(
         count=int(n),
         mean_ms=float(h.get_mean_value()) / 1000.0,
-        p50_ms=ms(50),
-        p90_ms=ms(90),
-        p99_ms=ms(99),
-        p999_ms=ms(99.9),
+        p50_ms=at[50.0] / 1000.0,
+        p90_ms=at[90.0] / 1000.0,
+        p99_ms=at[99.0] / 1000.0,
+        p999_ms=at[99.9] / 1000.0,
         max_ms=float(h.get_max_value()) / 1000.0,
     )
 
