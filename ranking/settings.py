@@ -93,16 +93,20 @@ class Settings(BaseSettings):
         ge=0,
         description="Score on the event loop when rows x trees is at most this; else in a thread.",
     )
-    limiter: Literal["gradient2", "vegas", "aimd", "fixed", "off"] = "gradient2"
-    limiter_initial: int = Field(16, ge=1)
-    limiter_max: int = Field(256, ge=1)
+    limiter: Literal["vegas", "gradient2", "aimd", "fixed", "off"] = Field(
+        "vegas", description="Concurrency limit algorithm; see ranking/limits/README.md."
+    )
+    limiter_initial: int = Field(16, ge=1, description="Starting limit per worker.")
+    limiter_min: int = Field(2, ge=1, description="Adaptive limits never go below this.")
+    limiter_max: int = Field(64, ge=1, description="Adaptive limits never exceed this.")
+    limiter_fixed: int = Field(32, ge=1, description="The static cap when limiter=fixed.")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.hedge_delay_floor_ms > self.hedge_delay_cap_ms:
             raise ValueError("hedge_delay_floor_ms must not exceed hedge_delay_cap_ms")
-        if self.limiter_initial > self.limiter_max:
-            raise ValueError("limiter_initial must not exceed limiter_max")
+        if not self.limiter_min <= self.limiter_initial <= self.limiter_max:
+            raise ValueError("need limiter_min <= limiter_initial <= limiter_max")
         return self
 
     def effective_workers(self) -> int:

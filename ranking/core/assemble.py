@@ -121,7 +121,7 @@ class MatrixPlan:
         for name, value in context.items():
             matrix[:, self.context_positions[name]] = value
         if inline_names and inline_values is not None:
-            positions = [self.inline_positions[name] for name in inline_names]
+            positions = np.array([self.inline_positions[n] for n in inline_names], np.intp)
             if inline_rows is None:
                 matrix[:, positions] = inline_values
             else:

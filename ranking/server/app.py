@@ -28,7 +28,7 @@ from ranking.core.service import RankingService
 from ranking.errors import BundleError
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
 from ranking.features.store import FeatureStore
-from ranking.limits import build_limiter
+from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
 from ranking.settings import Settings
 from ranking.telemetry import Stats, Telemetry, build_telemetry
@@ -265,12 +265,17 @@ def _fingerprint(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(out)
 
 
-def _limiter(s: Settings):  # type: ignore[no-untyped-def]
+def _limiter(s: Settings) -> Limiter:
     if s.limiter == "off":
         return build_limiter("off")
     if s.limiter == "fixed":
-        return build_limiter("fixed", limit=s.limiter_max)
-    return build_limiter(s.limiter, initial_limit=s.limiter_initial, max_limit=s.limiter_max)
+        return build_limiter("fixed", limit=s.limiter_fixed)
+    return build_limiter(
+        s.limiter,
+        initial_limit=s.limiter_initial,
+        min_limit=s.limiter_min,
+        max_limit=s.limiter_max,
+    )
 
 
 def run_worker(settings: Settings, worker: int = 0, stats_path: Path | None = None) -> None:

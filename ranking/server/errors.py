@@ -37,8 +37,13 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException, stats: St
         else:
             stats.add("internal")
         if isinstance(exc, Overloaded):
-            context.set_trailing_metadata((("retry-after-ms", str(exc.retry_after_ms)),))
+            # grpc-retry-pushback-ms is what gRPC clients with a retryPolicy honour.
+            hint = str(exc.retry_after_ms)
+            context.set_trailing_metadata(
+                (("retry-after-ms", hint), ("grpc-retry-pushback-ms", hint))
+            )
         await context.abort(exc.code, exc.message)
     stats.add("internal")
     log.error("unexpected error in a call", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
+    raise AssertionError("unreachable: context.abort raises")

@@ -25,7 +25,7 @@ __all__ = ["AdminServicer", "RankingServicer"]
 log = logging.getLogger(__name__)
 
 
-class RankingServicer(pb_grpc.RankingServiceServicer):
+class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
     def __init__(self, core: RankingService, budget_s: float) -> None:
         self._core = core
         self._budget_s = budget_s
@@ -73,7 +73,7 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
             otel_context.detach(token)
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     def __init__(self, core: RankingService, admin_token: str | None, workers: int) -> None:
         self._core = core
         self._token = admin_token

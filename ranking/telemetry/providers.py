@@ -68,7 +68,9 @@ def _span_exporter(kind: str) -> SpanExporter | None:
         return ConsoleSpanExporter()
     if kind == "otlp":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter,
+            )
         except ImportError as exc:
             raise SystemExit(
                 "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: pip install 'ranking[otlp]'"
@@ -84,7 +86,9 @@ def _metric_exporter(kind: str) -> MetricExporter | None:
         return ConsoleMetricExporter()
     if kind == "otlp":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found]
+                OTLPMetricExporter,
+            )
         except ImportError as exc:
             raise SystemExit(
                 "OTEL_METRICS_EXPORTER=otlp needs the OTLP exporter: pip install 'ranking[otlp]'"

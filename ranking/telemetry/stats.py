@@ -45,8 +45,10 @@ class Stats:
         if path is None:
             self._table = np.zeros(shape, dtype=np.float64)
         else:
-            mode = "r+" if path.exists() else "w+"
-            self._table = np.memmap(path, dtype=np.float64, mode=mode, shape=shape)
+            if path.exists():
+                self._table = np.memmap(path, dtype=np.float64, mode="r+", shape=shape)
+            else:
+                self._table = np.memmap(path, dtype=np.float64, mode="w+", shape=shape)
         self.row = self._table[worker]
         self.path = path
 
