@@ -1,0 +1,390 @@
+"""QuickScorer: exact LightGBM raw scores from a compiled kernel, built from the model text.
+
+`QuickScorer.from_model_text(text)` parses a LightGBM text model, turns every tree into
+QuickScorer's arrays (per-feature node lists sorted by threshold, one 64-bit leaf mask per node,
+leaf values in left-to-right order) and hands them to the C kernel in `_quickscorer.c`.
+Building takes tens of milliseconds for a 500-tree model, so a hot reload just builds again;
+`from_model_text` also memoises the last few models by their SHA-256.
+
+Scores equal `Booster.predict(matrix, raw_score=True)` bit for bit: the kernel reproduces
+LightGBM's decisions (missing-value types, default directions, categorical bitsets, the
+|x| <= 1e-35 rule of its dense predict path) and adds the trees' outputs in LightGBM's order.
+See ranking/scoring/README.md for the algorithm and the exactness argument.
+
+Not supported (`supports` says why, and `engines.build_scorer` falls back to LightGBM):
+linear trees, trees with more than 64 leaves, and models this parser does not understand.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ranking.errors import BundleError
+from ranking.scoring import _quickscorer
+
+__all__ = ["MAX_LEAVES", "QuickScorer", "available_kernels", "supports"]
+
+#: Trees may have at most this many leaves: one uint64 bitvector per tree and row.
+MAX_LEAVES = 64
+
+_CATEGORICAL_MASK = 1
+_DEFAULT_LEFT_MASK = 2
+_MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
+_ALL_ONES = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    num_leaves: int
+    split_feature: list[int]
+    threshold: list[float]
+    decision_type: list[int]
+    left_child: list[int]
+    right_child: list[int]
+    leaf_value: list[float]
+    cat_boundaries: list[int]
+    cat_threshold: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    num_features: int
+    num_outputs: int
+    average_output: bool
+    trees: list[_Tree]
+
+
+class _Unsupported(Exception):
+    """The model is valid LightGBM but outside what the kernel handles."""
+
+
+def _ints(fields: dict[str, str], key: str) -> list[int]:
+    raw = fields.get(key, "").split()
+    return [int(v) for v in raw]
+
+
+def _floats(fields: dict[str, str], key: str) -> list[float]:
+    return [float(v) for v in fields.get(key, "").split()]
+
+
+def _parse_tree(index: int, fields: dict[str, str]) -> _Tree:
+    if fields.get("is_linear", "0").strip() not in ("0", ""):
+        raise _Unsupported(f"tree {index} is a linear tree (linear_tree=true)")
+    num_leaves = int(fields["num_leaves"])
+    if num_leaves > MAX_LEAVES:
+        raise _Unsupported(f"tree {index} has {num_leaves} leaves; the kernel handles <= 64")
+    tree = _Tree(
+        num_leaves=num_leaves,
+        split_feature=_ints(fields, "split_feature"),
+        threshold=_floats(fields, "threshold"),
+        decision_type=_ints(fields, "decision_type"),
+        left_child=_ints(fields, "left_child"),
+        right_child=_ints(fields, "right_child"),
+        leaf_value=_floats(fields, "leaf_value"),
+        cat_boundaries=_ints(fields, "cat_boundaries"),
+        cat_threshold=_ints(fields, "cat_threshold"),
+    )
+    internal = num_leaves - 1
+    lengths = {
+        len(tree.split_feature),
+        len(tree.threshold),
+        len(tree.decision_type),
+        len(tree.left_child),
+        len(tree.right_child),
+    }
+    if num_leaves < 1 or lengths != {internal} or len(tree.leaf_value) != num_leaves:
+        raise ValueError(f"tree {index}: node arrays do not match num_leaves={num_leaves}")
+    return tree
+
+
+def _parse_model(text: str) -> _Model:
+    """Parses the parts of a LightGBM text model that prediction needs."""
+    if not text.startswith("tree"):
+        raise ValueError("not a LightGBM text model (it must start with 'tree')")
+    header: dict[str, str] = {}
+    flags: set[str] = set()
+    trees: list[_Tree] = []
+    blocks = text.split("\nTree=")
+    for line in blocks[0].splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            header[key.strip()] = value.strip()
+        elif line.strip():
+            flags.add(line.strip())
+    for n, block in enumerate(blocks[1:]):
+        body = block.split("end of trees", 1)[0]
+        lines = body.splitlines()
+        fields: dict[str, str] = {}
+        for line in lines[1:]:
+            key, sep, value = line.partition("=")
+            if sep:
+                fields[key.strip()] = value
+        if int(lines[0].strip()) != n:
+            raise ValueError(f"trees are out of order at Tree={lines[0].strip()}")
+        trees.append(_parse_tree(n, fields))
+    if "end of trees" not in text:
+        raise ValueError("model text is truncated ('end of trees' is missing)")
+    try:
+        num_features = int(header["max_feature_idx"]) + 1
+        num_outputs = int(header.get("num_tree_per_iteration", header.get("num_class", "1")))
+    except (KeyError, ValueError) as exc:
+        raise ValueError("model header lacks max_feature_idx / num_tree_per_iteration") from exc
+    if not trees:
+        raise _Unsupported("the model has no trees")
+    if len(trees) % num_outputs:
+        raise ValueError(f"{len(trees)} trees is not a multiple of {num_outputs} per iteration")
+    return _Model(num_features, num_outputs, "average_output" in flags, trees)
+
+
+def _leaf_order(tree: _Tree) -> tuple[list[int], list[int], list[int]]:
+    """In-order numbering of a tree's leaves.
+
+    Returns (bit_of_leaf, left_lo, left_hi): leaf i gets bit bit_of_leaf[i] (left to right), and
+    the leaves of node n's left subtree are the bits [left_lo[n], left_hi[n]).
+    """
+    internal = tree.num_leaves - 1
+    bit_of_leaf = [0] * tree.num_leaves
+    left_lo = [0] * internal
+    left_hi = [0] * internal
+    if internal == 0:
+        return bit_of_leaf, left_lo, left_hi
+    next_bit = 0
+    seen = 0
+    # Iterative in-order walk; ("exit", n) marks the end of n's left subtree.
+    stack: list[tuple[str, int]] = [("visit", 0)]
+    while stack:
+        action, node = stack.pop()
+        if action == "exit":
+            left_hi[node] = next_bit
+            continue
+        if node < 0:
+            leaf = ~node
+            if not 0 <= leaf < tree.num_leaves:
+                raise ValueError("a child points to a leaf out of range")
+            bit_of_leaf[leaf] = next_bit
+            next_bit += 1
+            continue
+        if not 0 <= node < internal:
+            raise ValueError("a child points to a node out of range")
+        seen += 1
+        if seen > internal:
+            raise ValueError("the tree is not a tree (a node is reached twice)")
+        left_lo[node] = next_bit
+        stack.append(("visit", tree.right_child[node]))
+        stack.append(("exit", node))
+        stack.append(("visit", tree.left_child[node]))
+    if next_bit != tree.num_leaves or seen != internal:
+        raise ValueError("the tree does not reach every leaf exactly once")
+    return bit_of_leaf, left_lo, left_hi
+
+
+def _offsets(features: Sequence[int], num_features: int) -> npt.NDArray[np.int64]:
+    counts = np.bincount(np.asarray(features, dtype=np.int64), minlength=num_features)
+    off = np.zeros(num_features + 1, dtype=np.int64)
+    np.cumsum(counts, out=off[1:])
+    return off
+
+
+def _grouped(
+    features: list[int], trees: list[int], masks: list[int], num_features: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], npt.NDArray[np.uint64], list[int]]:
+    order = sorted(range(len(features)), key=lambda i: features[i])
+    return (
+        _offsets(features, num_features),
+        np.array([trees[i] for i in order], dtype=np.uint32),
+        np.array([masks[i] for i in order], dtype=np.uint64),
+        order,
+    )
+
+
+def _build(model: _Model) -> _quickscorer.Ensemble:
+    nf = model.num_features
+    num_trees = len(model.trees)
+    num_feat: list[int] = []
+    num_thr: list[float] = []
+    num_tree: list[int] = []
+    num_mask: list[int] = []
+    nan_feat: list[int] = []
+    nan_tree: list[int] = []
+    nan_mask: list[int] = []
+    zero_feat: list[int] = []
+    zero_tree: list[int] = []
+    zero_mask: list[int] = []
+    cat_feat: list[int] = []
+    cat_tree: list[int] = []
+    cat_mask: list[int] = []
+    cat_sets: list[list[int]] = []
+    leaf_value = np.zeros(num_trees * MAX_LEAVES, dtype=np.float64)
+
+    for t, tree in enumerate(model.trees):
+        bit_of_leaf, left_lo, left_hi = _leaf_order(tree)
+        for leaf, bit in enumerate(bit_of_leaf):
+            leaf_value[t * MAX_LEAVES + bit] = tree.leaf_value[leaf]
+        for n in range(tree.num_leaves - 1):
+            f = tree.split_feature[n]
+            if not 0 <= f < nf:
+                raise ValueError(f"tree {t} splits on feature {f}; the model has {nf}")
+            width = left_hi[n] - left_lo[n]
+            mask = _ALL_ONES ^ (((1 << width) - 1) << left_lo[n])
+            dt = tree.decision_type[n]
+            if dt & _CATEGORICAL_MASK:
+                idx = int(tree.threshold[n])
+                if not 0 <= idx < len(tree.cat_boundaries) - 1:
+                    raise ValueError(f"tree {t}: categorical split {n} has no bitset")
+                lo, hi = tree.cat_boundaries[idx], tree.cat_boundaries[idx + 1]
+                cat_feat.append(f)
+                cat_tree.append(t)
+                cat_mask.append(mask)
+                cat_sets.append(tree.cat_threshold[lo:hi])
+                continue
+            missing = (dt >> 2) & 3
+            if missing not in (_MISSING_NONE, _MISSING_ZERO, _MISSING_NAN):
+                raise _Unsupported(f"tree {t} node {n} has unknown missing type {missing}")
+            thr = tree.threshold[n]
+            if math.isnan(thr):
+                raise ValueError(f"tree {t} node {n} has a NaN threshold")
+            default_right = not dt & _DEFAULT_LEFT_MASK
+            num_feat.append(f)
+            num_thr.append(thr)
+            num_tree.append(t)
+            num_mask.append(mask)
+            # NumericalDecision with x NaN: None -> x = 0.0 and compare; Zero -> 0.0 is zero ->
+            # default direction; NaN -> default direction.
+            nan_false = thr < 0.0 if missing == _MISSING_NONE else default_right
+            # x == 0.0 (or |x| <= 1e-35, which LightGBM zeroes): only the Zero type takes the
+            # default direction; the others compare 0.0 <= threshold.
+            zero_false = default_right if missing == _MISSING_ZERO else thr < 0.0
+            if nan_false:
+                nan_feat.append(f)
+                nan_tree.append(t)
+                nan_mask.append(mask)
+            if zero_false:
+                zero_feat.append(f)
+                zero_tree.append(t)
+                zero_mask.append(mask)
+
+    # Numerical lists: grouped by feature, sorted by threshold, each ending with a +inf sentinel.
+    order = sorted(range(len(num_feat)), key=lambda i: (num_feat[i], num_thr[i]))
+    counts = np.bincount(np.asarray(num_feat, dtype=np.int64), minlength=nf) + 1
+    n_off = np.zeros(nf + 1, dtype=np.int64)
+    np.cumsum(counts, out=n_off[1:])
+    total = int(n_off[-1])
+    n_thr = np.full(total, np.inf, dtype=np.float64)
+    n_tree = np.zeros(total, dtype=np.uint32)
+    n_mask = np.full(total, _ALL_ONES, dtype=np.uint64)
+    fill = n_off[:-1].copy()
+    for i in order:
+        f = num_feat[i]
+        pos = int(fill[f])
+        n_thr[pos] = num_thr[i]
+        n_tree[pos] = num_tree[i]
+        n_mask[pos] = num_mask[i]
+        fill[f] += 1
+
+    nan_off, nan_t, nan_m, _ = _grouped(nan_feat, nan_tree, nan_mask, nf)
+    zero_off, zero_t, zero_m, _ = _grouped(zero_feat, zero_tree, zero_mask, nf)
+    cat_off, cat_t, cat_m, cat_order = _grouped(cat_feat, cat_tree, cat_mask, nf)
+    bits: list[int] = []
+    bits_off = [0]
+    for i in cat_order:
+        bits.extend(cat_sets[i])
+        bits_off.append(len(bits))
+
+    return _quickscorer.Ensemble(
+        num_features=nf,
+        num_trees=num_trees,
+        num_outputs=model.num_outputs,
+        average_output=model.average_output,
+        num_off=n_off,
+        num_thr=n_thr,
+        num_tree=n_tree,
+        num_mask=n_mask,
+        nan_off=nan_off,
+        nan_tree=nan_t,
+        nan_mask=nan_m,
+        zero_off=zero_off,
+        zero_tree=zero_t,
+        zero_mask=zero_m,
+        cat_off=cat_off,
+        cat_tree=cat_t,
+        cat_mask=cat_m,
+        cat_bits_off=np.array(bits_off, dtype=np.int64),
+        cat_bits=np.array(bits, dtype=np.uint32),
+        leaf_value=leaf_value,
+    )
+
+
+def supports(model_text: str) -> str | None:
+    """None when QuickScorer can score this model exactly, else the reason it cannot."""
+    try:
+        _parse_model(model_text)
+    except _Unsupported as exc:
+        return str(exc)
+    except (ValueError, KeyError, IndexError) as exc:
+        return f"the model text could not be parsed: {exc}"
+    return None
+
+
+def available_kernels() -> dict[str, int]:
+    """Kernels usable on this CPU, name -> id for `QuickScorer.score(..., kernel=)`."""
+    return _quickscorer.available_kernels()
+
+
+class QuickScorer:
+    """A `Scorer` backed by the QuickScorer C kernel; immutable and thread-safe."""
+
+    name = "quickscorer"
+
+    def __init__(self, ensemble: _quickscorer.Ensemble, model_hash: str) -> None:
+        self._ensemble = ensemble
+        self.model_hash = model_hash
+        self.num_features: int = ensemble.num_features
+        self.num_outputs: int = ensemble.num_outputs
+        self.num_trees: int = ensemble.num_trees
+        #: The SIMD variant used by default on this CPU ("avx512", "avx2" or "scalar").
+        self.kernel: str = _quickscorer.auto_kernel()
+
+    @classmethod
+    def from_model_text(cls, model_text: str) -> QuickScorer:
+        """Builds a scorer; raises BundleError when the model is unsupported or malformed."""
+        digest = hashlib.sha256(model_text.encode()).hexdigest()
+        return _build_cached(digest, model_text)
+
+    def score(
+        self, matrix: npt.NDArray[np.float64], *, kernel: int = -1
+    ) -> npt.NDArray[np.float64]:
+        """Raw scores, like `Booster.predict(matrix, raw_score=True)`.
+
+        `matrix` must be a C-contiguous float64 array (n, num_features); anything else raises
+        ValueError. `kernel` forces a kernel id from `available_kernels()` (tests, benchmarks).
+        """
+        out = self._ensemble.predict(matrix, kernel)
+        if self.num_outputs == 1:
+            return out.reshape(-1)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"QuickScorer(trees={self.num_trees}, features={self.num_features}, "
+            f"outputs={self.num_outputs}, kernel={self.kernel!r}, model={self.model_hash[:12]})"
+        )
+
+
+# A handful of recently built models, keyed by the model's hash: a reload of an unchanged
+# bundle, or several scorers built from one model, share one immutable ensemble.
+@functools.lru_cache(maxsize=4)
+def _build_cached(digest: str, model_text: str) -> QuickScorer:
+    try:
+        ensemble = _build(_parse_model(model_text))
+    except _Unsupported as exc:
+        raise BundleError(f"QuickScorer cannot score this model: {exc}") from exc
+    except (ValueError, KeyError, IndexError) as exc:
+        raise BundleError(f"QuickScorer could not read the model text: {exc}") from exc
+    return QuickScorer(ensemble, digest)
