@@ -277,8 +277,15 @@ class CachedFeatureStore:
             self._inflight.setdefault(et, {}).update(dict.fromkeys(rows_of, flight))
         flight.task = asyncio.create_task(self._run_flight(flight, timeout_s))
         self._flights.add(flight.task)
-        flight.task.add_done_callback(self._flights.discard)
+        flight.task.add_done_callback(self._flight_done)
         return flight
+
+    def _flight_done(self, task: asyncio.Task[list[FetchResult] | None]) -> None:
+        self._flights.discard(task)
+        # Every requester may have stopped waiting (timeouts); log an unexpected error here
+        # rather than leave it "never retrieved".
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("feature read failed", exc_info=exc)
 
     async def _run_flight(
         self, flight: _Flight, timeout_s: float | None

@@ -144,7 +144,18 @@ def load_both(replicas: list[RedisServer], n: int = 200) -> np.ndarray:
     return m
 
 
-async def test_paused_replica_every_read_under_deadline(redis_replicas: list[RedisServer]):
+def pause(server: RedisServer, how: str) -> None:
+    if how == "sigstop":  # the whole process frozen
+        server.pause()
+    else:  # the server holds every client's commands for 2 s
+        with server.client() as c:
+            c.execute_command("CLIENT", "PAUSE", "2000", "ALL")
+
+
+@pytest.mark.parametrize("how", ["sigstop", "client_pause"])
+async def test_paused_replica_every_read_under_deadline(
+    redis_replicas: list[RedisServer], how: str
+) -> None:
     load_both(redis_replicas)
     policy = HedgePolicy(initial_ms=5.0, floor_ms=2.0, cap_ms=10.0)
     store = await build_redis_store(
@@ -156,7 +167,7 @@ async def test_paused_replica_every_read_under_deadline(redis_replicas: list[Red
     lookups = [Lookup("user", ["u1"]), Lookup("item", [f"i{k}" for k in range(200)])]
     await store.fetch(lookups, timeout_s=1.0)  # connect both pools
     await store.fetch(lookups, timeout_s=1.0)
-    redis_replicas[0].pause()
+    pause(redis_replicas[0], how)
     try:
         worst = 0.0
         for _ in range(40):
