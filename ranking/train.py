@@ -326,7 +326,7 @@ def _check_labels(labels: F64, where: Any) -> None:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise TrainDataError(
-            f"{where(row)}: label {labels[row]!r} is not an integer grade 0..{MAX_LABEL}"
+            f"{where(row)}: label {float(labels[row]):g} is not an integer grade 0..{MAX_LABEL}"
         )
 
 
