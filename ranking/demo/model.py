@@ -81,8 +81,9 @@ def build_demo_bundle(
     progress: bool = True,
     num_threads: int | None = None,
 ) -> Path:
-    """The demo bundle folder in `cache_dir`, trained (about 30-60 s for 500 x 63 on 2 cores)
-    only when no complete one is cached. The world is `make_world(n_users, n_items, DEMO_SEED)`.
+    """The demo bundle folder in `cache_dir`, trained only when no complete one is cached
+    (500 x 63: 77 s of CPU, 103 s on two cores shared with other work). The world is
+    `make_world(n_users, n_items, DEMO_SEED)`.
 
     `progress` shows a bar and the held-out NDCG@10 on stderr; otherwise they are logged.
     `num_threads` (default: every core) only changes how fast the model trains.
