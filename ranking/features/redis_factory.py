@@ -18,6 +18,7 @@ degraded; if none answers, `FeatureStoreUnavailable` is raised.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ async def build_redis_store(
     for r in replicas:
         for et, cols in schemas.items():
             r.set_columns(et, cols)
+    # Connect every replica now (best effort): the first requests run on a budget of a few ms.
+    await asyncio.gather(*(r.ping(timeout_s=max(timeout_s, 0.5)) for r in replicas))
     policy = hedge or HedgePolicy(timeout_s=timeout_s)
     store: FeatureStore = HedgedFeatureStore(replicas, policy=policy)
     params = cache or CacheParams()

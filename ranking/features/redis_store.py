@@ -229,6 +229,18 @@ class RedisFeatureStore:
             raise ValueError(f"schema key of {entity_type!r} is inconsistent")
         return schema
 
+    async def ping(self, timeout_s: float = 1.0) -> bool:
+        """Open a pooled connection (PING); False when the server does not answer in time.
+
+        Called at start-up so that the first requests do not pay for connecting.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._client.ping()
+        except (RedisError, OSError, TimeoutError):
+            return False
+        return True
+
     def columns(self, entity_type: str) -> tuple[str, ...]:
         return self._schemas[entity_type].columns
 
