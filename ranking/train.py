@@ -568,7 +568,7 @@ def train_command(
         lgb_ndcg = float(evals["heldout"]["ndcg@10"][-1])
     bundle = write_bundle(out, booster.model_to_string(), specs, version=version, prior=prior)
     seconds = time.perf_counter() - started
-    logger.info("trained %s in %.1f s (NDCG@10 %s)", out, seconds, ndcg)
+    logger.debug("trained %s in %.1f s (NDCG@10 %s)", out, seconds, ndcg)
     return TrainReport(
         out=Path(out),
         bundle=bundle,
