@@ -204,7 +204,52 @@ def _grouped(
     )
 
 
-def _build(model: _Model) -> _quickscorer.Ensemble:
+# Values every probe row may take whatever the model: LightGBM's special cases (NaN, zeros, values
+# it rounds to zero, the zero threshold itself and its neighbours), huge values and categorical
+# edge cases (negative, fractional, beyond int32).
+_KZERO = float(np.float32(1e-35))
+_SPECIAL_VALUES = np.array(
+    [
+        math.nan,
+        0.0,
+        -0.0,
+        1e-40,
+        -1e-40,
+        _KZERO,
+        -_KZERO,
+        math.nextafter(_KZERO, math.inf),
+        math.nextafter(-_KZERO, -math.inf),
+        1e300,
+        -1e300,
+        math.inf,
+        -math.inf,
+        -1.0,
+        -0.5,
+        0.5,
+        1.0,
+        2.0**31,
+        2.0**31 - 1,
+        2.0**40,
+    ],
+    dtype=np.float64,
+)
+
+
+def _probe_values(
+    thresholds: npt.NDArray[np.float64], categories: Sequence[int]
+) -> npt.NDArray[np.float64]:
+    """Values of one feature that exercise every decision of the model around its splits."""
+    values = [_SPECIAL_VALUES]
+    if len(thresholds):
+        thr = np.unique(np.asarray(thresholds, dtype=np.float64))
+        values += [thr, np.nextafter(thr, np.inf), np.nextafter(thr, -np.inf)]
+    if len(categories):
+        cats = np.unique(np.asarray(categories, dtype=np.float64))
+        values += [cats, cats + 0.5, cats + 1.0]
+    return np.concatenate(values)
+
+
+def _build(model: _Model) -> tuple[_quickscorer.Ensemble, list[npt.NDArray[np.float64]]]:
     nf = model.num_features
     num_trees = len(model.trees)
     num_feat: list[int] = []
@@ -297,11 +342,21 @@ def _build(model: _Model) -> _quickscorer.Ensemble:
         bits.extend(cat_sets[i])
         bits_off.append(len(bits))
 
-    return _quickscorer.Ensemble(
+    categories: list[list[int]] = [[] for _ in range(nf)]
+    for f, words in zip(cat_feat, cat_sets, strict=True):
+        categories[f].extend(
+            32 * w + b for w, word in enumerate(words) for b in range(32) if word >> b & 1
+        )
+    probes = [_probe_values(n_thr[n_off[f] : n_off[f + 1] - 1], categories[f]) for f in range(nf)]
+
+    ensemble = _quickscorer.Ensemble(
         num_features=nf,
         num_trees=num_trees,
         num_outputs=model.num_outputs,
-        average_output=model.average_output,
+        # Random forests ("average_output" in the header) are averaged by GBDT::Predict only;
+        # predict(raw_score=True) goes through GBDT::PredictRaw, which returns the plain sum of
+        # the trees. Raw scores are the contract, so the kernel must not divide.
+        average_output=False,
         num_off=n_off,
         num_thr=n_thr,
         num_tree=n_tree,
@@ -319,6 +374,7 @@ def _build(model: _Model) -> _quickscorer.Ensemble:
         cat_bits=np.array(bits, dtype=np.uint32),
         leaf_value=leaf_value,
     )
+    return ensemble, probes
 
 
 def supports(model_text: str) -> str | None:
@@ -342,8 +398,14 @@ class QuickScorer:
 
     name = "quickscorer"
 
-    def __init__(self, ensemble: _quickscorer.Ensemble, model_hash: str) -> None:
+    def __init__(
+        self,
+        ensemble: _quickscorer.Ensemble,
+        model_hash: str,
+        probes: Sequence[npt.NDArray[np.float64]] = (),
+    ) -> None:
         self._ensemble = ensemble
+        self._probes = tuple(probes)
         self.model_hash = model_hash
         self.num_features: int = ensemble.num_features
         self.num_outputs: int = ensemble.num_outputs
@@ -370,6 +432,20 @@ class QuickScorer:
             return out.reshape(-1)
         return out
 
+    def probe_matrix(self, num_rows: int, seed: int = 0) -> npt.NDArray[np.float64]:
+        """Rows whose values sit on, just above and just below the model's thresholds, on its
+        categories, and on LightGBM's special cases (NaN, +-0, 1e-40, +-1e-35, inf, huge).
+
+        Used by `engines.build_scorer` to check parity against LightGBM before trusting this
+        scorer, and by the tests.
+        """
+        rng = np.random.default_rng(seed)
+        out = np.empty((num_rows, self.num_features), dtype=np.float64)
+        for f in range(self.num_features):
+            values = self._probes[f] if self._probes else _SPECIAL_VALUES
+            out[:, f] = rng.choice(values, size=num_rows)
+        return out
+
     def __repr__(self) -> str:
         return (
             f"QuickScorer(trees={self.num_trees}, features={self.num_features}, "
@@ -382,9 +458,9 @@ class QuickScorer:
 @functools.lru_cache(maxsize=4)
 def _build_cached(digest: str, model_text: str) -> QuickScorer:
     try:
-        ensemble = _build(_parse_model(model_text))
+        ensemble, probes = _build(_parse_model(model_text))
     except _Unsupported as exc:
         raise BundleError(f"QuickScorer cannot score this model: {exc}") from exc
     except (ValueError, KeyError, IndexError) as exc:
         raise BundleError(f"QuickScorer could not read the model text: {exc}") from exc
-    return QuickScorer(ensemble, digest)
+    return QuickScorer(ensemble, digest, probes)
