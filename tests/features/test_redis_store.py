@@ -214,3 +214,27 @@ async def test_cluster_defaults_match(redis_cluster: RedisCluster) -> None:
     assert r.found.all()
     np.testing.assert_array_equal(r.rows, m)
     await store.close()
+
+
+async def test_cancelled_reads_never_desynchronise(redis_server: RedisServer) -> None:
+    """Reads cut by tiny timeouts (as hedging losers are) leave no reply for the next read."""
+    m = load(redis_server.url, 300)
+    store = await started(redis_server.url, entity_types=("item",))
+    rng = np.random.default_rng(1)
+    outcomes = {"ok": 0, "timeout": 0}
+
+    async def one(timeout_s: float) -> None:
+        ids = rng.choice(300, 200, replace=False)
+        try:
+            (r,) = await store.fetch([Lookup("item", [f"i{k}" for k in ids])], timeout_s=timeout_s)
+        except FeatureStoreUnavailable:
+            outcomes["timeout"] += 1
+            return
+        assert r.found.all()
+        np.testing.assert_array_equal(r.rows, m[ids])
+        outcomes["ok"] += 1
+
+    for _ in range(60):
+        await asyncio.gather(*(one(float(rng.choice([2e-4, 5e-4, 1.0]))) for _ in range(4)))
+    assert outcomes["ok"] > 0
+    await store.close()
