@@ -11,7 +11,10 @@ hedged at p95 (the default policy) and at p99.
 Scenario 2 (store): 200 items x 64 features straight from one replica: raw MGET, the store
 (MGET + numpy decode), the cache on all hits, the cache on all misses.
 Scenario 3 (Feast): the same read through Feast's `get_online_features` on the same Redis, run
-in a separate virtual environment (`--feast-python`), if one is there.
+in a separate virtual environment, if one is given:
+
+    python -m venv /tmp/feast-venv && /tmp/feast-venv/bin/pip install 'feast[redis]'
+    python benchmarks/hedging.py --feast-python /tmp/feast-venv/bin/python
 """
 
 from __future__ import annotations
