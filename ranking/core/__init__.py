@@ -1,0 +1,1 @@
+"""The request path: deadline, validation, fetch, assemble, score, sort, degrade."""

@@ -1,0 +1,1 @@
+"""Model bundles and scorers: the `Scorer` seam, QuickScorer (exact, C) and LightGBM."""

@@ -1,0 +1,1 @@
+"""The grpc.aio transport: servicers, converters, error mapping, lifecycle and workers."""
