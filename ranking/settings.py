@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         0, ge=0, le=64, description="Server processes sharing the port; 0 = one per CPU."
     )
     grace_s: float = Field(5.0, ge=0, le=300, description="Drain time for in-flight calls.")
+    drain_quiet_ms: float = Field(
+        100.0, ge=0, le=60_000, description="Shutdown waits this long without a new call."
+    )
     max_concurrent_streams: int = Field(
         256, ge=1, le=100_000, description="HTTP/2 streams per connection."
     )

@@ -132,7 +132,7 @@ class RankingService:
         """Rank the query's candidates. Raises a `RankingError` subclass on refusal."""
         row = self.telemetry.stats.row
         row[st.I_REQUESTS] += 1
-        if deadline.expired():
+        if deadline.caller_gone():
             raise DeadlineExceeded("the deadline had passed before the request was handled")
         self._validate(query)
         token = self.limiter.try_acquire()
@@ -195,7 +195,7 @@ class RankingService:
 
         with _Stage(tel, "fetch", st.I_FETCH):
             user, items = await self._fetch(query, deadline, degraded)
-        if deadline.expired():
+        if deadline.caller_gone():
             raise DeadlineExceeded("the deadline passed while fetching features")
 
         with _Stage(tel, "assemble", st.I_ASSEMBLE):

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -135,6 +136,7 @@ class App:
         self._score_executor: ThreadPoolExecutor | None = None
         self._build_executor: ThreadPoolExecutor | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._servicer: Any = None
 
     async def __aenter__(self) -> App:
         await self.start()
@@ -183,9 +185,8 @@ class App:
         server = grpc.aio.server(options=options)
         from ranking.server.servicer import AdminServicer, RankingServicer
 
-        ranking_pb2_grpc.add_RankingServiceServicer_to_server(
-            RankingServicer(self.core, s.budget_ms / 1e3), server
-        )
+        self._servicer = RankingServicer(self.core, s.budget_ms / 1e3)
+        ranking_pb2_grpc.add_RankingServiceServicer_to_server(self._servicer, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.core, s.admin_token, s.effective_workers()), server
         )
@@ -232,10 +233,26 @@ class App:
                 await self.core.models.reload(folder)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones finish within the grace period, close."""
+        """Drain, stop, close: nothing a client already sent is lost if it fits in the grace.
+
+        1. Health turns NOT_SERVING so balancers and health-checking clients move away.
+        2. Drain: keep serving until no call is running and none has arrived for
+           `drain_quiet_ms` (bounded by the grace period). gRPC cancels calls it has received
+           but not yet handed to the application when the server stops, so stopping at once
+           would lose calls that were already on the wire.
+        3. `server.stop` with what is left of the grace: GOAWAY, in-flight calls finish.
+        """
         grace = self.settings.grace_s if grace_s is None else grace_s
+        until = time.monotonic() + grace
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._servicer is not None:
+            quiet = self.settings.drain_quiet_ms / 1e3
+            while time.monotonic() < until and (
+                self._servicer.inflight or time.monotonic() - self._servicer.last_arrival_s < quiet
+            ):
+                await asyncio.sleep(min(quiet / 4, 0.01))
+        grace = max(until - time.monotonic(), 0.0)
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

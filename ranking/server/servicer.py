@@ -30,13 +30,27 @@ class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
         self._core = core
         self._budget_s = budget_s
         self._telemetry = core.telemetry
+        #: Calls inside `Rank` now, and when the last one arrived (monotonic s): the drain
+        #: before shutdown waits for both to go quiet.
+        self.inflight = 0
+        self.last_arrival_s = 0.0
 
     async def Rank(
         self, request: pb.RankRequest, context: grpc.aio.ServicerContext
     ) -> pb.RankResponse:
         deadline = Deadline.from_budget(self._budget_s, context.time_remaining())
-        if self._telemetry.recording:
-            return await self._traced(request, context, deadline)
+        self.last_arrival_s = deadline.started
+        self.inflight += 1
+        try:
+            if self._telemetry.recording:
+                return await self._traced(request, context, deadline)
+            return await self._rank(request, context, deadline)
+        finally:
+            self.inflight -= 1
+
+    async def _rank(
+        self, request: pb.RankRequest, context: grpc.aio.ServicerContext, deadline: Deadline
+    ) -> pb.RankResponse:
         try:
             result = await self._core.rank(to_query(request), deadline)
         except BaseException as exc:

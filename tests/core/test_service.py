@@ -65,7 +65,8 @@ def query(n: int = 200) -> RankQuery:
 
 async def test_deadline_passed_on_arrival_is_refused(small_world: SmallWorld) -> None:
     core = make_core(small_world)
-    past = Deadline(time.monotonic() - 0.001, time.monotonic() - 0.002)
+    now = time.monotonic()
+    past = Deadline(now + 1.0, now - 0.002, hard_at_s=now - 0.001)
     with pytest.raises(DeadlineExceeded):
         await core.rank(query(), past)
     assert core.limiter.accepted == 0  # refused before admission: no work done
@@ -142,3 +143,28 @@ async def test_burst_is_shed_fast_then_recovers(small_world: SmallWorld) -> None
     again = await core.rank(query(20), Deadline.from_budget(5.0, None))
     assert len(again.ids) == 20
     assert core.limiter.rejected == 16 and core.limiter.inflight == 0
+
+
+async def test_budget_spent_in_fetch_degrades_but_caller_deadline_drops(
+    small_world: SmallWorld,
+) -> None:
+    store = GatedStore(
+        {
+            "user": read_entity_file(small_world.folder / "users.csv"),
+            "item": read_entity_file(small_world.folder / "items.csv"),
+        }
+    )
+    store.gate = asyncio.Event()
+    core = make_core(small_world, store)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.03, store.gate.set)
+    # Server budget 10 ms, no caller deadline: the answer comes, every candidate unscored.
+    result = await core.rank(query(30), Deadline.from_budget(0.010, None))
+    assert result.unscored == 30
+    assert Degraded.PARTIAL_SCORING in result.degraded
+    # The caller's own deadline (10 ms) passing while fetching drops the request instead.
+    store.gate.clear()
+    loop.call_later(0.03, store.gate.set)
+    with pytest.raises(DeadlineExceeded):
+        await core.rank(query(30), Deadline.from_budget(1.0, 0.010))
+    assert core.limiter.dropped == 1

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ranking.server.app import App
 from tests.conftest import FEATURES, SmallWorld, free_port, small_settings, train_small
 
 ROOT = Path(__file__).resolve().parents[2]
+LOGS: dict[int, Path] = {}
 
 
 def start_server(world: SmallWorld, port: int, *extra: str) -> subprocess.Popen[bytes]:
@@ -40,9 +42,11 @@ def start_server(world: SmallWorld, port: int, *extra: str) -> subprocess.Popen[
         *extra,
     ]
     env = {**os.environ, "RANKING_RELOAD_POLL_S": "0", "RANKING_GRACE_S": "10"}
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = tempfile.NamedTemporaryFile(prefix="ranking-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    log.close()
+    LOGS[proc.pid] = Path(log.name)
+    return proc
 
 
 async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -51,7 +55,7 @@ async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: floa
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise AssertionError(f"server exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise AssertionError(f"server exited: {LOGS[proc.pid].read_text()[-2000:]}")
             try:
                 r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
                 if r.status == health_pb2.HealthCheckResponse.SERVING:
@@ -66,6 +70,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait(10)
+    LOGS.pop(proc.pid).unlink(missing_ok=True)
 
 
 def big_request(n: int = 1000) -> pb.RankRequest:
