@@ -248,7 +248,7 @@ class App:
             await self._health.enter_graceful_shutdown()
         if self._servicer is not None:
             quiet = self.settings.drain_quiet_ms / 1e3
-            while time.monotonic() < until and (
+            while time.monotonic() < until and (  # noqa: ASYNC110 (waits on a clock)
                 self._servicer.inflight or time.monotonic() - self._servicer.last_arrival_s < quiet
             ):
                 await asyncio.sleep(min(quiet / 4, 0.01))
