@@ -41,7 +41,9 @@
 
 /* LightGBM's kZeroThreshold is the float 1e-35f used as a double. */
 #define QS_KZERO ((double)1e-35f)
+#ifndef QS_BLOCK
 #define QS_BLOCK 8
+#endif
 #define QS_LEAF_STRIDE 64
 
 enum { KERNEL_AUTO = -1, KERNEL_SCALAR = 0, KERNEL_AVX2 = 1, KERNEL_AVX512 = 2 };
@@ -53,8 +55,11 @@ typedef struct {
     int64_t num_outputs;    /* trees per iteration */
     int64_t num_iterations; /* num_trees / num_outputs */
     int average_output;     /* divide sums by num_iterations */
-    /* Numerical nodes: feature f owns [num_off[f], num_off[f+1]); its last entry is a +inf
-       sentinel. */
+    /* Numerical nodes in segments, one per (tree block, feature): segment s = b * num_features + f
+       holds the nodes of feature f in the trees of block b, sorted by threshold, in
+       [num_off[s], num_off[s+1]); its last entry is a +inf sentinel. Tree blocks keep the
+       bitvectors a scan touches in L1. */
+    int64_t num_segments;
     const int64_t *num_off;
     const double *num_thr;
     const uint32_t *num_tree;
@@ -163,24 +168,29 @@ static void prepare_block(const EnsembleObject *m, const double *x, int rows, ui
     }
 }
 
-/* Sums exit leaves in LightGBM's order: for each iteration, tree i*K + k adds to output k. */
+/* Sums exit leaves in LightGBM's order: for each iteration, tree i*K + k adds to output k,
+   starting from 0.0. The lanes' sums are independent, so they advance together (more
+   instruction-level parallelism) while each one keeps LightGBM's order exactly. */
 static void finish_block(const EnsembleObject *m, const uint64_t *bv, int rows, double *out) {
     const int64_t K = m->num_outputs;
     const int64_t iters = m->num_iterations;
-    for (int lane = 0; lane < rows; ++lane) {
-        for (int64_t k = 0; k < K; ++k) {
-            double s = 0.0;
-            for (int64_t it = 0; it < iters; ++it) {
-                const int64_t t = it * K + k;
-                /* A correct mask set never clears the exit leaf; the OR keeps ctz defined and the
-                   index in bounds even for inconsistent input. */
-                const uint64_t b = bv[t * QS_BLOCK + lane] | ((uint64_t)1 << 63);
-                s += m->leaf_value[t * QS_LEAF_STRIDE + __builtin_ctzll(b)];
+    for (int64_t k = 0; k < K; ++k) {
+        double acc[QS_BLOCK];
+        for (int lane = 0; lane < QS_BLOCK; ++lane) {
+            acc[lane] = 0.0;
+        }
+        for (int64_t it = 0; it < iters; ++it) {
+            const int64_t t = it * K + k;
+            const uint64_t *b = bv + t * QS_BLOCK;
+            const double *leaf = m->leaf_value + t * QS_LEAF_STRIDE;
+            for (int lane = 0; lane < QS_BLOCK; ++lane) {
+                /* A correct mask set never clears the exit leaf; the OR keeps ctz defined and
+                   the index in bounds even for inconsistent input. */
+                acc[lane] += leaf[__builtin_ctzll(b[lane] | ((uint64_t)1 << 63))];
             }
-            if (m->average_output) {
-                s /= (double)iters;
-            }
-            out[(int64_t)lane * K + k] = s;
+        }
+        for (int lane = 0; lane < rows; ++lane) {
+            out[(int64_t)lane * K + k] = m->average_output ? acc[lane] / (double)iters : acc[lane];
         }
     }
 }
@@ -189,11 +199,12 @@ static void finish_block(const EnsembleObject *m, const uint64_t *bv, int rows, 
 /* Numerical scans                                                                          */
 
 static void scan_scalar(const EnsembleObject *m, const double *xt, uint64_t *bv) {
-    for (int64_t f = 0; f < m->num_features; ++f) {
-        if (!(m->feature_kind[f] & 1)) {
-            continue;
+    for (int64_t s = 0; s < m->num_segments; ++s) {
+        const int64_t base = m->num_off[s];
+        if (m->num_off[s + 1] - base <= 1) {
+            continue; /* only the sentinel */
         }
-        const int64_t base = m->num_off[f];
+        const int64_t f = s % m->num_features;
         const double *thr = m->num_thr + base;
         const uint32_t *tree = m->num_tree + base;
         const uint64_t *mask = m->num_mask + base;
@@ -210,54 +221,75 @@ static void scan_scalar(const EnsembleObject *m, const double *xt, uint64_t *bv)
 #if QS_X86
 __attribute__((target("avx2"))) static void scan_avx2(const EnsembleObject *m, const double *xt,
                                                       uint64_t *bv) {
-    for (int64_t f = 0; f < m->num_features; ++f) {
-        if (!(m->feature_kind[f] & 1)) {
-            continue;
+    enum { V = QS_BLOCK / 4 };
+    for (int64_t s = 0; s < m->num_segments; ++s) {
+        const int64_t base = m->num_off[s];
+        if (m->num_off[s + 1] - base <= 1) {
+            continue; /* only the sentinel */
         }
-        const int64_t base = m->num_off[f];
+        const int64_t f = s % m->num_features;
         const double *thr = m->num_thr + base;
         const uint32_t *tree = m->num_tree + base;
         const uint64_t *mask = m->num_mask + base;
-        const __m256d x0 = _mm256_loadu_pd(xt + f * QS_BLOCK);
-        const __m256d x1 = _mm256_loadu_pd(xt + f * QS_BLOCK + 4);
+        __m256d x[V];
+        for (int v = 0; v < V; ++v) {
+            x[v] = _mm256_loadu_pd(xt + f * QS_BLOCK + 4 * v);
+        }
         for (int64_t i = 0;; ++i) {
             const __m256d t = _mm256_broadcast_sd(thr + i);
-            const __m256i c0 = _mm256_castpd_si256(_mm256_cmp_pd(t, x0, _CMP_LT_OQ));
-            const __m256i c1 = _mm256_castpd_si256(_mm256_cmp_pd(t, x1, _CMP_LT_OQ));
-            if (_mm256_testz_si256(_mm256_or_si256(c0, c1), _mm256_or_si256(c0, c1))) {
+            __m256i c[V];
+            __m256i any = _mm256_setzero_si256();
+            for (int v = 0; v < V; ++v) {
+                c[v] = _mm256_castpd_si256(_mm256_cmp_pd(t, x[v], _CMP_LT_OQ));
+                any = _mm256_or_si256(any, c[v]);
+            }
+            if (_mm256_testz_si256(any, any)) {
                 break;
             }
             /* bv &= ~(cmp & ~mask): lanes where the node is false lose the left leaves. */
             const __m256i clear = _mm256_set1_epi64x((long long)~mask[i]);
             __m256i *p = (__m256i *)(bv + (int64_t)tree[i] * QS_BLOCK);
-            _mm256_storeu_si256(
-                p, _mm256_andnot_si256(_mm256_and_si256(c0, clear), _mm256_loadu_si256(p)));
-            _mm256_storeu_si256(p + 1, _mm256_andnot_si256(_mm256_and_si256(c1, clear),
-                                                           _mm256_loadu_si256(p + 1)));
+            for (int v = 0; v < V; ++v) {
+                _mm256_storeu_si256(p + v, _mm256_andnot_si256(_mm256_and_si256(c[v], clear),
+                                                                _mm256_loadu_si256(p + v)));
+            }
         }
     }
 }
 
 __attribute__((target("avx512f"))) static void scan_avx512(const EnsembleObject *m,
                                                            const double *xt, uint64_t *bv) {
-    for (int64_t f = 0; f < m->num_features; ++f) {
-        if (!(m->feature_kind[f] & 1)) {
-            continue;
+    enum { V = QS_BLOCK / 8 };
+    for (int64_t s = 0; s < m->num_segments; ++s) {
+        const int64_t base = m->num_off[s];
+        if (m->num_off[s + 1] - base <= 1) {
+            continue; /* only the sentinel */
         }
-        const int64_t base = m->num_off[f];
+        const int64_t f = s % m->num_features;
         const double *thr = m->num_thr + base;
         const uint32_t *tree = m->num_tree + base;
         const uint64_t *mask = m->num_mask + base;
-        const __m512d x = _mm512_loadu_pd(xt + f * QS_BLOCK);
+        __m512d x[V];
+        for (int v = 0; v < V; ++v) {
+            x[v] = _mm512_loadu_pd(xt + f * QS_BLOCK + 8 * v);
+        }
         for (int64_t i = 0;; ++i) {
-            const __mmask8 k = _mm512_cmp_pd_mask(_mm512_set1_pd(thr[i]), x, _CMP_LT_OQ);
-            if (!k) {
+            const __m512d t = _mm512_set1_pd(thr[i]);
+            __mmask8 k[V];
+            int any = 0;
+            for (int v = 0; v < V; ++v) {
+                k[v] = _mm512_cmp_pd_mask(t, x[v], _CMP_LT_OQ);
+                any |= k[v];
+            }
+            if (!any) {
                 break;
             }
             uint64_t *p = bv + (int64_t)tree[i] * QS_BLOCK;
-            const __m512i v = _mm512_loadu_si512(p);
-            _mm512_storeu_si512(p, _mm512_mask_and_epi64(v, k, v,
-                                                         _mm512_set1_epi64((long long)mask[i])));
+            const __m512i mk = _mm512_set1_epi64((long long)mask[i]);
+            for (int v = 0; v < V; ++v) {
+                const __m512i cur = _mm512_loadu_si512(p + 8 * v);
+                _mm512_storeu_si512(p + 8 * v, _mm512_mask_and_epi64(cur, k[v], cur, mk));
+            }
         }
     }
 }
@@ -275,6 +307,7 @@ static scan_fn select_scan(int kernel) {
 #endif
     case KERNEL_SCALAR:
         return scan_scalar;
+
     case KERNEL_AUTO:
 #if QS_X86
         if (g_has_avx512) {
@@ -441,7 +474,13 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         PyErr_SetString(PyExc_ValueError, "Ensemble: array lengths do not match");
         goto fail;
     }
-    if (check_offsets(self->num_off, len[0], nf, len[1], "num_off") < 0 ||
+    if (len[0] < 2 || (len[0] - 1) % nf != 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Ensemble: num_off must have a multiple of num_features, plus one, entries");
+        goto fail;
+    }
+    self->num_segments = (len[0] - 1);
+    if (check_offsets(self->num_off, len[0], self->num_segments, len[1], "num_off") < 0 ||
         check_offsets(self->nan_off, len[4], nf, len[5], "nan_off") < 0 ||
         check_offsets(self->zero_off, len[7], nf, len[8], "zero_off") < 0 ||
         check_offsets(self->cat_off, len[10], nf, len[11], "cat_off") < 0 ||
@@ -463,14 +502,14 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         }
     }
     /* Every numerical segment is non-empty and ends with the +inf sentinel that stops scans. */
-    for (int64_t f = 0; f < nf; ++f) {
-        if (self->num_off[f + 1] == self->num_off[f] ||
-            self->num_thr[self->num_off[f + 1] - 1] != INFINITY) {
+    for (int64_t sg = 0; sg < self->num_segments; ++sg) {
+        if (self->num_off[sg + 1] == self->num_off[sg] ||
+            self->num_thr[self->num_off[sg + 1] - 1] != INFINITY) {
             PyErr_SetString(PyExc_ValueError,
-                            "Ensemble: each feature's thresholds must end with +inf");
+                            "Ensemble: each segment's thresholds must end with +inf");
             goto fail;
         }
-        for (int64_t i = self->num_off[f]; i < self->num_off[f + 1] - 1; ++i) {
+        for (int64_t i = self->num_off[sg]; i < self->num_off[sg + 1] - 1; ++i) {
             if (isnan(self->num_thr[i])) {
                 PyErr_SetString(PyExc_ValueError, "Ensemble: thresholds must not be NaN");
                 goto fail;
@@ -489,9 +528,11 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         for (int64_t f = 0; f < nf; ++f) {
             /* A segment holding only the sentinel has no numerical nodes; NaN / zero lists can
                be non-empty only when the feature has numerical nodes. */
-            const int numeric = self->num_off[f + 1] - self->num_off[f] > 1 ||
-                                self->nan_off[f + 1] > self->nan_off[f] ||
+            int numeric = self->nan_off[f + 1] > self->nan_off[f] ||
                                 self->zero_off[f + 1] > self->zero_off[f];
+            for (int64_t sg = f; sg < self->num_segments; sg += nf) {
+                numeric |= self->num_off[sg + 1] - self->num_off[sg] > 1;
+            }
             const int categorical = self->cat_off[f + 1] > self->cat_off[f];
             k[f] = (uint8_t)(numeric | (categorical << 1));
         }

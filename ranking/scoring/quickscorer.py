@@ -249,7 +249,9 @@ def _probe_values(
     return np.concatenate(values)
 
 
-def _build(model: _Model) -> tuple[_quickscorer.Ensemble, list[npt.NDArray[np.float64]]]:
+def _build(
+    model: _Model, tree_block: int = 512
+) -> tuple[_quickscorer.Ensemble, list[npt.NDArray[np.float64]]]:
     nf = model.num_features
     num_trees = len(model.trees)
     num_feat: list[int] = []
@@ -315,10 +317,13 @@ def _build(model: _Model) -> tuple[_quickscorer.Ensemble, list[npt.NDArray[np.fl
                 zero_tree.append(t)
                 zero_mask.append(mask)
 
-    # Numerical lists: grouped by feature, sorted by threshold, each ending with a +inf sentinel.
-    order = sorted(range(len(num_feat)), key=lambda i: (num_feat[i], num_thr[i]))
-    counts = np.bincount(np.asarray(num_feat, dtype=np.int64), minlength=nf) + 1
-    n_off = np.zeros(nf + 1, dtype=np.int64)
+    # Numerical lists: one segment per (tree block, feature), sorted by threshold, each ending
+    # with a +inf sentinel that stops the kernel's scan.
+    num_blocks = -(-num_trees // tree_block)
+    segment = [num_tree[i] // tree_block * nf + num_feat[i] for i in range(len(num_feat))]
+    order = sorted(range(len(num_feat)), key=lambda i: (segment[i], num_thr[i]))
+    counts = np.bincount(np.asarray(segment, dtype=np.int64), minlength=num_blocks * nf) + 1
+    n_off = np.zeros(num_blocks * nf + 1, dtype=np.int64)
     np.cumsum(counts, out=n_off[1:])
     total = int(n_off[-1])
     n_thr = np.full(total, np.inf, dtype=np.float64)
@@ -326,12 +331,12 @@ def _build(model: _Model) -> tuple[_quickscorer.Ensemble, list[npt.NDArray[np.fl
     n_mask = np.full(total, _ALL_ONES, dtype=np.uint64)
     fill = n_off[:-1].copy()
     for i in order:
-        f = num_feat[i]
-        pos = int(fill[f])
+        sg = segment[i]
+        pos = int(fill[sg])
         n_thr[pos] = num_thr[i]
         n_tree[pos] = num_tree[i]
         n_mask[pos] = num_mask[i]
-        fill[f] += 1
+        fill[sg] += 1
 
     nan_off, nan_t, nan_m, _ = _grouped(nan_feat, nan_tree, nan_mask, nf)
     zero_off, zero_t, zero_m, _ = _grouped(zero_feat, zero_tree, zero_mask, nf)
