@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--ttl-s", type=float)
     f.set_defaults(func=_features_load)
 
+    p = sub.add_parser("health", help="check a server's gRPC health (exit 0 when SERVING)")
+    p.add_argument("--target", default="127.0.0.1:50051")
+    p.add_argument("--service", default="")
+    p.add_argument("--timeout-s", type=float, default=2.0)
+    p.set_defaults(func=_health)
+
     p = sub.add_parser(
         "load", help="load-test a server (see `ranking load --help`)", add_help=False
     )
