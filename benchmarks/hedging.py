@@ -232,6 +232,8 @@ async def tail_scenario(args: argparse.Namespace, urls: list[str]) -> dict[str, 
                 "hedges_sent": s.hedges_sent,
                 "hedges_won": s.hedges_won,
                 "budget_exhausted": s.budget_exhausted,
+                "hedges_deferred": s.hedges_deferred,
+                "late_hedges": s.late_hedges,
                 "errors": s.errors,
                 "marked_down": s.marked_down,
                 "hedge_delay_ms_at_end": store.tracker.delay_ms,
@@ -403,14 +405,15 @@ def markdown(res: dict[str, Any]) -> str:
         "the same proxy process; only B's path has the tail.",
         "",
         "| mode | p50 ms | p99 ms | p99.9 ms | max ms | extra reads | hedges won / sent "
-        "| budget exhausted | final delay ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| late hedges | budget exhausted | final delay ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res["tail"].items():
         lines.append(
             f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p99_9_ms']:.2f} "
             f"| {r['max_ms']:.1f} | {r['extra_reads_pct']:.2f}% "
-            f"| {r['hedges_won']} / {r['hedges_sent']} | {r['budget_exhausted']} "
+            f"| {r['hedges_won']} / {r['hedges_sent']} | {r['late_hedges']} "
+            f"| {r['budget_exhausted']} "
             f"| {r['hedge_delay_ms_at_end']:.2f} |"
         )
     off = res["tail"][OFF]["p99_9_ms"]

@@ -12,6 +12,12 @@ loser is cancelled and awaited. Three parts, kept apart so each can be tested al
 - `HedgeBudget`: a token bucket; each read earns `ratio` tokens (up to `burst`), each hedge costs
   one. Extra reads are therefore at most `ratio * reads + burst`, whatever the latencies do, so
   hedging cannot amplify an overload of the replicas.
+- Early and late hedges: by definition about 5% of reads outlast their p95, so p95 hedges alone
+  would want the whole 5% budget and keep the bucket empty; a read hit by a real fault would
+  then often find no token. So a hedge at the delay may only spend tokens above a small
+  `reserve_tokens`; a read that finds none waits on to `late_factor` times the delay (capped
+  at `cap_ms`) and may then spend the reserve. Reads still unanswered that late are the fault
+  tail rather than scheduling noise, and they are few, so the reserve is there for them.
 - Replica health: a replica whose read fails (`FeatureStoreUnavailable`) is failed over to the
   next one at once (not charged to the budget: the failed read cost the replicas nothing) and
   is marked down for `down_backoff_ms`; so is one that loses `slow_strikes` hedges in a row
@@ -50,6 +56,8 @@ class HedgePolicy:
     floor_ms, cap_ms: clamp of the hedge delay; initial_ms until `min_samples` reads are seen.
     window: reads kept for the percentile; recomputed every `recompute_every` reads.
     budget_ratio, budget_burst: the hedge token bucket (see `HedgeBudget`).
+    reserve_tokens, late_factor: tokens kept for late hedges, sent at `late_factor` x the delay
+        (capped at cap_ms) to reads that found no token above the reserve at the delay.
     max_hedges: extra reads per request (1: one hedge).
     down_backoff_ms: how long a failing or repeatedly slow replica is skipped.
     slow_strikes: lost hedges in a row that mark a replica down (0 disables).
@@ -66,6 +74,8 @@ class HedgePolicy:
     recompute_every: int = 16
     budget_ratio: float = 0.05
     budget_burst: float = 10.0
+    reserve_tokens: float = 2.0
+    late_factor: float = 4.0
     max_hedges: int = 1
     down_backoff_ms: float = 1000.0
     slow_strikes: int = 3
@@ -80,6 +90,8 @@ class HedgePolicy:
             raise ValueError("window, min_samples and recompute_every must be >= 1")
         if self.budget_ratio < 0 or self.budget_burst < 0:
             raise ValueError("budget_ratio and budget_burst must be >= 0")
+        if not 0 <= self.reserve_tokens <= self.budget_burst or self.late_factor < 1:
+            raise ValueError("need 0 <= reserve_tokens <= budget_burst and late_factor >= 1")
         if self.max_hedges < 0 or self.slow_strikes < 0:
             raise ValueError("max_hedges and slow_strikes must be >= 0")
         if self.down_backoff_ms < 0 or self.timeout_s <= 0:
@@ -123,8 +135,9 @@ class HedgeBudget:
     def earn(self) -> None:
         self.tokens = min(self.burst, self.tokens + self.ratio)
 
-    def try_spend(self) -> bool:
-        if self.tokens >= 1.0:
+    def try_spend(self, reserve: float = 0.0) -> bool:
+        """Spend one token if that leaves at least `reserve`."""
+        if self.tokens >= 1.0 + reserve:
             self.tokens -= 1.0
             return True
         return False
@@ -137,7 +150,9 @@ class HedgeStats:
     reads: int = 0
     hedges_sent: int = 0
     hedges_won: int = 0
-    budget_exhausted: int = 0
+    budget_exhausted: int = 0  # reads that wanted a hedge and found no token, early or late
+    late_hedges: int = 0  # hedges sent from the reserve
+    hedges_deferred: int = 0  # reads that found no token above the reserve at the delay
     failovers: int = 0
     fail_fast: int = 0
     replica_reads: list[int] = field(default_factory=list)
@@ -255,8 +270,11 @@ class HedgedFeatureStore:
             tasks[asyncio.create_task(coro)] = (i, hedge)
 
         launch(False)
-        hedges_left = self.policy.max_hedges if self.policy.enabled else 0
-        hedge_at = start + self.tracker.delay_ms / 1000.0
+        policy = self.policy
+        hedges_left = policy.max_hedges if policy.enabled else 0
+        delay_s = self.tracker.delay_ms / 1000.0
+        late_s = max(delay_s, min(policy.cap_ms / 1000.0, delay_s * policy.late_factor))
+        hedge_at, late = start + delay_s, False
         while True:
             wait_s = None
             if hedges_left and candidates:
@@ -264,13 +282,19 @@ class HedgedFeatureStore:
             done, _ = await asyncio.wait(
                 tasks.keys(), timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
             )
-            if not done:  # the hedge delay passed with no answer
-                hedges_left -= 1
-                if self.budget.try_spend():
+            if not done:  # the (early or late) hedge time passed with no answer
+                if self.budget.try_spend(0.0 if late else policy.reserve_tokens):
                     self.stats.hedges_sent += 1
+                    self.stats.late_hedges += late
                     launch(True)
+                    hedges_left -= 1
+                    hedge_at, late = self._clock() + delay_s, False
+                elif not late:
+                    self.stats.hedges_deferred += 1
+                    hedge_at, late = hedge_at - delay_s + late_s, True
                 else:
                     self.stats.budget_exhausted += 1
+                    hedges_left = 0
                 continue
             for t in done:
                 i, hedge = tasks.pop(t)

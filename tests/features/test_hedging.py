@@ -132,6 +132,24 @@ async def test_budget_caps_extra_reads(item_data) -> None:
     await store.close()
 
 
+async def test_reserve_kept_for_late_hedges(item_data) -> None:
+    slow, fast = FakeStore(item_data, delay_s=0.2), FakeStore(item_data)
+    policy = HedgePolicy(
+        initial_ms=2.0, floor_ms=1.0, cap_ms=50.0, late_factor=4.0, budget_ratio=0.0,
+        budget_burst=3.0, reserve_tokens=2.0, slow_strikes=0, timeout_s=1.0,
+    )  # fmt: skip
+    store = HedgedFeatureStore([slow, fast], policy=policy)
+    took = []
+    for _ in range(8):  # round-robin: every other read has the slow primary
+        t0 = time.perf_counter()
+        await store.fetch(ITEMS)
+        took.append(time.perf_counter() - t0)
+    s = store.stats
+    assert (s.hedges_sent, s.late_hedges, s.hedges_deferred, s.budget_exhausted) == (3, 2, 3, 1)
+    assert sorted(took)[-1] > 0.15 and sorted(took)[-2] < 0.1  # only the last slow read waited
+    await store.close()
+
+
 # --- real servers ----------------------------------------------------------------------------
 
 
