@@ -189,9 +189,8 @@ def _stage_table(results: list[SystemResult]) -> list[str]:
 def _profile_table(results: list[SystemResult]) -> list[str]:
     out: list[str] = []
     for r in results:
-        for s in _all_steps(r):
-            if not s.profile:
-                continue
+        s = r.profile_step
+        if s is not None and s.profile:
             out += [
                 f"## CPU per request by stage: {r.name} at {s.rate:g} req/s (py-spy)",
                 "",

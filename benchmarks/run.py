@@ -39,6 +39,7 @@ from benchmarks.servers import (
     ManagedProcess,
     free_port,
     process_tree_cpu_s,
+    process_tree_pids,
     start_redis,
     wait_ready,
 )
@@ -191,6 +192,8 @@ class SystemResult:
     max_rps: float | None = None
     max_rps_note: str = ""
     server_info: dict[str, Any] = field(default_factory=dict)
+    #: A run of its own under py-spy (--profile); its latency is perturbed and not reported.
+    profile_step: Step | None = None
 
     def step_at(self, rate: float) -> Step | None:
         if rate in self.fixed:
@@ -211,6 +214,7 @@ class SystemResult:
             "server_info": self.server_info,
             "fixed": {str(k): v.as_dict() for k, v in self.fixed.items()},
             "ladder": [s.as_dict() for s in self.ladder],
+            "profile": self.profile_step.as_dict() if self.profile_step else None,
         }
 
 
@@ -415,10 +419,14 @@ class Runner:
             before_stats = _get_stats(target) if stats else None
             cpu0 = process_tree_cpu_s(server.pid)
             cfg = self._config(target, payload, rate, plan.duration_s, plan.warmup_s)
-            spy = start_profile(server.pid, plan.duration_s, profile_to) if profile_to else None
+            spies = (
+                start_profile(process_tree_pids(server.pid), plan.duration_s, profile_to)
+                if profile_to
+                else []
+            )
             report = _run_async(run_load(cfg))
             cpu = process_tree_cpu_s(server.pid) - cpu0
-            if spy is not None:
+            for spy, _ in spies:
                 try:
                     spy.wait(plan.duration_s + 30)
                 except subprocess.TimeoutExpired:
@@ -435,8 +443,8 @@ class Runner:
                 1000.0 * cpu / sent if sent else None,
                 _stage_delta(before_stats, after_stats),
             )
-            if spy is not None and profile_to is not None:
-                step.profile = summarize_profile(profile_to)
+            if spies:
+                step.profile = summarize_profile([out for _, out in spies])
             if not why.startswith(CLIENT_BEHIND) or attempt == attempts - 1:
                 break
             log(f"    {why}; retrying")
@@ -495,15 +503,7 @@ class Runner:
                 if cached is not None:
                     return cached
                 log(f"  {result.name} @ {rate:g} req/s ({label}) ...")
-                profile_to = None
-                if (
-                    self.profile
-                    and result.name == self.sc.under_test
-                    and plan.fixed_rates
-                    and rate == plan.fixed_rates[0]
-                ):
-                    profile_to = self.logs / f"{result.name}-{rate:g}rps.pyspy.txt"
-                step = self._one(target, payload, rate, server, stats, profile_to)
+                step = self._one(target, payload, rate, server, stats)
                 r = step.report
                 log(
                     f"    p50 {r.latency.p50_ms:.2f}  p99 {r.latency.p99_ms:.2f}  p99.9 "
@@ -520,6 +520,19 @@ class Runner:
                 plan.bisect_steps,
             )
             result.max_rps = best
+            if self.profile and result.name == self.sc.under_test and plan.fixed_rates:
+                rate = plan.fixed_rates[0]
+                log(f"  {result.name} @ {rate:g} req/s under py-spy (CPU per stage) ...")
+                result.profile_step = self._one(
+                    target,
+                    payload,
+                    rate,
+                    server,
+                    stats,
+                    self.logs / f"{result.name}-{rate:g}rps.pyspy",
+                )
+                if not result.profile_step.profile:
+                    log("    no profile (is py-spy installed? pip install py-spy)")
             if worst is None:
                 result.max_rps_note = "every ladder rate passed: the maximum is higher"
             elif worst.why.startswith(CLIENT_BEHIND):

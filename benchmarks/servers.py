@@ -20,7 +20,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["ManagedProcess", "free_port", "process_tree_cpu_s", "start_redis", "wait_ready"]
+__all__ = [
+    "ManagedProcess",
+    "free_port",
+    "process_tree_cpu_s",
+    "process_tree_pids",
+    "start_redis",
+    "wait_ready",
+]
 
 
 def free_port() -> int:
@@ -140,8 +147,8 @@ def _probe(channel: grpc.Channel, probe: str, oip_model: str) -> bool:
     raise ValueError(f"unknown readiness probe {probe!r}")
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of `pid` and all its live descendants (Linux /proc)."""
+def _proc_table() -> tuple[dict[int, list[int]], dict[int, float]]:
+    """(parent -> children, pid -> CPU seconds) for every process, from /proc (Linux)."""
     tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     cpu: dict[int, float] = {}
@@ -155,9 +162,25 @@ def process_tree_cpu_s(pid: int) -> float:
             continue
         # Fields after the command (which may hold spaces) start after the last ")".
         fields = stat[stat.rfind(")") + 2 :].split()
-        ppid = int(fields[1])
-        children.setdefault(ppid, []).append(int(entry))
+        children.setdefault(int(fields[1]), []).append(int(entry))
         cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    return children, cpu
+
+
+def process_tree_pids(pid: int) -> list[int]:
+    """`pid` and all its live descendants."""
+    children, _ = _proc_table()
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(children.get(p, ()))
+    return out
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and all its live descendants (Linux /proc)."""
+    children, cpu = _proc_table()
     total, stack = 0.0, [pid]
     while stack:
         p = stack.pop()

@@ -178,5 +178,9 @@ def test_profile_buckets_by_innermost_service_frame() -> None:
         "score (ranking/scoring/engine.py:5);predict (lightgbm/basic.py:9)"
     )
     assert classify(stack) == "score"
+    assert classify("process 1;serve (ranking/server/workers.py:67)") == "idle"
+    assert classify("process 1;x (ranking/server/app.py:3);run (asyncio/runners.py:1)") == (
+        "event loop + gRPC core"
+    )
     assert classify("process 1;run (asyncio/runners.py:118)") == "event loop + gRPC core"
     assert classify("process 1;Rank (ranking/server/servicer.py:3)") == "servicer"
