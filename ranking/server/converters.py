@@ -33,7 +33,7 @@ def to_query(request: pb.RankRequest) -> RankQuery:
             values[i] = candidates[i].feature_values
         if not sent.all():
             rows = sent
-    elif any(len(c.feature_values) for c in candidates):
+    elif not _no_inline_values(request, ids):
         raise InvalidRequest("candidates.feature_values: sent without feature_names")
     return RankQuery(
         candidate_ids=ids,
@@ -46,6 +46,29 @@ def to_query(request: pb.RankRequest) -> RankQuery:
         strict=request.strict,
         request_id=request.request_id,
     )
+
+
+def _no_inline_values(request: pb.RankRequest, ids: list[str]) -> bool:
+    """True when no candidate carries `feature_values`.
+
+    Asking every candidate (`len(c.feature_values)`) costs ~90 us for 200 candidates, more
+    than the rest of the conversion. Instead compare sizes: a candidate holding only a short
+    ASCII id of L bytes takes exactly L + 4 bytes on the wire (tag, length, tag, length, id),
+    so the candidates' share of `ByteSize()` equals sum(L) + 4n exactly when none carries
+    values. Long or non-ASCII ids take the slow, obvious path.
+    """
+    lengths = list(map(len, ids))
+    if not lengths or max(lengths) >= 126 or min(lengths) == 0 or not "".join(ids).isascii():
+        return not any(len(c.feature_values) for c in request.candidates)
+    rest = pb.RankRequest(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        context=request.context,
+        top_k=request.top_k,
+        feature_names=request.feature_names,
+        strict=request.strict,
+    )
+    return bool(request.ByteSize() - rest.ByteSize() == sum(lengths) + 4 * len(ids))
 
 
 def to_response(result: RankResult, request_id: str) -> pb.RankResponse:
