@@ -41,6 +41,7 @@ def build_parser(prog: str = "ranking load") -> argparse.ArgumentParser:
     g.add_argument("--processes", type=int, default=1, help="client processes")
     g.add_argument("--channels", type=int, default=4, help="channels per client process")
     g.add_argument("--max-in-flight", type=int, help="open loop: cap per process")
+    g.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to connect")
     g.add_argument("--seed", type=int, default=1)
     m = p.add_argument_group("request mix")
     m.add_argument(
@@ -118,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         processes=args.processes,
         channels_per_process=args.channels,
         max_in_flight=args.max_in_flight,
+        connect_timeout_s=args.connect_timeout,
         seed=args.seed,
     )
 
