@@ -226,11 +226,18 @@ class RankPayload:
 
 
 @functools.lru_cache(maxsize=8)
-def _zipf_p(n: int, s: float) -> npt.NDArray[np.float64]:
-    w = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** s
-    p: npt.NDArray[np.float64] = w / w.sum()
-    p.setflags(write=False)
-    return p
+def _zipf_cdf(n: int, s: float) -> npt.NDArray[np.float64]:
+    w = np.cumsum(1.0 / np.arange(1, n + 1, dtype=np.float64) ** s)
+    cdf: npt.NDArray[np.float64] = w / w[-1]
+    cdf.setflags(write=False)
+    return cdf
+
+
+def _zipf(rng: np.random.Generator, size: int, space: int, s: float) -> npt.NDArray[np.int64]:
+    """Ranks 0..space-1 with P(k) proportional to 1 / (k+1)**s, by inverse CDF: O(size log n)
+    per draw (numpy's `choice(p=...)` rebuilds the CDF, O(n), on every call)."""
+    idx = np.searchsorted(_zipf_cdf(space, s), rng.random(size), side="right")
+    return np.minimum(idx, space - 1).astype(np.int64)
 
 
 def _draw_ids(
@@ -238,15 +245,14 @@ def _draw_ids(
 ) -> npt.NDArray[np.int64]:
     if dist == "uniform":
         return rng.integers(0, space, size=n)
-    return rng.choice(space, size=n, p=_zipf_p(space, s))
+    return _zipf(rng, n, space, s)
 
 
 def _unique_zipf(rng: np.random.Generator, k: int, space: int, s: float) -> list[int]:
     """k distinct Zipf-distributed ids: draw with replacement, keep first occurrences."""
-    p = _zipf_p(space, s)
     seen: dict[int, None] = {}
     while len(seen) < k:
-        for r in rng.choice(space, size=2 * k, p=p).tolist():
+        for r in _zipf(rng, 2 * k, space, s).tolist():
             seen.setdefault(r)
             if len(seen) == k:
                 break
