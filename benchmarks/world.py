@@ -42,9 +42,12 @@ class WorldSpec:
     seed: int = 0
     #: Queries x 100 candidates to train on when the service's demo builder is not available.
     train_queries: int = 500
+    #: Model features the scenario expects (checked against the bundle; None: not checked).
+    #: The demo world has 64: 24 user, 32 item, 8 context.
+    features: int | None = None
 
     @property
-    def key(self) -> str:
+    def key(self) -> str:  # `features` is a check, not part of the world
         return f"u{self.n_users}-i{self.n_items}-t{self.trees}-l{self.leaves}-s{self.seed}"
 
 
@@ -89,6 +92,11 @@ def prepare_world(spec: WorldSpec, cache_dir: Path | None = None) -> BenchWorld:
     from ranking.scoring.bundle import load_bundle
 
     loaded = load_bundle(bundle)
+    if spec.features is not None and len(loaded.features) != spec.features:
+        raise ValueError(
+            f"the scenario expects {spec.features} features; the bundle in {bundle} has "
+            f"{len(loaded.features)}"
+        )
     return BenchWorld(
         spec=spec,
         folder=folder,
