@@ -560,8 +560,8 @@ def _wait_idle(server: ManagedProcess, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         cpu0 = process_tree_cpu_s(server.pid)
-        time.sleep(0.5)
-        if process_tree_cpu_s(server.pid) - cpu0 < 0.05:
+        time.sleep(0.25)
+        if process_tree_cpu_s(server.pid) - cpu0 < 0.025:
             return
     log(f"    {server.name} still busy after {timeout_s:g} s; measuring anyway")
 
