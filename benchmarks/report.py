@@ -238,7 +238,17 @@ def _plots(scenario: Scenario, results: list[SystemResult], out: Path, stem: str
             color=line.get_color(),
             label=f"{r.name} p50",
         )
+        behind = [s for s in steps if not s.report.valid]
+        if behind:  # runs whose client fell behind: shown, but they do not count
+            ax.plot(
+                [s.rate for s in behind],
+                [s.report.latency.p99_ms for s in behind],
+                "x",
+                color="black",
+                markersize=9,
+            )
     ax.axhline(scenario.budget_p99_ms, color="red", linewidth=0.8, label="budget (p99)")
+    ax.plot([], [], "x", color="black", label="client fell behind (does not count)")
     ax.set_yscale("log")
     ax.set_xlabel("offered rate (req/s, Poisson)")
     ax.set_ylabel("latency from intended send (ms)")
