@@ -107,14 +107,16 @@ def markdown(
             f"## At {rate:g} req/s",
             "",
             "| system | p50 ms | p99 ms | p99.9 ms | achieved req/s | errors | server CPU "
-            "ms/req | max req/s within budget | p99 vs ours | max rate vs ours |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "ms/req | client CPU ms/req | max req/s within budget | p99 vs ours | "
+            "max rate vs ours |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        notes: list[str] = []
         ours_step = ours.step_at(rate) if ours else None
         for r in results:
             if r.status != "ok":
                 lines.append(
-                    f"| {r.label} | {r.status}: {r.reason.splitlines()[0][:120]} | | | | | | | | |"
+                    f"| {r.label} | {r.status}: {r.reason.splitlines()[0][:120]} " + "| " * 10 + "|"
                 )
                 continue
             step = r.step_at(rate)
@@ -129,11 +131,19 @@ def markdown(
             lines.append(
                 f"| {r.label} | {_fmt(rep.latency.p50_ms)} | {_fmt(rep.latency.p99_ms)}{flag} | "
                 f"{_fmt(rep.latency.p999_ms)} | {rep.achieved_rps:.0f} | "
-                f"{rep.error_ratio:.2%} | {_fmt(step.server_cpu_ms_per_request)} | {max_rps} | "
+                f"{rep.error_ratio:.2%} | {_fmt(step.server_cpu_ms_per_request)} | "
+                f"{_fmt(rep.client_cpu_ms_per_request)} | {max_rps} | "
                 f"{_ratio(rep.latency.p99_ms, ours_p99)} | "
                 f"{_ratio(r.max_rps, ours.max_rps if ours else None)} |"
             )
-        lines.append("")
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(rep.status_counts.items()))
+            degraded = ", ".join(f"{k} {v}" for k, v in sorted(rep.degraded_counts.items()))
+            notes.append(
+                f"- {r.name}: status {counts}"
+                + (f"; degraded answers: {degraded}" if degraded else "")
+                + ("" if rep.valid else f"; not valid: {'; '.join(rep.problems)}")
+            )
+        lines += ["", *notes, ""]
     lines += [
         "## Rate ladder",
         "",
