@@ -58,6 +58,7 @@ class HedgePolicy:
     budget_ratio, budget_burst: the hedge token bucket (see `HedgeBudget`).
     reserve_tokens, late_factor: tokens kept for late hedges, sent at `late_factor` x the delay
         (capped at cap_ms) to reads that found no token above the reserve at the delay.
+        Both hedge times are also capped at half the read's timeout.
     max_hedges: extra reads per request (1: one hedge).
     down_backoff_ms: how long a failing or repeatedly slow replica is skipped.
     slow_strikes: lost hedges in a row that mark a replica down (0 disables).
@@ -272,8 +273,11 @@ class HedgedFeatureStore:
         launch(False)
         policy = self.policy
         hedges_left = policy.max_hedges if policy.enabled else 0
-        delay_s = self.tracker.delay_ms / 1000.0
-        late_s = max(delay_s, min(policy.cap_ms / 1000.0, delay_s * policy.late_factor))
+        # Neither hedge may come later than half the read's timeout: a hedge that cannot
+        # finish in time is no hedge (with an 8 ms request budget a read may get 4 ms).
+        half = replica_timeout_s / 2
+        delay_s = min(self.tracker.delay_ms / 1000.0, half)
+        late_s = max(delay_s, min(policy.cap_ms / 1000.0, delay_s * policy.late_factor, half))
         hedge_at, late = start + delay_s, False
         while True:
             wait_s = None

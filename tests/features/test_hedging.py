@@ -153,6 +153,15 @@ async def test_reserve_kept_for_late_hedges(item_data) -> None:
     await store.close()
 
 
+async def test_hedge_times_capped_at_half_the_timeout(item_data) -> None:
+    slow, fast = FakeStore(item_data, delay_s=1.0), FakeStore(item_data)
+    policy = HedgePolicy(initial_ms=50.0, floor_ms=50.0, cap_ms=50.0, slow_strikes=0)
+    store = HedgedFeatureStore([fast, slow], policy=policy)
+    await store.fetch(ITEMS, timeout_s=0.02)  # primary: slow (round-robin starts at 1)
+    assert store.stats.hedges_won == 1  # hedged at 10 ms, not 50 ms: in time
+    await store.close()
+
+
 # --- real servers ----------------------------------------------------------------------------
 
 
