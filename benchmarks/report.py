@@ -321,7 +321,7 @@ def _plots(scenario: Scenario, results: list[SystemResult], out: Path, stem: str
             )
         ax.set_xlabel("offered rate (req/s)")
         ax.set_ylabel("mean server time per request (ms)")
-        ax.set_title(f"{scenario.name}: where the server's time goes ({ours.name})")
+        ax.set_title(f"{scenario.name}: where the server's time goes ({scenario.under_test})")
         ax.legend(fontsize=8)
         paths.append(out / f"{stem}-stages.png")
         fig.savefig(paths[-1], dpi=110, bbox_inches="tight")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -111,7 +112,7 @@ def prepare_world(spec: WorldSpec, cache_dir: Path | None = None) -> BenchWorld:
 _SOURCE_FILE = "source.txt"
 
 
-def _demo_builder():  # type: ignore[no-untyped-def]
+def _demo_builder() -> Any:
     try:
         from ranking.demo.model import build_demo_bundle
     except ImportError:
