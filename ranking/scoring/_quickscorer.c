@@ -48,6 +48,13 @@
 
 enum { KERNEL_AUTO = -1, KERNEL_SCALAR = 0, KERNEL_AVX2 = 1, KERNEL_AVX512 = 2 };
 
+/* A numerical node as the scans read it: one 24-byte record instead of three arrays. */
+typedef struct {
+    double thr;
+    uint64_t mask;
+    uint64_t bv_off; /* tree index * QS_BLOCK */
+} qs_node;
+
 typedef struct {
     PyObject_HEAD
     int64_t num_features;
@@ -64,6 +71,7 @@ typedef struct {
     const double *num_thr;
     const uint32_t *num_tree;
     const uint64_t *num_mask;
+    qs_node *nodes; /* num_thr / num_tree / num_mask interleaved (owned, malloc) */
     /* False nodes for x NaN and for x == 0, per feature. */
     const int64_t *nan_off;
     const uint32_t *nan_tree;
@@ -80,6 +88,10 @@ typedef struct {
     const uint32_t *cat_bits;
     /* Leaf values in bit order, QS_LEAF_STRIDE per tree. */
     const double *leaf_value;
+    /* Per feature: bit 0 set when a NaN value scans as 0.0 (all its nodes have missing type
+       None), bit 1 when a zero value scans as 0.0 (none has missing type Zero). Otherwise the
+       value applies the feature's NaN / zero list. */
+    const uint8_t *scan_zero;
     /* 1 when feature f has numerical nodes, 2 when categorical, 3 both. */
     const uint8_t *feature_kind;
     PyObject *arrays; /* tuple keeping the owned copies alive */
@@ -152,11 +164,19 @@ static void prepare_block(const EnsembleObject *m, const double *x, int rows, ui
             const double v = x[(int64_t)lane * nf + f];
             if (kind & 1) {
                 if (isnan(v)) {
-                    apply_list(bv, lane, m->nan_tree, m->nan_mask, m->nan_off[f],
-                               m->nan_off[f + 1]);
+                    if (m->scan_zero[f] & 1) {
+                        col[lane] = 0.0;
+                    } else {
+                        apply_list(bv, lane, m->nan_tree, m->nan_mask, m->nan_off[f],
+                                   m->nan_off[f + 1]);
+                    }
                 } else if (is_zero(v)) {
-                    apply_list(bv, lane, m->zero_tree, m->zero_mask, m->zero_off[f],
-                               m->zero_off[f + 1]);
+                    if (m->scan_zero[f] & 2) {
+                        col[lane] = 0.0;
+                    } else {
+                        apply_list(bv, lane, m->zero_tree, m->zero_mask, m->zero_off[f],
+                                   m->zero_off[f + 1]);
+                    }
                 } else {
                     col[lane] = v;
                 }
@@ -205,14 +225,13 @@ static void scan_scalar(const EnsembleObject *m, const double *xt, uint64_t *bv)
             continue; /* only the sentinel */
         }
         const int64_t f = s % m->num_features;
-        const double *thr = m->num_thr + base;
-        const uint32_t *tree = m->num_tree + base;
-        const uint64_t *mask = m->num_mask + base;
+        const qs_node *nd = m->nodes + base;
         for (int lane = 0; lane < QS_BLOCK; ++lane) {
             const double v = xt[f * QS_BLOCK + lane];
-            /* thr ends with +inf, and +inf < v is false for every v. */
-            for (int64_t i = 0; thr[i] < v; ++i) {
-                bv[(int64_t)tree[i] * QS_BLOCK + lane] &= mask[i];
+            uint64_t *b = bv + lane;
+            /* the segment ends with +inf, and +inf < v is false for every v. */
+            for (const qs_node *p = nd; p->thr < v; ++p) {
+                b[p->bv_off] &= p->mask;
             }
         }
     }
@@ -228,15 +247,13 @@ __attribute__((target("avx2"))) static void scan_avx2(const EnsembleObject *m, c
             continue; /* only the sentinel */
         }
         const int64_t f = s % m->num_features;
-        const double *thr = m->num_thr + base;
-        const uint32_t *tree = m->num_tree + base;
-        const uint64_t *mask = m->num_mask + base;
+        const qs_node *nd = m->nodes + base;
         __m256d x[V];
         for (int v = 0; v < V; ++v) {
             x[v] = _mm256_loadu_pd(xt + f * QS_BLOCK + 4 * v);
         }
-        for (int64_t i = 0;; ++i) {
-            const __m256d t = _mm256_broadcast_sd(thr + i);
+        for (const qs_node *nn = nd;; ++nn) {
+            const __m256d t = _mm256_broadcast_sd(&nn->thr);
             __m256i c[V];
             __m256i any = _mm256_setzero_si256();
             for (int v = 0; v < V; ++v) {
@@ -247,8 +264,8 @@ __attribute__((target("avx2"))) static void scan_avx2(const EnsembleObject *m, c
                 break;
             }
             /* bv &= ~(cmp & ~mask): lanes where the node is false lose the left leaves. */
-            const __m256i clear = _mm256_set1_epi64x((long long)~mask[i]);
-            __m256i *p = (__m256i *)(bv + (int64_t)tree[i] * QS_BLOCK);
+            const __m256i clear = _mm256_set1_epi64x((long long)~nn->mask);
+            __m256i *p = (__m256i *)(bv + nn->bv_off);
             for (int v = 0; v < V; ++v) {
                 _mm256_storeu_si256(p + v, _mm256_andnot_si256(_mm256_and_si256(c[v], clear),
                                                                 _mm256_loadu_si256(p + v)));
@@ -266,15 +283,13 @@ __attribute__((target("avx512f"))) static void scan_avx512(const EnsembleObject 
             continue; /* only the sentinel */
         }
         const int64_t f = s % m->num_features;
-        const double *thr = m->num_thr + base;
-        const uint32_t *tree = m->num_tree + base;
-        const uint64_t *mask = m->num_mask + base;
+        const qs_node *nd = m->nodes + base;
         __m512d x[V];
         for (int v = 0; v < V; ++v) {
             x[v] = _mm512_loadu_pd(xt + f * QS_BLOCK + 8 * v);
         }
-        for (int64_t i = 0;; ++i) {
-            const __m512d t = _mm512_set1_pd(thr[i]);
+        for (const qs_node *nn = nd;; ++nn) {
+            const __m512d t = _mm512_set1_pd(nn->thr);
             __mmask8 k[V];
             int any = 0;
             for (int v = 0; v < V; ++v) {
@@ -284,8 +299,8 @@ __attribute__((target("avx512f"))) static void scan_avx512(const EnsembleObject 
             if (!any) {
                 break;
             }
-            uint64_t *p = bv + (int64_t)tree[i] * QS_BLOCK;
-            const __m512i mk = _mm512_set1_epi64((long long)mask[i]);
+            uint64_t *p = bv + nn->bv_off;
+            const __m512i mk = _mm512_set1_epi64((long long)nn->mask);
             for (int v = 0; v < V; ++v) {
                 const __m512i cur = _mm512_loadu_si512(p + 8 * v);
                 _mm512_storeu_si512(p + 8 * v, _mm512_mask_and_epi64(cur, k[v], cur, mk));
@@ -352,6 +367,7 @@ static int score_rows(const EnsembleObject *m, scan_fn scan, const double *x, in
 /* Python type                                                                              */
 
 static void Ensemble_dealloc(EnsembleObject *self) {
+    free(self->nodes);
     Py_XDECREF(self->arrays);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -409,14 +425,14 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
                              "nan_off", "nan_tree", "nan_mask",
                              "zero_off", "zero_tree", "zero_mask",
                              "cat_off", "cat_tree", "cat_mask", "cat_bits_off", "cat_bits",
-                             "leaf_value", NULL};
+                             "leaf_value", "scan_zero", NULL};
     long long nf, nt, K;
     int avg;
-    PyObject *o[16];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLLpOOOOOOOOOOOOOOOO", kwlist, &nf, &nt, &K,
+    PyObject *o[17];
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLLpOOOOOOOOOOOOOOOOO", kwlist, &nf, &nt, &K,
                                      &avg, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
                                      &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13],
-                                     &o[14], &o[15])) {
+                                     &o[14], &o[15], &o[16])) {
         return NULL;
     }
     if (nf < 1 || nt < 1 || K < 1 || nt % K != 0 || nt > (1LL << 31) || nf > (1LL << 31)) {
@@ -439,14 +455,14 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     self->num_outputs = K;
     self->num_iterations = nt / K;
     self->average_output = avg;
-    npy_intp len[16];
-    void *p[16];
-    static const int types[16] = {NPY_INT64, NPY_DOUBLE, NPY_UINT32, NPY_UINT64,
+    npy_intp len[17];
+    void *p[17];
+    static const int types[17] = {NPY_INT64, NPY_DOUBLE, NPY_UINT32, NPY_UINT64,
                                   NPY_INT64, NPY_UINT32, NPY_UINT64,
                                   NPY_INT64, NPY_UINT32, NPY_UINT64,
                                   NPY_INT64, NPY_UINT32, NPY_UINT64, NPY_INT64, NPY_UINT32,
-                                  NPY_DOUBLE};
-    for (int i = 0; i < 16; ++i) {
+                                  NPY_DOUBLE, NPY_UINT8};
+    for (int i = 0; i < 17; ++i) {
         if (own_array(o[i], types[i], kwlist[i + 4], &p[i], &len[i], keep) < 0) {
             goto fail;
         }
@@ -467,10 +483,12 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     self->cat_bits_off = p[13];
     self->cat_bits = p[14];
     self->leaf_value = p[15];
+    self->scan_zero = p[16];
 
     /* Structural checks: everything the kernel indexes must be in bounds. */
     if (len[1] != len[2] || len[1] != len[3] || len[5] != len[6] || len[8] != len[9] ||
-        len[11] != len[12] || len[13] != len[11] + 1 || len[15] != nt * QS_LEAF_STRIDE) {
+        len[11] != len[12] || len[13] != len[11] + 1 || len[15] != nt * QS_LEAF_STRIDE ||
+        len[16] != nf) {
         PyErr_SetString(PyExc_ValueError, "Ensemble: array lengths do not match");
         goto fail;
     }
@@ -515,6 +533,16 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
                 goto fail;
             }
         }
+    }
+    self->nodes = (qs_node *)malloc(((size_t)len[1] + 1) * sizeof(qs_node));
+    if (self->nodes == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (npy_intp i = 0; i < len[1]; ++i) {
+        self->nodes[i].thr = self->num_thr[i];
+        self->nodes[i].mask = self->num_mask[i];
+        self->nodes[i].bv_off = (uint64_t)self->num_tree[i] * QS_BLOCK;
     }
     /* feature_kind, computed here so it always agrees with the offsets. */
     {

@@ -31,6 +31,7 @@ class Ensemble:
         cat_bits_off: npt.NDArray[np.int64],
         cat_bits: npt.NDArray[np.uint32],
         leaf_value: npt.NDArray[np.float64],
+        scan_zero: npt.NDArray[np.uint8],
     ) -> Ensemble: ...
     @property
     def num_features(self) -> int: ...

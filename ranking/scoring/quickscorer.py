@@ -269,6 +269,7 @@ def _build(
     cat_mask: list[int] = []
     cat_sets: list[list[int]] = []
     leaf_value = np.zeros(num_trees * MAX_LEAVES, dtype=np.float64)
+    missing_types: list[set[int]] = [set() for _ in range(nf)]
 
     for t, tree in enumerate(model.trees):
         bit_of_leaf, left_lo, left_hi = _leaf_order(tree)
@@ -304,6 +305,7 @@ def _build(
             num_mask.append(mask)
             # NumericalDecision with x NaN: None -> x = 0.0 and compare; Zero -> 0.0 is zero ->
             # default direction; NaN -> default direction.
+            missing_types[f].add(missing)
             nan_false = thr < 0.0 if missing == _MISSING_NONE else default_right
             # x == 0.0 (or |x| <= 1e-35, which LightGBM zeroes): only the Zero type takes the
             # default direction; the others compare 0.0 <= threshold.
@@ -338,8 +340,26 @@ def _build(
         n_mask[pos] = num_mask[i]
         fill[sg] += 1
 
-    nan_off, nan_t, nan_m, _ = _grouped(nan_feat, nan_tree, nan_mask, nf)
-    zero_off, zero_t, zero_m, _ = _grouped(zero_feat, zero_tree, zero_mask, nf)
+    # Where NaN or zero decides like the value 0.0 at every node of a feature, the kernel scans
+    # 0.0 with the block's other values instead of applying a per-row list (much faster for
+    # sparse or often-missing features). NaN: only missing type None turns NaN into 0.0. Zero:
+    # only missing type Zero treats it differently from 0.0.
+    nan_scans = [types <= {_MISSING_NONE} for types in missing_types]
+    zero_scans = [_MISSING_ZERO not in types for types in missing_types]
+    scan_zero = np.array(
+        [int(a) | int(b) << 1 for a, b in zip(nan_scans, zero_scans, strict=True)], dtype=np.uint8
+    )
+    keep = [i for i, f in enumerate(nan_feat) if not nan_scans[f]]
+    nan_off, nan_t, nan_m, _ = _grouped(
+        [nan_feat[i] for i in keep], [nan_tree[i] for i in keep], [nan_mask[i] for i in keep], nf
+    )
+    keep = [i for i, f in enumerate(zero_feat) if not zero_scans[f]]
+    zero_off, zero_t, zero_m, _ = _grouped(
+        [zero_feat[i] for i in keep],
+        [zero_tree[i] for i in keep],
+        [zero_mask[i] for i in keep],
+        nf,
+    )
     cat_off, cat_t, cat_m, cat_order = _grouped(cat_feat, cat_tree, cat_mask, nf)
     bits: list[int] = []
     bits_off = [0]
@@ -378,6 +398,7 @@ def _build(
         cat_bits_off=np.array(bits_off, dtype=np.int64),
         cat_bits=np.array(bits, dtype=np.uint32),
         leaf_value=leaf_value,
+        scan_zero=scan_zero,
     )
     return ensemble, probes
 

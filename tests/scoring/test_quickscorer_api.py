@@ -144,6 +144,7 @@ def test_kernel_rejects_malformed_arrays() -> None:
         "cat_bits_off": np.array([0], i64),
         "cat_bits": np.array([], u32),
         "leaf_value": np.zeros(64),
+        "scan_zero": np.zeros(1, np.uint8),
     }
     ensemble = _quickscorer.Ensemble(**ok)
     assert ensemble.predict(np.zeros((2, 1))).tolist() == [[0.0], [0.0]]
@@ -154,6 +155,7 @@ def test_kernel_rejects_malformed_arrays() -> None:
         {"leaf_value": np.zeros(10)},
         {"nan_off": np.array([0, 1], i64)},
         {"num_outputs": 2},
+        {"scan_zero": np.zeros(2, np.uint8)},
     ]
     for change in bad:
         with pytest.raises(ValueError):
