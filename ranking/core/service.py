@@ -32,6 +32,7 @@ from ranking.features.store import FeatureStore, FetchResult, Lookup
 from ranking.limits import Limiter
 from ranking.telemetry import Telemetry
 from ranking.telemetry import stats as st
+from ranking.telemetry.stage import Stage
 
 __all__ = ["Degraded", "RankQuery", "RankResult", "RankingService"]
 
@@ -72,32 +73,6 @@ class RankResult:
     unscored: int
     model_version: str
     degraded: list[str]
-
-
-class _Stage:
-    """Times a stage into the stats row and, when tracing records, wraps it in a span."""
-
-    __slots__ = ("_index", "_row", "_span", "_start", "_tracer", "name")
-
-    def __init__(self, telemetry: Telemetry, name: str, index: int) -> None:
-        self._tracer = telemetry.tracer if telemetry.recording else None
-        self._row = telemetry.stats.row
-        self._index = index
-        self.name = name
-        self._span: object = None
-        self._start = 0
-
-    def __enter__(self) -> _Stage:
-        if self._tracer is not None:
-            self._span = self._tracer.start_as_current_span(f"rank.{self.name}")
-            self._span.__enter__()  # type: ignore[attr-defined]
-        self._start = time.perf_counter_ns()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._row[self._index] += time.perf_counter_ns() - self._start
-        if self._span is not None:
-            self._span.__exit__(*exc)  # type: ignore[attr-defined]
 
 
 class RankingService:
@@ -150,7 +125,6 @@ class RankingService:
             token.ignore()
             raise
         token.success()
-        row[st.I_TOTAL] += deadline.elapsed_s() * 1e9
         return result
 
     def _validate(self, query: RankQuery) -> None:
@@ -193,12 +167,12 @@ class RankingService:
         model.plan.check_names(query.context, query.inline_names)
         degraded: list[str] = []
 
-        with _Stage(tel, "fetch", st.I_FETCH):
+        with Stage(tel, "fetch", st.I_FETCH):
             user, items = await self._fetch(query, deadline, degraded)
         if deadline.caller_gone():
             raise DeadlineExceeded("the deadline passed while fetching features")
 
-        with _Stage(tel, "assemble", st.I_ASSEMBLE):
+        with Stage(tel, "assemble", st.I_ASSEMBLE):
             matrix = model.plan.assemble(
                 user,
                 items,
@@ -209,13 +183,13 @@ class RankingService:
                 query.inline_rows,
             )
 
-        with _Stage(tel, "score", st.I_SCORE):
+        with Stage(tel, "score", st.I_SCORE):
             priority, fit = self._plan_scoring(model, matrix, n, deadline)
             if fit < n:
                 degraded.append(Degraded.PARTIAL_SCORING)
             scores = await self._score(model, matrix, None if priority is None else priority[:fit])
 
-        with _Stage(tel, "sort", st.I_SORT):
+        with Stage(tel, "sort", st.I_SORT):
             ranked_ids, ranked_scores, unscored = _sort(ids, scores, priority, fit, query.top_k)
 
         row[st.I_OK] += 1

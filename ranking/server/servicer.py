@@ -19,6 +19,7 @@ from ranking.errors import BundleError
 from ranking.server.converters import to_query, to_response
 from ranking.server.errors import abort
 from ranking.telemetry import stats as st
+from ranking.telemetry.stage import Stage
 
 __all__ = ["AdminServicer", "RankingServicer"]
 
@@ -42,24 +43,25 @@ class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
         self.last_arrival_s = deadline.started
         self.inflight += 1
         try:
-            if self._telemetry.recording:
-                return await self._traced(request, context, deadline)
-            return await self._rank(request, context, deadline)
+            with Stage(self._telemetry, "total", st.I_TOTAL, span=False):
+                if self._telemetry.recording:
+                    return await self._traced(request, context, deadline)
+                return await self._rank(request, context, deadline)
         finally:
             self.inflight -= 1
 
     async def _rank(
         self, request: pb.RankRequest, context: grpc.aio.ServicerContext, deadline: Deadline
     ) -> pb.RankResponse:
+        tel = self._telemetry
         try:
-            result = await self._core.rank(to_query(request), deadline)
+            with Stage(tel, "convert", st.I_CONVERT):
+                query = to_query(request)
+            result = await self._core.rank(query, deadline)
+            with Stage(tel, "respond", st.I_RESPOND):
+                return to_response(result, request.request_id)
         except BaseException as exc:
-            await abort(context, exc, self._telemetry.stats)
-        stats = self._telemetry.stats.row
-        started = deadline.elapsed_s()
-        response = to_response(result, request.request_id)
-        stats[st.I_RESPOND] += (deadline.elapsed_s() - started) * 1e9
-        return response
+            await abort(context, exc, tel.stats)
 
     async def _traced(
         self, request: pb.RankRequest, context: grpc.aio.ServicerContext, deadline: Deadline
@@ -73,7 +75,9 @@ class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
                 span.set_attribute("rpc.system", "grpc")
                 span.set_attribute("ranking.candidates", len(request.candidates))
                 try:
-                    result = await self._core.rank(to_query(request), deadline)
+                    with Stage(self._telemetry, "convert", st.I_CONVERT):
+                        query = to_query(request)
+                    result = await self._core.rank(query, deadline)
                 except BaseException as exc:
                     span.set_attribute(
                         "rpc.grpc.status_code", getattr(exc, "code", _INTERNAL).value[0]
@@ -81,7 +85,7 @@ class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
                     await abort(context, exc, self._telemetry.stats)
                 span.set_attribute("ranking.model_version", result.model_version)
                 span.set_attribute("ranking.degraded_reasons", result.degraded)
-                with self._telemetry.tracer.start_as_current_span("rank.respond"):
+                with Stage(self._telemetry, "respond", st.I_RESPOND):
                     return to_response(result, request.request_id)
         finally:
             otel_context.detach(token)
@@ -119,6 +123,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         return admin_pb2.GetStatsResponse(
             counters=stats.totals(),
             stage_mean_us=stats.stage_means_us(),
+            stage_cpu_mean_us=stats.stage_means_us("cpu_ns"),
             model_version=model.version,
             engine=model.scorer.name,
             workers=self._workers,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ranking/v1/admin.proto\x12\nranking.v1\")\n\x12ReloadModelRequest\x12\x13\n\x0b\x62undle_path\x18\x01 \x01(\t\",\n\x13ReloadModelResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xce\x02\n\x10GetStatsResponse\x12<\n\x08\x63ounters\x18\x01 \x03(\x0b\x32*.ranking.v1.GetStatsResponse.CountersEntry\x12\x44\n\rstage_mean_us\x18\x02 \x03(\x0b\x32-.ranking.v1.GetStatsResponse.StageMeanUsEntry\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x0f\n\x07workers\x18\x05 \x01(\x05\x12\x19\n\x11\x63oncurrency_limit\x18\x06 \x01(\x05\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10StageMeanUsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xa5\x01\n\x0c\x41\x64minService\x12N\n\x0bReloadModel\x12\x1e.ranking.v1.ReloadModelRequest\x1a\x1f.ranking.v1.ReloadModelResponse\x12\x45\n\x08GetStats\x12\x1b.ranking.v1.GetStatsRequest\x1a\x1c.ranking.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ranking/v1/admin.proto\x12\nranking.v1\")\n\x12ReloadModelRequest\x12\x13\n\x0b\x62undle_path\x18\x01 \x01(\t\",\n\x13ReloadModelResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xd2\x03\n\x10GetStatsResponse\x12<\n\x08\x63ounters\x18\x01 \x03(\x0b\x32*.ranking.v1.GetStatsResponse.CountersEntry\x12\x44\n\rstage_mean_us\x18\x02 \x03(\x0b\x32-.ranking.v1.GetStatsResponse.StageMeanUsEntry\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x0f\n\x07workers\x18\x05 \x01(\x05\x12\x19\n\x11\x63oncurrency_limit\x18\x06 \x01(\x05\x12K\n\x11stage_cpu_mean_us\x18\x07 \x03(\x0b\x32\x30.ranking.v1.GetStatsResponse.StageCpuMeanUsEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10StageMeanUsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x35\n\x13StageCpuMeanUsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xa5\x01\n\x0c\x41\x64minService\x12N\n\x0bReloadModel\x12\x1e.ranking.v1.ReloadModelRequest\x1a\x1f.ranking.v1.ReloadModelResponse\x12\x45\n\x08GetStats\x12\x1b.ranking.v1.GetStatsRequest\x1a\x1c.ranking.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATSRESPONSE_COUNTERSENTRY']._serialized_options = b'8\001'
   _globals['_GETSTATSRESPONSE_STAGEMEANUSENTRY']._loaded_options = None
   _globals['_GETSTATSRESPONSE_STAGEMEANUSENTRY']._serialized_options = b'8\001'
+  _globals['_GETSTATSRESPONSE_STAGECPUMEANUSENTRY']._loaded_options = None
+  _globals['_GETSTATSRESPONSE_STAGECPUMEANUSENTRY']._serialized_options = b'8\001'
   _globals['_RELOADMODELREQUEST']._serialized_start=38
   _globals['_RELOADMODELREQUEST']._serialized_end=79
   _globals['_RELOADMODELRESPONSE']._serialized_start=81
@@ -43,11 +45,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATSREQUEST']._serialized_start=127
   _globals['_GETSTATSREQUEST']._serialized_end=144
   _globals['_GETSTATSRESPONSE']._serialized_start=147
-  _globals['_GETSTATSRESPONSE']._serialized_end=481
-  _globals['_GETSTATSRESPONSE_COUNTERSENTRY']._serialized_start=382
-  _globals['_GETSTATSRESPONSE_COUNTERSENTRY']._serialized_end=429
-  _globals['_GETSTATSRESPONSE_STAGEMEANUSENTRY']._serialized_start=431
-  _globals['_GETSTATSRESPONSE_STAGEMEANUSENTRY']._serialized_end=481
-  _globals['_ADMINSERVICE']._serialized_start=484
-  _globals['_ADMINSERVICE']._serialized_end=649
+  _globals['_GETSTATSRESPONSE']._serialized_end=613
+  _globals['_GETSTATSRESPONSE_COUNTERSENTRY']._serialized_start=459
+  _globals['_GETSTATSRESPONSE_COUNTERSENTRY']._serialized_end=506
+  _globals['_GETSTATSRESPONSE_STAGEMEANUSENTRY']._serialized_start=508
+  _globals['_GETSTATSRESPONSE_STAGEMEANUSENTRY']._serialized_end=558
+  _globals['_GETSTATSRESPONSE_STAGECPUMEANUSENTRY']._serialized_start=560
+  _globals['_GETSTATSRESPONSE_STAGECPUMEANUSENTRY']._serialized_end=613
+  _globals['_ADMINSERVICE']._serialized_start=616
+  _globals['_ADMINSERVICE']._serialized_end=781
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("counters", "stage_mean_us", "model_version", "engine", "workers", "concurrency_limit")
+    __slots__ = ("counters", "stage_mean_us", "model_version", "engine", "workers", "concurrency_limit", "stage_cpu_mean_us")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,16 +39,25 @@ class GetStatsResponse(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class StageCpuMeanUsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     STAGE_MEAN_US_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_CPU_MEAN_US_FIELD_NUMBER: _ClassVar[int]
     counters: _containers.ScalarMap[str, float]
     stage_mean_us: _containers.ScalarMap[str, float]
     model_version: str
     engine: str
     workers: int
     concurrency_limit: int
-    def __init__(self, counters: _Optional[_Mapping[str, float]] = ..., stage_mean_us: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., engine: _Optional[str] = ..., workers: _Optional[int] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
+    stage_cpu_mean_us: _containers.ScalarMap[str, float]
+    def __init__(self, counters: _Optional[_Mapping[str, float]] = ..., stage_mean_us: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., engine: _Optional[str] = ..., workers: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., stage_cpu_mean_us: _Optional[_Mapping[str, float]] = ...) -> None: ...
