@@ -32,7 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+/* QS_PORTABLE builds only the scalar kernel (what non-x86 targets get), for testing. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(QS_PORTABLE)
 #define QS_X86 1
 #include <immintrin.h>
 #else
@@ -46,7 +47,14 @@
 #endif
 #define QS_LEAF_STRIDE 64
 
-enum { KERNEL_AUTO = -1, KERNEL_SCALAR = 0, KERNEL_AVX2 = 1, KERNEL_AVX512 = 2 };
+enum {
+    KERNEL_AUTO = -1,
+    KERNEL_SCALAR = 0,
+    KERNEL_SSE2 = 1,
+    KERNEL_AVX2 = 2,
+    KERNEL_AVX512 = 3,
+    KERNEL_COUNT = 4
+};
 
 /* A numerical node as the scans read it: one 24-byte record instead of three arrays. */
 typedef struct {
@@ -97,8 +105,6 @@ typedef struct {
     PyObject *arrays; /* tuple keeping the owned copies alive */
 } EnsembleObject;
 
-static int g_has_avx2 = 0;
-static int g_has_avx512 = 0;
 
 /* ---------------------------------------------------------------------------------------- */
 /* Shared per-block helpers                                                                 */
@@ -238,6 +244,43 @@ static void scan_scalar(const EnsembleObject *m, const double *xt, uint64_t *bv)
 }
 
 #if QS_X86
+/* SSE2 is part of x86-64, so this kernel needs no dispatch: the block as 128-bit pairs. */
+static void scan_sse2(const EnsembleObject *m, const double *xt, uint64_t *bv) {
+    enum { V = QS_BLOCK / 2 };
+    for (int64_t s = 0; s < m->num_segments; ++s) {
+        const int64_t base = m->num_off[s];
+        if (m->num_off[s + 1] - base <= 1) {
+            continue; /* only the sentinel */
+        }
+        const int64_t f = s % m->num_features;
+        const qs_node *nd = m->nodes + base;
+        __m128d x[V];
+        for (int v = 0; v < V; ++v) {
+            x[v] = _mm_loadu_pd(xt + f * QS_BLOCK + 2 * v);
+        }
+        for (const qs_node *nn = nd;; ++nn) {
+            const __m128d t = _mm_set1_pd(nn->thr);
+            __m128i c[V];
+            __m128i any = _mm_setzero_si128();
+            for (int v = 0; v < V; ++v) {
+                c[v] = _mm_castpd_si128(_mm_cmplt_pd(t, x[v]));
+                any = _mm_or_si128(any, c[v]);
+            }
+            if (_mm_movemask_epi8(any) == 0) {
+                break;
+            }
+            const __m128i clear = _mm_set1_epi64x((long long)~nn->mask);
+            __m128i *p = (__m128i *)(bv + nn->bv_off);
+            for (int v = 0; v < V; ++v) {
+                _mm_storeu_si128(p + v, _mm_andnot_si128(_mm_and_si128(c[v], clear),
+                                                         _mm_loadu_si128(p + v)));
+            }
+        }
+    }
+}
+#endif
+
+#if QS_X86
 __attribute__((target("avx2"))) static void scan_avx2(const EnsembleObject *m, const double *xt,
                                                       uint64_t *bv) {
     enum { V = QS_BLOCK / 4 };
@@ -312,30 +355,36 @@ __attribute__((target("avx512f"))) static void scan_avx512(const EnsembleObject 
 
 typedef void (*scan_fn)(const EnsembleObject *, const double *, uint64_t *);
 
-static scan_fn select_scan(int kernel) {
-    switch (kernel) {
-#if QS_X86
-    case KERNEL_AVX512:
-        return g_has_avx512 ? scan_avx512 : NULL;
-    case KERNEL_AVX2:
-        return g_has_avx2 ? scan_avx2 : NULL;
-#endif
-    case KERNEL_SCALAR:
-        return scan_scalar;
+static const char *const kernel_names[KERNEL_COUNT] = {"scalar", "sse2", "avx2", "avx512"};
+/* The kernels this CPU can run (NULL where it lacks the instructions) and the best of them.
+   Written once by the module's init, under the import lock, and only read afterwards. */
+static scan_fn g_kernels[KERNEL_COUNT];
+static int g_auto_kernel = KERNEL_SCALAR;
 
-    case KERNEL_AUTO:
+static void detect_kernels(void) {
+    g_kernels[KERNEL_SCALAR] = scan_scalar;
 #if QS_X86
-        if (g_has_avx512) {
-            return scan_avx512;
-        }
-        if (g_has_avx2) {
-            return scan_avx2;
-        }
-#endif
-        return scan_scalar;
-    default:
-        return NULL;
+    g_kernels[KERNEL_SSE2] = scan_sse2; /* SSE2 is part of x86-64 */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) {
+        g_kernels[KERNEL_AVX2] = scan_avx2;
     }
+    if (__builtin_cpu_supports("avx512f")) {
+        g_kernels[KERNEL_AVX512] = scan_avx512;
+    }
+#endif
+    for (int k = 0; k < KERNEL_COUNT; ++k) {
+        if (g_kernels[k] != NULL) {
+            g_auto_kernel = k;
+        }
+    }
+}
+
+static scan_fn select_scan(int kernel) {
+    if (kernel == KERNEL_AUTO) {
+        return g_kernels[g_auto_kernel];
+    }
+    return kernel >= 0 && kernel < KERNEL_COUNT ? g_kernels[kernel] : NULL;
 }
 
 /* Scores n rows of x (row-major, num_features columns) into out (n x num_outputs). Returns 0, or
@@ -655,8 +704,8 @@ static PyObject *Ensemble_get_num_outputs(EnsembleObject *self, void *closure) {
 static PyMethodDef Ensemble_methods[] = {
     {"predict", (PyCFunction)(void (*)(void))Ensemble_predict, METH_VARARGS | METH_KEYWORDS,
      "predict(matrix, kernel=-1) -> float64 array (n, num_outputs)\n\n"
-     "Raw scores of a C-contiguous float64 matrix. kernel: -1 best available, 0 scalar, 1 AVX2, "
-     "2 AVX-512. Releases the GIL."},
+     "Raw scores of a C-contiguous float64 matrix. kernel: -1 best available, 0 scalar, 1 SSE2, "
+     "2 AVX2, 3 AVX-512 (see available_kernels()). Releases the GIL."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -686,24 +735,17 @@ static PyObject *available_kernels(PyObject *module, PyObject *unused) {
     if (names == NULL) {
         return NULL;
     }
-    int ok = 1;
-    PyObject *v;
-    v = PyLong_FromLong(KERNEL_SCALAR);
-    ok = ok && v != NULL && PyDict_SetItemString(names, "scalar", v) == 0;
-    Py_XDECREF(v);
-    if (ok && g_has_avx2) {
-        v = PyLong_FromLong(KERNEL_AVX2);
-        ok = v != NULL && PyDict_SetItemString(names, "avx2", v) == 0;
-        Py_XDECREF(v);
-    }
-    if (ok && g_has_avx512) {
-        v = PyLong_FromLong(KERNEL_AVX512);
-        ok = v != NULL && PyDict_SetItemString(names, "avx512", v) == 0;
-        Py_XDECREF(v);
-    }
-    if (!ok) {
-        Py_DECREF(names);
-        return NULL;
+    for (int k = 0; k < KERNEL_COUNT; ++k) {
+        if (g_kernels[k] == NULL) {
+            continue;
+        }
+        PyObject *v = PyLong_FromLong(k);
+        if (v == NULL || PyDict_SetItemString(names, kernel_names[k], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(v);
     }
     return names;
 }
@@ -711,17 +753,7 @@ static PyObject *available_kernels(PyObject *module, PyObject *unused) {
 static PyObject *auto_kernel(PyObject *module, PyObject *unused) {
     (void)module;
     (void)unused;
-    scan_fn s = select_scan(KERNEL_AUTO);
-#if QS_X86
-    if (s == scan_avx512) {
-        return PyUnicode_FromString("avx512");
-    }
-    if (s == scan_avx2) {
-        return PyUnicode_FromString("avx2");
-    }
-#endif
-    (void)s;
-    return PyUnicode_FromString("scalar");
+    return PyUnicode_FromString(kernel_names[g_auto_kernel]);
 }
 
 static PyMethodDef module_methods[] = {
@@ -740,11 +772,7 @@ static struct PyModuleDef quickscorer_module = {
 
 PyMODINIT_FUNC PyInit__quickscorer(void) {
     import_array();
-#if QS_X86
-    __builtin_cpu_init();
-    g_has_avx2 = __builtin_cpu_supports("avx2");
-    g_has_avx512 = __builtin_cpu_supports("avx512f");
-#endif
+    detect_kernels();
     if (PyType_Ready(&EnsembleType) < 0) {
         return NULL;
     }
@@ -760,6 +788,7 @@ PyMODINIT_FUNC PyInit__quickscorer(void) {
     }
     PyModule_AddIntConstant(m, "KERNEL_AUTO", KERNEL_AUTO);
     PyModule_AddIntConstant(m, "KERNEL_SCALAR", KERNEL_SCALAR);
+    PyModule_AddIntConstant(m, "KERNEL_SSE2", KERNEL_SSE2);
     PyModule_AddIntConstant(m, "KERNEL_AVX2", KERNEL_AVX2);
     PyModule_AddIntConstant(m, "KERNEL_AVX512", KERNEL_AVX512);
     return m;

@@ -5,6 +5,7 @@ import numpy.typing as npt
 
 KERNEL_AUTO: int
 KERNEL_SCALAR: int
+KERNEL_SSE2: int
 KERNEL_AVX2: int
 KERNEL_AVX512: int
 
