@@ -430,7 +430,7 @@ def markdown(res: dict[str, Any]) -> str:
         "a thousand waits a few ms for a core), not by Redis; the 10x goal needs that floor to",
         "sit below a tenth of the fault's 50 ms. Extra reads stay under the 5% budget; late",
         "hedges are reads that found no token above the reserve at the p95 delay and were",
-        "hedged from the reserve at 4x the delay instead.",
+        "hedged from the reserve at 2x the delay instead.",
     ]
     lines += [
         "",

@@ -75,8 +75,8 @@ class HedgePolicy:
     recompute_every: int = 16
     budget_ratio: float = 0.05
     budget_burst: float = 10.0
-    reserve_tokens: float = 2.0
-    late_factor: float = 4.0
+    reserve_tokens: float = 4.0
+    late_factor: float = 2.0
     max_hedges: int = 1
     down_backoff_ms: float = 1000.0
     slow_strikes: int = 3

@@ -124,7 +124,9 @@ async def test_all_down_fails_fast_with_one_probe(item_data) -> None:
 async def test_budget_caps_extra_reads(item_data) -> None:
     # Hedge on every read (zero delay); the budget must still cap extras at ratio * reads + burst.
     a, b = FakeStore(item_data, delay_s=0.002), FakeStore(item_data, delay_s=0.002)
-    policy = HedgePolicy(floor_ms=0.0, cap_ms=0.0, initial_ms=0.0, budget_burst=2.0)
+    policy = HedgePolicy(
+        floor_ms=0.0, cap_ms=0.0, initial_ms=0.0, budget_burst=2.0, reserve_tokens=1.0
+    )
     store = HedgedFeatureStore([a, b], policy=policy)
     for _ in range(200):
         await store.fetch(ITEMS)
