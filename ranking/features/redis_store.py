@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
@@ -53,6 +54,7 @@ __all__ = [
     "FORMAT_FLOAT32",
     "HEADER_BYTES",
     "MAGIC",
+    "HiredisPackConnection",
     "KeyLayout",
     "RedisFeatureStore",
     "RedisStoreStats",
@@ -139,6 +141,25 @@ class _Schema:
         return HEADER_BYTES + 4 * len(self.columns)
 
 
+class HiredisPackConnection(aioredis.Connection):
+    """A connection that packs commands with hiredis (C) instead of redis-py's Python packer.
+
+    redis-py's asyncio client packs every argument in Python (encode, isinstance, join): for
+    an MGET of 200 keys that is ~0.1-0.2 ms, a fifth of the read. hiredis parses replies
+    already; this makes it pack commands too. Anything hiredis cannot pack goes the usual way.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0] if args else None
+        if isinstance(first, str) and " " not in first:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        packed: list[bytes] = super().pack_command(*args)
+        return packed
+
+
 def connect_redis(
     url: str, *, cluster: bool = False, connect_timeout_s: float = 0.5, **kwargs: Any
 ) -> AsyncClient:
@@ -146,7 +167,8 @@ def connect_redis(
 
     One immediate retry (no backoff): a pooled connection broken by a server restart fails on
     its first use and the retry reconnects; longer retry loops would only hold the request past
-    its deadline, which `fetch` enforces anyway. The pool reconnects by itself.
+    its deadline, which `fetch` enforces anyway. The pool reconnects by itself. Plain TCP
+    connections (redis://) pack commands with hiredis (`HiredisPackConnection`).
     """
     common: dict[str, Any] = {
         "socket_connect_timeout": connect_timeout_s,
@@ -156,6 +178,8 @@ def connect_redis(
     common.update(kwargs)
     if cluster:
         return RedisCluster.from_url(url, **common)
+    if url.startswith("redis://"):
+        common.setdefault("connection_class", HiredisPackConnection)
     return aioredis.Redis.from_url(url, **common)
 
 

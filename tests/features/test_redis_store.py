@@ -8,11 +8,13 @@ import json
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from ranking.errors import FeatureStoreUnavailable
 from ranking.features.redis_loader import load_entities, pack_rows
 from ranking.features.redis_store import (
     HEADER_BYTES,
+    HiredisPackConnection,
     KeyLayout,
     RedisFeatureStore,
     connect_redis,
@@ -57,6 +59,14 @@ def test_pack_layout() -> None:
     np.testing.assert_array_equal(packed[1, HEADER_BYTES:].view("<f4"), m[1])
     with pytest.raises(ValueError):
         pack_rows(COLUMNS[:3], m)
+
+
+def test_hiredis_packer_matches_redis_py() -> None:
+    fast, slow = HiredisPackConnection(), aioredis.Connection()
+    for args in [("MGET", "a", "b:c"), ("SET", "k", b"\x00v", "PX", 5), ("CONFIG GET", "x")]:
+        assert b"".join(fast.pack_command(*args)) == b"".join(slow.pack_command(*args))
+    client = connect_redis("redis://127.0.0.1:1")  # never connects: nothing to close
+    assert client.connection_pool.connection_class is HiredisPackConnection
 
 
 def test_key_layout() -> None:
