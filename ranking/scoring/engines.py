@@ -19,7 +19,7 @@ import numpy as np
 
 from ranking.errors import BundleError
 from ranking.scoring.lightgbm_scorer import LightGBMScorer
-from ranking.scoring.quickscorer import QuickScorer, supports
+from ranking.scoring.quickscorer import QuickScorer
 from ranking.scoring.scorer import Scorer
 
 __all__ = ["ENGINES", "PARITY_TOLERANCE", "build_scorer", "parity_gap"]
@@ -54,14 +54,15 @@ def build_scorer(model_text: str, engine: str = "auto") -> Scorer:
         raise ValueError(f"unknown scoring engine {engine!r}; expected one of {ENGINES}")
     if engine == "lightgbm":
         return LightGBMScorer(model_text)
-    reason = supports(model_text)
-    if reason is not None:
+    try:
+        candidate = QuickScorer.from_model_text(model_text)
+    except BundleError as exc:
         if engine == "quickscorer":
-            raise BundleError(f"QuickScorer cannot score this model: {reason}")
-        logger.warning("scoring with LightGBM: QuickScorer does not support the model (%s)", reason)
+            raise
+        # Unsupported (linear trees, > 64 leaves) or unreadable; LightGBM decides which.
+        logger.warning("scoring with LightGBM: %s", exc.message)
         return LightGBMScorer(model_text)
     reference = LightGBMScorer(model_text)
-    candidate = QuickScorer.from_model_text(model_text)
     gap = parity_gap(candidate, reference)
     if gap > PARITY_TOLERANCE:
         if engine == "quickscorer":

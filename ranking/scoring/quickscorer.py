@@ -488,5 +488,6 @@ def _build_cached(digest: str, model_text: str) -> QuickScorer:
     except _Unsupported as exc:
         raise BundleError(f"QuickScorer cannot score this model: {exc}") from exc
     except (ValueError, KeyError, IndexError) as exc:
-        raise BundleError(f"QuickScorer could not read the model text: {exc}") from exc
+        # The detail (possibly a builtin's message) stays on the chained exception for logs.
+        raise BundleError("QuickScorer could not read the model text") from exc
     return QuickScorer(ensemble, digest, probes)
