@@ -33,8 +33,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import is_not
 
 import numpy as np
 import numpy.typing as npt
@@ -79,14 +82,14 @@ class _Table:
         self.expires = np.full(capacity, -np.inf, dtype=np.float64)
         self.negative = np.zeros(capacity, dtype=np.bool_)
         self.ref = np.zeros(capacity, dtype=np.bool_)
-        self.ids: list[str | None] = [None] * capacity
+        self.ids = np.full(capacity, None, dtype=object)  # slot -> id
         self.index: dict[str, int] = {}
         self.used = 0
         self.hand = 0
 
     def slots_of(self, ids: Sequence[str]) -> IntArray:
         get = self.index.get
-        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        return np.fromiter(map(get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
 
     def take_slots(self, k: int, protect: IntArray) -> IntArray:
         """k distinct slots for new entries: never used ones first, then CLOCK victims."""
@@ -211,21 +214,24 @@ class CachedFeatureStore:
         fresh_plans: list[tuple[int, str, IntArray, IntArray]] = []
         for li, miss in misses:
             et, ids = lookups[li].entity_type, lookups[li].ids
-            miss_ids = [ids[p] for p in miss.tolist()]
+            miss_ids = list(map(ids.__getitem__, miss.tolist()))
             flying = self._inflight.get(et)
             if flying:
-                owners = [flying.get(i) for i in miss_ids]
-                joined = np.fromiter((o is not None for o in owners), np.bool_, len(owners))
+                owners = list(map(flying.get, miss_ids))
+                joined = np.fromiter(map(is_not, owners, repeat(None)), np.bool_, len(owners))
                 if joined.any():
                     plans.extend(self._join(li, et, miss, miss_ids, owners, joined))
                     miss = miss[~joined]
                     miss_ids = [i for i, o in zip(miss_ids, owners, strict=True) if o is None]
             if len(miss):
                 rows_of = new.setdefault(et, {})
-                # setdefault's default is evaluated first: a new id gets the next row.
-                src = np.fromiter(
-                    (rows_of.setdefault(i, len(rows_of)) for i in miss_ids), np.int64, len(miss)
+                # Number the ids this flight has not seen yet (dict.fromkeys drops duplicates,
+                # keeping order), then look every miss up: C-level loops only.
+                unseen = [i for i in dict.fromkeys(miss_ids) if i not in rows_of]
+                rows_of.update(
+                    zip(unseen, range(len(rows_of), len(rows_of) + len(unseen)), strict=True)
                 )
+                src = np.fromiter(map(rows_of.__getitem__, miss_ids), np.int64, len(miss))
                 fresh_plans.append((li, et, miss, src))
         if new:
             flight = self._start_flight(new, timeout_s)
@@ -302,8 +308,7 @@ class CachedFeatureStore:
             # reads), so they are dropped without checking the owner.
             for sub in flight.lookups:
                 pop = self._inflight.get(sub.entity_type, {}).pop
-                for i in sub.ids:
-                    pop(i, None)
+                deque(map(pop, sub.ids, repeat(None)), maxlen=0)
         now = self._clock()
         for sub, res in zip(flight.lookups, results, strict=True):
             # Rows of a schema-mismatched answer are not cached as unknown: they must be
@@ -320,7 +325,7 @@ class CachedFeatureStore:
         if not keep.any():
             return
         kept = np.flatnonzero(keep)
-        kept_ids = [ids[i] for i in kept.tolist()]
+        kept_ids = list(ids) if len(kept) == len(ids) else list(map(ids.__getitem__, kept.tolist()))
         slots = table.slots_of(kept_ids)
         known = slots >= 0
         new = np.flatnonzero(~known)
@@ -330,15 +335,16 @@ class CachedFeatureStore:
             new = new[:room]
         if len(new):
             victims = table.take_slots(len(new), slots[known])
-            table_ids, index = table.ids, table.index
-            for slot in victims.tolist():
-                old = table_ids[slot]
-                if old is not None and index.get(old) == slot:
-                    del index[old]
-                    self.stats.evictions += 1
-            for slot, j in zip(victims.tolist(), new.tolist(), strict=True):
-                table_ids[slot] = kept_ids[j]
-                index[kept_ids[j]] = slot
+            index = table.index
+            olds = table.ids[victims]
+            if (olds != None).any():  # noqa: E711 (elementwise on an object array)
+                for old, slot in zip(olds.tolist(), victims.tolist(), strict=True):
+                    if old is not None and index.get(old) == slot:
+                        del index[old]
+                        self.stats.evictions += 1
+            new_ids = list(map(kept_ids.__getitem__, new.tolist()))
+            table.ids[victims] = new_ids
+            index.update(zip(new_ids, victims.tolist(), strict=True))
             slots[new] = victims
         ok = slots >= 0
         dst = slots[ok]
@@ -358,7 +364,7 @@ class CachedFeatureStore:
             lk = lookups[li]
             table = self._table(lk.entity_type)
             pos = np.concatenate(parts)
-            slots = table.slots_of([lk.ids[p] for p in pos.tolist()])
+            slots = table.slots_of(list(map(lk.ids.__getitem__, pos.tolist())))
             s = np.maximum(slots, 0)
             usable = (slots >= 0) & (table.expires[s] + self.stale_ttl_s > now)
             stale = usable & ~table.negative[s]
