@@ -206,3 +206,40 @@ def test_row_counts(rows: int, numeric_data: tuple[np.ndarray, np.ndarray]) -> N
     x, y = numeric_data
     text = train({"objective": "regression", "num_leaves": 15}, x, y, 5)
     assert_parity(text, nasty(np.random.default_rng(rows), rows, x.shape[1]))
+
+
+def test_values_lightgbm_rounds_to_zero() -> None:
+    """|x| <= 1e-35f reads as 0.0 in LightGBM's dense predict path; a threshold between 0 and
+    such a value tells the rule apart from a plain comparison."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(400, 3))
+    text = train({"objective": "regression", "num_leaves": 7}, x, x[:, 0] + x[:, 1], 4)
+    lines = []
+    for line in text.split("\n"):
+        if line.startswith("threshold="):
+            count = len(line.split("=", 1)[1].split())
+            tiny = ["1e-37", "-1e-37", "1.0000000180025095e-35", "-1e-36"]
+            line = "threshold=" + " ".join(tiny[i % 4] for i in range(count))
+        if not line.startswith("tree_sizes="):
+            lines.append(line)
+    edited = "\n".join(lines)
+    kzero = float(np.float32(1e-35))
+    values = [
+        0.0,
+        -0.0,
+        1e-36,
+        -1e-36,
+        1e-37,
+        -1e-37,
+        5e-38,
+        kzero,
+        -kzero,
+        np.nextafter(kzero, 1.0),
+        np.nextafter(-kzero, -1.0),
+        1e-35,
+        np.nan,
+    ]
+    rows = np.array(
+        [[a, b, c] for a in values for b in values for c in values[::3]], dtype=np.float64
+    )
+    assert_parity(edited, rows)
