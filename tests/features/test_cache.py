@@ -193,3 +193,17 @@ async def test_mixed_entity_types_in_one_inner_read(inner: FakeStore, clock: Clo
     assert inner.calls == 1
     assert user.found.all() and item.found.all()
     await cache.close()
+
+
+async def test_cancelled_requester_does_not_cancel_the_read(inner: FakeStore, clock: Clock):
+    inner.delay_s = 0.05
+    cache = cache_of(inner, clock)
+    first = asyncio.create_task(cache.fetch(items("i1")))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.sleep(0.08)  # the shared read finishes and fills the cache
+    (r,) = await cache.fetch(items("i1"))
+    assert r.found.all() and inner.calls == 1 and cache.stats.hits == 1
+    await cache.close()
