@@ -9,7 +9,7 @@ replica read). Modes run interleaved in rounds, in one process, one request at a
 (replica A alone: the floor hedging could reach), and under the tail: hedging off (round-robin),
 hedged at p95 (the default policy) and at p99.
 Scenario 2 (store): 200 items x 64 features straight from one replica: raw MGET, the store
-(MGET + numpy decode), the cache on all hits, the cache on all misses.
+(MGET + numpy decode), the cache on all hits, on all misses, and on a hot set plus a tail.
 Scenario 3 (Feast): the same read through Feast's `get_online_features` on the same Redis, run
 in a separate virtual environment, if one is given:
 
@@ -289,6 +289,26 @@ async def store_scenario(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
     await timed(h, n, miss_op)
     out["cache, all 200 miss (read through to Redis)"] = summary(h)
+
+    # A hot set (90% of each request) and a long tail, in a cache smaller than the data.
+    mixed = CachedFeatureStore(store, capacity=2500, ttl_s=3600)
+    hot, cold = np.arange(1800), np.arange(1800, args.entities)
+    for k in range(0, len(hot), args.batch):
+        await mixed.fetch([Lookup("item", [f"i{j}" for j in hot[k : k + args.batch]])])
+    hot_n = args.batch * 9 // 10
+
+    def mixed_op() -> Awaitable[object]:
+        ids = np.concatenate(
+            [rng.choice(hot, hot_n, replace=False), rng.choice(cold, args.batch - hot_n)]
+        )
+        return mixed.fetch([Lookup("item", [f"i{k}" for k in ids])])
+
+    hits0, misses0 = mixed.stats.hits, mixed.stats.misses
+    h = hist()
+    await timed(h, n, mixed_op)
+    hits, misses = mixed.stats.hits - hits0, mixed.stats.misses - misses0
+    pct = 100.0 * hits / max(1, hits + misses)
+    out[f"cache, {pct:.0f}% hit (hot set + tail, capacity 2500 < 10k items)"] = summary(h)
     await store.close()
     return out
 
