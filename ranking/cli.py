@@ -122,6 +122,7 @@ def _features_load(args: argparse.Namespace) -> int:
             table.matrix,
             ttl_s=args.ttl_s,
             progress=True,
+            cluster=args.redis_cluster,
         )
         print(f"{et}: wrote {count} entities to {args.redis} (namespace {args.namespace})")
     return 0
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--id-column", default="id")
     f.add_argument("--demo", action="store_true", help="load the demo world's users and items")
     f.add_argument("--redis", metavar="URL")
+    f.add_argument("--redis-cluster", action="store_true", help="the URL is a cluster seed")
     f.add_argument("--namespace", default="rk")
     f.add_argument("--ttl-s", type=float)
     f.set_defaults(func=_features_load)
