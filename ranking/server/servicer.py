@@ -120,8 +120,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     ) -> admin_pb2.GetStatsResponse:
         stats = self._core.telemetry.stats
         model = self._core.models.current
+        limiter = self._core.limiter
+        counters = stats.totals()
+        # The limiter's own counters are this worker's (each worker admits for itself).
+        for name in ("accepted", "rejected", "dropped", "ignored", "inflight"):
+            counters[f"limiter_{name}"] = float(getattr(limiter, name))
         return admin_pb2.GetStatsResponse(
-            counters=stats.totals(),
+            counters=counters,
             stage_mean_us=stats.stage_means_us(),
             stage_cpu_mean_us=stats.stage_means_us("cpu_ns"),
             model_version=model.version,
