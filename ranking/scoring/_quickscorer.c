@@ -1,11 +1,13 @@
 /*
- * QuickScorer kernel: exact LightGBM raw scores for ensembles of trees with <= 64 leaves.
+ * QuickScorer kernel: exact LightGBM raw scores for tree ensembles.
  *
  * Read ranking/scoring/README.md first; in short (Lucchese et al., SIGIR 2015):
  *
- *   - Every tree keeps one uint64 per row, a bitvector over its leaves numbered left to right.
- *     It starts all ones. A "false" node (its test sends the row right) ANDs a mask clearing the
- *     leaves of its left subtree. The exit leaf is the lowest set bit (ctz).
+ *   - Every tree keeps a bitvector per row over its leaves numbered left to right: one uint64
+ *     word for trees of <= 64 leaves, `words` of them for larger ones. It starts all ones. A
+ *     "false" node (its test sends the row right) ANDs masks clearing the leaves of its left
+ *     subtree (one record per word the subtree touches). The exit leaf is the lowest set bit:
+ *     ctz of the tree's first non-zero word.
  *   - Numerical nodes are grouped by feature and sorted by threshold, so for a row value x the
  *     false nodes of that feature are a prefix of the list: every node with threshold < x.
  *     Each list ends with a +inf sentinel, so the scan `while (thr[i] < x)` always stops.
@@ -15,8 +17,9 @@
  *   - The score of a row is the sum of the exit leaves' values in the model's tree order, starting
  *     from 0.0, exactly as GBDT::PredictRaw adds them, so results are bit-identical.
  *
- * Rows are scored in blocks of QS_BLOCK: the bitvectors of a block are laid out [tree][row], so
- * the SIMD kernels update the QS_BLOCK rows of one tree with one vector AND. Scalar, AVX2 and
+ * Rows are scored in blocks of QS_BLOCK: the bitvectors of a block are laid out [slot][row]
+ * (slot = tree * words + word), so the SIMD kernels update the QS_BLOCK rows of one tree word
+ * with one vector AND. Scalar, AVX2 and
  * AVX-512 kernels share everything except the numerical scan and are chosen at run time (the
  * extension is compiled for baseline x86-64; the SIMD bodies use `target` attributes).
  *
@@ -45,7 +48,7 @@
 #ifndef QS_BLOCK
 #define QS_BLOCK 8
 #endif
-#define QS_LEAF_STRIDE 64
+#define QS_WORD 64 /* leaves per bitvector word */
 
 enum {
     KERNEL_AUTO = -1,
@@ -69,6 +72,8 @@ typedef struct {
     int64_t num_trees;
     int64_t num_outputs;    /* trees per iteration */
     int64_t num_iterations; /* num_trees / num_outputs */
+    int64_t words;          /* bitvector words per tree and row: ceil(max leaves / 64) */
+    int64_t num_slots;      /* num_trees * words; tree t's word w is slot t * words + w */
     int average_output;     /* divide sums by num_iterations */
     /* Numerical nodes in segments, one per (tree block, feature): segment s = b * num_features + f
        holds the nodes of feature f in the trees of block b, sorted by threshold, in
@@ -94,7 +99,7 @@ typedef struct {
     const uint64_t *cat_mask;
     const int64_t *cat_bits_off;
     const uint32_t *cat_bits;
-    /* Leaf values in bit order, QS_LEAF_STRIDE per tree. */
+    /* Leaf values in bit order, words * QS_WORD per tree. */
     const double *leaf_value;
     /* Per feature: bit 0 set when a NaN value scans as 0.0 (all its nodes have missing type
        None), bit 1 when a zero value scans as 0.0 (none has missing type Zero). Otherwise the
@@ -153,7 +158,7 @@ static inline int is_zero(double x) { return x >= -QS_KZERO && x <= QS_KZERO; }
 static void prepare_block(const EnsembleObject *m, const double *x, int rows, uint64_t *bv,
                           double *xt) {
     const int64_t nf = m->num_features;
-    const int64_t nbv = m->num_trees * QS_BLOCK;
+    const int64_t nbv = m->num_slots * QS_BLOCK;
     for (int64_t i = 0; i < nbv; ++i) {
         bv[i] = ~(uint64_t)0;
     }
@@ -200,6 +205,7 @@ static void prepare_block(const EnsembleObject *m, const double *x, int rows, ui
 static void finish_block(const EnsembleObject *m, const uint64_t *bv, int rows, double *out) {
     const int64_t K = m->num_outputs;
     const int64_t iters = m->num_iterations;
+    const int64_t W = m->words;
     for (int64_t k = 0; k < K; ++k) {
         double acc[QS_BLOCK];
         for (int lane = 0; lane < QS_BLOCK; ++lane) {
@@ -207,12 +213,18 @@ static void finish_block(const EnsembleObject *m, const uint64_t *bv, int rows, 
         }
         for (int64_t it = 0; it < iters; ++it) {
             const int64_t t = it * K + k;
-            const uint64_t *b = bv + t * QS_BLOCK;
-            const double *leaf = m->leaf_value + t * QS_LEAF_STRIDE;
+            const uint64_t *b = bv + t * W * QS_BLOCK;
+            const double *leaf = m->leaf_value + t * W * QS_WORD;
             for (int lane = 0; lane < QS_BLOCK; ++lane) {
+                /* The exit leaf is the lowest set bit over the tree's words. */
+                int64_t w = 0;
+                uint64_t word = b[lane];
+                while (word == 0 && w < W - 1) {
+                    word = b[++w * QS_BLOCK + lane];
+                }
                 /* A correct mask set never clears the exit leaf; the OR keeps ctz defined and
                    the index in bounds even for inconsistent input. */
-                acc[lane] += leaf[__builtin_ctzll(b[lane] | ((uint64_t)1 << 63))];
+                acc[lane] += leaf[w * QS_WORD + __builtin_ctzll(word | ((uint64_t)1 << 63))];
             }
         }
         for (int lane = 0; lane < rows; ++lane) {
@@ -391,7 +403,7 @@ static scan_fn select_scan(int kernel) {
    -1 when scratch memory could not be allocated. Runs without the GIL. */
 static int score_rows(const EnsembleObject *m, scan_fn scan, const double *x, int64_t n,
                       double *out) {
-    const size_t nbv = (size_t)m->num_trees * QS_BLOCK;
+    const size_t nbv = (size_t)m->num_slots * QS_BLOCK;
     uint64_t *bv = (uint64_t *)aligned_alloc(64, ((nbv * sizeof(uint64_t) + 63) / 64) * 64 + 64);
     double *xt = (double *)aligned_alloc(
         64, (((size_t)m->num_features * QS_BLOCK * sizeof(double) + 63) / 64) * 64 + 64);
@@ -458,9 +470,9 @@ static int check_offsets(const int64_t *off, npy_intp off_len, int64_t nf, npy_i
     return 0;
 }
 
-static int check_trees(const uint32_t *tree, npy_intp n, int64_t num_trees, const char *name) {
+static int check_trees(const uint32_t *tree, npy_intp n, int64_t num_slots, const char *name) {
     for (npy_intp i = 0; i < n; ++i) {
-        if ((int64_t)tree[i] >= num_trees) {
+        if ((int64_t)tree[i] >= num_slots) {
             PyErr_Format(PyExc_ValueError, "Ensemble: %s holds a tree index out of range", name);
             return -1;
         }
@@ -469,25 +481,26 @@ static int check_trees(const uint32_t *tree, npy_intp n, int64_t num_trees, cons
 }
 
 static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"num_features", "num_trees", "num_outputs", "average_output",
+    static char *kwlist[] = {"num_features", "num_trees", "num_outputs", "words", "average_output",
                              "num_off", "num_thr", "num_tree", "num_mask",
                              "nan_off", "nan_tree", "nan_mask",
                              "zero_off", "zero_tree", "zero_mask",
                              "cat_off", "cat_tree", "cat_mask", "cat_bits_off", "cat_bits",
                              "leaf_value", "scan_zero", NULL};
-    long long nf, nt, K;
+    long long nf, nt, K, W;
     int avg;
     PyObject *o[17];
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLLpOOOOOOOOOOOOOOOOO", kwlist, &nf, &nt, &K,
-                                     &avg, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLLLpOOOOOOOOOOOOOOOOO", kwlist, &nf, &nt, &K,
+                                     &W, &avg, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
                                      &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13],
                                      &o[14], &o[15], &o[16])) {
         return NULL;
     }
-    if (nf < 1 || nt < 1 || K < 1 || nt % K != 0 || nt > (1LL << 31) || nf > (1LL << 31)) {
+    if (nf < 1 || nt < 1 || K < 1 || nt % K != 0 || W < 1 || W > 64 || nt * W > (1LL << 28) ||
+        nf > (1LL << 31)) {
         PyErr_SetString(PyExc_ValueError,
-                        "Ensemble: need num_features >= 1, num_trees >= 1 and num_trees a "
-                        "multiple of num_outputs");
+                        "Ensemble: need num_features >= 1, num_trees >= 1, num_trees a "
+                        "multiple of num_outputs, and 1 <= words <= 64");
         return NULL;
     }
     PyObject *keep = PyList_New(0);
@@ -503,6 +516,8 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     self->num_trees = nt;
     self->num_outputs = K;
     self->num_iterations = nt / K;
+    self->words = W;
+    self->num_slots = nt * W;
     self->average_output = avg;
     npy_intp len[17];
     void *p[17];
@@ -536,7 +551,7 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
 
     /* Structural checks: everything the kernel indexes must be in bounds. */
     if (len[1] != len[2] || len[1] != len[3] || len[5] != len[6] || len[8] != len[9] ||
-        len[11] != len[12] || len[13] != len[11] + 1 || len[15] != nt * QS_LEAF_STRIDE ||
+        len[11] != len[12] || len[13] != len[11] + 1 || len[15] != nt * W * QS_WORD ||
         len[16] != nf) {
         PyErr_SetString(PyExc_ValueError, "Ensemble: array lengths do not match");
         goto fail;
@@ -551,10 +566,10 @@ static PyObject *Ensemble_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         check_offsets(self->nan_off, len[4], nf, len[5], "nan_off") < 0 ||
         check_offsets(self->zero_off, len[7], nf, len[8], "zero_off") < 0 ||
         check_offsets(self->cat_off, len[10], nf, len[11], "cat_off") < 0 ||
-        check_trees(self->num_tree, len[2], nt, "num_tree") < 0 ||
-        check_trees(self->nan_tree, len[5], nt, "nan_tree") < 0 ||
-        check_trees(self->zero_tree, len[8], nt, "zero_tree") < 0 ||
-        check_trees(self->cat_tree, len[11], nt, "cat_tree") < 0) {
+        check_trees(self->num_tree, len[2], self->num_slots, "num_tree") < 0 ||
+        check_trees(self->nan_tree, len[5], self->num_slots, "nan_tree") < 0 ||
+        check_trees(self->zero_tree, len[8], self->num_slots, "zero_tree") < 0 ||
+        check_trees(self->cat_tree, len[11], self->num_slots, "cat_tree") < 0) {
         goto fail;
     }
     if (self->cat_bits_off[0] != 0 || self->cat_bits_off[len[11]] != len[14]) {
@@ -696,6 +711,11 @@ static PyObject *Ensemble_get_num_trees(EnsembleObject *self, void *closure) {
     return PyLong_FromLongLong(self->num_trees);
 }
 
+static PyObject *Ensemble_get_words(EnsembleObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLongLong(self->words);
+}
+
 static PyObject *Ensemble_get_num_outputs(EnsembleObject *self, void *closure) {
     (void)closure;
     return PyLong_FromLongLong(self->num_outputs);
@@ -713,6 +733,7 @@ static PyGetSetDef Ensemble_getset[] = {
     {"num_features", (getter)Ensemble_get_num_features, NULL, NULL, NULL},
     {"num_trees", (getter)Ensemble_get_num_trees, NULL, NULL, NULL},
     {"num_outputs", (getter)Ensemble_get_num_outputs, NULL, NULL, NULL},
+    {"words", (getter)Ensemble_get_words, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

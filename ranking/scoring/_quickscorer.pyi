@@ -15,6 +15,7 @@ class Ensemble:
         num_features: int,
         num_trees: int,
         num_outputs: int,
+        words: int,
         average_output: bool,
         num_off: npt.NDArray[np.int64],
         num_thr: npt.NDArray[np.float64],
@@ -40,6 +41,8 @@ class Ensemble:
     def num_trees(self) -> int: ...
     @property
     def num_outputs(self) -> int: ...
+    @property
+    def words(self) -> int: ...
     def predict(self, matrix: object, kernel: int = -1) -> npt.NDArray[np.float64]: ...
 
 def available_kernels() -> dict[str, int]: ...

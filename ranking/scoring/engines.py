@@ -59,7 +59,7 @@ def build_scorer(model_text: str, engine: str = "auto") -> Scorer:
     except BundleError as exc:
         if engine == "quickscorer":
             raise
-        # Unsupported (linear trees, > 64 leaves) or unreadable; LightGBM decides which.
+        # Unsupported (linear trees, > 256 leaves) or unreadable; LightGBM decides which.
         logger.warning("scoring with LightGBM: %s", exc.message)
         return LightGBMScorer(model_text)
     reference = LightGBMScorer(model_text)

@@ -1,6 +1,6 @@
 """The LightGBM scorer: `Booster.predict(raw_score=True)`, the reference and the fallback.
 
-Used when QuickScorer cannot take a model (linear trees, more than 64 leaves) or fails its
+Used when QuickScorer cannot take a model (linear trees, more than 256 leaves) or fails its
 parity check, and as the reference every other scorer is held to.
 """
 

@@ -12,7 +12,7 @@ LightGBM's decisions (missing-value types, default directions, categorical bitse
 See ranking/scoring/README.md for the algorithm and the exactness argument.
 
 Not supported (`supports` says why, and `engines.build_scorer` falls back to LightGBM):
-linear trees, trees with more than 64 leaves, and models this parser does not understand.
+linear trees, trees with more than 256 leaves, and models this parser does not understand.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from ranking.scoring import _quickscorer
 
 __all__ = ["MAX_LEAVES", "QuickScorer", "available_kernels", "supports"]
 
-#: Trees may have at most this many leaves: one uint64 bitvector per tree and row.
-MAX_LEAVES = 64
+#: Trees may have at most this many leaves: a tree with L leaves uses ceil(L / 64) 64-bit
+#: words of bitvector per row (every tree of a model gets as many words as the largest).
+MAX_LEAVES = 256
+_WORD = 64
 
 _CATEGORICAL_MASK = 1
 _DEFAULT_LEFT_MASK = 2
@@ -79,7 +81,9 @@ def _parse_tree(index: int, fields: dict[str, str]) -> _Tree:
         raise _Unsupported(f"tree {index} is a linear tree (linear_tree=true)")
     num_leaves = int(fields["num_leaves"])
     if num_leaves > MAX_LEAVES:
-        raise _Unsupported(f"tree {index} has {num_leaves} leaves; the kernel handles <= 64")
+        raise _Unsupported(
+            f"tree {index} has {num_leaves} leaves; the kernel handles <= {MAX_LEAVES}"
+        )
     tree = _Tree(
         num_leaves=num_leaves,
         split_feature=_ints(fields, "split_feature"),
@@ -185,6 +189,17 @@ def _leaf_order(tree: _Tree) -> tuple[list[int], list[int], list[int]]:
     return bit_of_leaf, left_lo, left_hi
 
 
+def _word_masks(first_slot: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """(slot, mask) for each 64-bit word that the leaf-bit range [lo, hi) touches; the mask
+    clears the range's bits in that word."""
+    out = []
+    for w in range(lo // _WORD, (hi - 1) // _WORD + 1):
+        a = max(lo, w * _WORD) - w * _WORD
+        z = min(hi, (w + 1) * _WORD) - w * _WORD
+        out.append((first_slot + w, _ALL_ONES ^ (((1 << (z - a)) - 1) << a)))
+    return out
+
+
 def _offsets(features: Sequence[int], num_features: int) -> npt.NDArray[np.int64]:
     counts = np.bincount(np.asarray(features, dtype=np.int64), minlength=num_features)
     off = np.zeros(num_features + 1, dtype=np.int64)
@@ -268,29 +283,33 @@ def _build(
     cat_tree: list[int] = []
     cat_mask: list[int] = []
     cat_sets: list[list[int]] = []
-    leaf_value = np.zeros(num_trees * MAX_LEAVES, dtype=np.float64)
+    # Bitvector words per tree and row; a tree's slot for word w is t * words + w.
+    words = -(-max(tree.num_leaves for tree in model.trees) // _WORD)
+    leaf_value = np.zeros(num_trees * words * _WORD, dtype=np.float64)
     missing_types: list[set[int]] = [set() for _ in range(nf)]
 
     for t, tree in enumerate(model.trees):
         bit_of_leaf, left_lo, left_hi = _leaf_order(tree)
         for leaf, bit in enumerate(bit_of_leaf):
-            leaf_value[t * MAX_LEAVES + bit] = tree.leaf_value[leaf]
+            leaf_value[t * words * _WORD + bit] = tree.leaf_value[leaf]
         for n in range(tree.num_leaves - 1):
             f = tree.split_feature[n]
             if not 0 <= f < nf:
                 raise ValueError(f"tree {t} splits on feature {f}; the model has {nf}")
-            width = left_hi[n] - left_lo[n]
-            mask = _ALL_ONES ^ (((1 << width) - 1) << left_lo[n])
+            # The node clears leaf bits [lo, hi), its left subtree: one (slot, mask) record per
+            # word the range touches (a single one for trees of <= 64 leaves).
+            records = _word_masks(t * words, left_lo[n], left_hi[n])
             dt = tree.decision_type[n]
             if dt & _CATEGORICAL_MASK:
                 idx = int(tree.threshold[n])
                 if not 0 <= idx < len(tree.cat_boundaries) - 1:
                     raise ValueError(f"tree {t}: categorical split {n} has no bitset")
                 lo, hi = tree.cat_boundaries[idx], tree.cat_boundaries[idx + 1]
-                cat_feat.append(f)
-                cat_tree.append(t)
-                cat_mask.append(mask)
-                cat_sets.append(tree.cat_threshold[lo:hi])
+                for slot, mask in records:
+                    cat_feat.append(f)
+                    cat_tree.append(slot)
+                    cat_mask.append(mask)
+                    cat_sets.append(tree.cat_threshold[lo:hi])
                 continue
             missing = (dt >> 2) & 3
             if missing not in (_MISSING_NONE, _MISSING_ZERO, _MISSING_NAN):
@@ -299,10 +318,11 @@ def _build(
             if math.isnan(thr):
                 raise ValueError(f"tree {t} node {n} has a NaN threshold")
             default_right = not dt & _DEFAULT_LEFT_MASK
-            num_feat.append(f)
-            num_thr.append(thr)
-            num_tree.append(t)
-            num_mask.append(mask)
+            for slot, mask in records:
+                num_feat.append(f)
+                num_thr.append(thr)
+                num_tree.append(slot)
+                num_mask.append(mask)
             # NumericalDecision with x NaN: None -> x = 0.0 and compare; Zero -> 0.0 is zero ->
             # default direction; NaN -> default direction.
             missing_types[f].add(missing)
@@ -310,19 +330,20 @@ def _build(
             # x == 0.0 (or |x| <= 1e-35, which LightGBM zeroes): only the Zero type takes the
             # default direction; the others compare 0.0 <= threshold.
             zero_false = default_right if missing == _MISSING_ZERO else thr < 0.0
-            if nan_false:
-                nan_feat.append(f)
-                nan_tree.append(t)
-                nan_mask.append(mask)
-            if zero_false:
-                zero_feat.append(f)
-                zero_tree.append(t)
-                zero_mask.append(mask)
+            for slot, mask in records:
+                if nan_false:
+                    nan_feat.append(f)
+                    nan_tree.append(slot)
+                    nan_mask.append(mask)
+                if zero_false:
+                    zero_feat.append(f)
+                    zero_tree.append(slot)
+                    zero_mask.append(mask)
 
     # Numerical lists: one segment per (tree block, feature), sorted by threshold, each ending
     # with a +inf sentinel that stops the kernel's scan.
     num_blocks = -(-num_trees // tree_block)
-    segment = [num_tree[i] // tree_block * nf + num_feat[i] for i in range(len(num_feat))]
+    segment = [num_tree[i] // words // tree_block * nf + num_feat[i] for i in range(len(num_feat))]
     order = sorted(range(len(num_feat)), key=lambda i: (segment[i], num_thr[i]))
     counts = np.bincount(np.asarray(segment, dtype=np.int64), minlength=num_blocks * nf) + 1
     n_off = np.zeros(num_blocks * nf + 1, dtype=np.int64)
@@ -368,16 +389,22 @@ def _build(
         bits_off.append(len(bits))
 
     categories: list[list[int]] = [[] for _ in range(nf)]
-    for f, words in zip(cat_feat, cat_sets, strict=True):
+    for f, bitset in zip(cat_feat, cat_sets, strict=True):
         categories[f].extend(
-            32 * w + b for w, word in enumerate(words) for b in range(32) if word >> b & 1
+            32 * w + b for w, word in enumerate(bitset) for b in range(32) if word >> b & 1
         )
-    probes = [_probe_values(n_thr[n_off[f] : n_off[f + 1] - 1], categories[f]) for f in range(nf)]
+    thresholds: list[list[float]] = [[] for _ in range(nf)]
+    for f, thr in zip(num_feat, num_thr, strict=True):
+        thresholds[f].append(thr)
+    probes = [
+        _probe_values(np.asarray(thresholds[f], dtype=np.float64), categories[f]) for f in range(nf)
+    ]
 
     ensemble = _quickscorer.Ensemble(
         num_features=nf,
         num_trees=num_trees,
         num_outputs=model.num_outputs,
+        words=words,
         # Random forests ("average_output" in the header) are averaged by GBDT::Predict only;
         # predict(raw_score=True) goes through GBDT::PredictRaw, which returns the plain sum of
         # the trees. Raw scores are the contract, so the kernel must not divide.

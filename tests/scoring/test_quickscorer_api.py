@@ -79,28 +79,37 @@ def test_linear_trees_are_refused() -> None:
         QuickScorer.from_model_text(text)
 
 
-def test_trees_with_more_than_64_leaves_are_refused() -> None:
+def test_trees_with_more_than_256_leaves_are_refused() -> None:
     rng = np.random.default_rng(2)
     x = rng.normal(size=(4000, 5))
     y = np.sin(x[:, 0] * 3) + x[:, 1] * x[:, 2] + rng.normal(scale=0.01, size=4000)
-    text = train({"objective": "regression", "num_leaves": 100, "min_data_in_leaf": 2}, x, y, 2)
+    text = train({"objective": "regression", "num_leaves": 300, "min_data_in_leaf": 2}, x, y, 1)
+    assert "num_leaves=300\n" in text
     reason = supports(text)
     assert reason is not None
-    assert "64" in reason
-    with pytest.raises(BundleError, match="64"):
+    assert "256" in reason
+    with pytest.raises(BundleError, match="256"):
         QuickScorer.from_model_text(text)
 
 
-def test_64_leaves_are_supported() -> None:
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(4000, 5))
-    y = np.sin(x[:, 0] * 3) + x[:, 1] * x[:, 2] + rng.normal(scale=0.01, size=4000)
-    text = train({"objective": "regression", "num_leaves": 64, "min_data_in_leaf": 2}, x, y, 3)
-    assert "num_leaves=64\n" in text
-    rows = nasty(rng, 300, 5)
-    np.testing.assert_array_equal(
-        QuickScorer.from_model_text(text).score(rows), reference(text, rows)
-    )
+@pytest.mark.parametrize("leaves", [64, 65, 128, 129, 256])
+def test_word_boundaries(leaves: int) -> None:
+    """Trees of up to 64 leaves use one bitvector word; larger ones several."""
+    rng = np.random.default_rng(leaves)
+    x = rng.normal(size=(3000, 5))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[:, 3] = rng.integers(0, 50, 3000)
+    y = np.sin(np.nan_to_num(x[:, 0]) * 3) + np.nan_to_num(x[:, 1] * x[:, 2])
+    y += rng.normal(size=50)[x[:, 3].astype(int)] + rng.normal(scale=0.01, size=3000)
+    params = {"objective": "regression", "num_leaves": leaves, "min_data_in_leaf": 2}
+    text = train(params, x, y, 3, categorical_feature=[3])
+    assert "cat_threshold=" in text
+    assert f"num_leaves={leaves}\n" in text
+    scorer = QuickScorer.from_model_text(text)
+    rows = np.vstack([nasty(rng, 300, 5), scorer.probe_matrix(300)])
+    want = reference(text, rows)
+    for kernel in available_kernels().values():
+        np.testing.assert_array_equal(scorer.score(rows, kernel=kernel), want)
 
 
 @pytest.mark.parametrize(
@@ -127,6 +136,7 @@ def test_kernel_rejects_malformed_arrays() -> None:
         "num_features": 1,
         "num_trees": 1,
         "num_outputs": 1,
+        "words": 1,
         "average_output": False,
         "num_off": np.array([0, 1], i64),
         "num_thr": np.array([np.inf]),
@@ -156,6 +166,8 @@ def test_kernel_rejects_malformed_arrays() -> None:
         {"nan_off": np.array([0, 1], i64)},
         {"num_outputs": 2},
         {"scan_zero": np.zeros(2, np.uint8)},
+        {"words": 0},
+        {"words": 2},  # leaf_value too short for two words
     ]
     for change in bad:
         with pytest.raises(ValueError):

@@ -201,6 +201,16 @@ def test_exact_threshold_values(numeric_data: tuple[np.ndarray, np.ndarray]) -> 
     assert_parity(text, scorer.probe_matrix(2000, seed=11))
 
 
+def test_more_trees_than_one_segment() -> None:
+    """Over 512 trees the numerical lists are split into tree blocks."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(600, 4))
+    y = x[:, 0] + np.sin(x[:, 1] * 2) + rng.normal(scale=0.1, size=600)
+    text = train({"objective": "regression", "num_leaves": 4, "learning_rate": 0.01}, x, y, 1100)
+    assert "Tree=1099\n" in text
+    assert_parity(text, _inputs(text, x))
+
+
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 200, 1000])
 def test_row_counts(rows: int, numeric_data: tuple[np.ndarray, np.ndarray]) -> None:
     x, y = numeric_data
