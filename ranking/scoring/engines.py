@@ -14,6 +14,7 @@ builds again; nothing is cached on disk.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -54,6 +55,7 @@ def build_scorer(model_text: str, engine: str = "auto") -> Scorer:
         raise ValueError(f"unknown scoring engine {engine!r}; expected one of {ENGINES}")
     if engine == "lightgbm":
         return LightGBMScorer(model_text)
+    started = time.perf_counter()
     try:
         candidate = QuickScorer.from_model_text(model_text)
     except BundleError as exc:
@@ -76,9 +78,11 @@ def build_scorer(model_text: str, engine: str = "auto") -> Scorer:
         )
         return reference
     logger.info(
-        "scoring with QuickScorer (%s kernel, %d trees); parity gap on %d probe rows: %.3g",
+        "scoring with QuickScorer (%s kernel, %d trees); built and checked in %.0f ms, "
+        "parity gap on %d probe rows: %.3g",
         candidate.kernel,
         candidate.num_trees,
+        (time.perf_counter() - started) * 1e3,
         _PROBE_ROWS,
         gap,
     )
