@@ -17,7 +17,15 @@ repo, `--alt-python`), which measures `Booster.predict` again for its own ratios
 cannot be imported or compiled in time is reported as "not run: <reason>".
 
 The worker mode (`--worker`) needs only numpy and lightgbm, so the module imports nothing else
-at top level.
+at top level. The side virtualenv used for the committed results:
+
+    python -m venv /tmp/venv-alt
+    /tmp/venv-alt/bin/pip install "numpy<2.3" lightgbm==4.7.0 lleaves==1.3.0 llvmlite==0.44.0 \
+        onnxmltools onnxruntime onnx "treelite>=4.4" "tl2cgen>=1.0"
+
+(lleaves 1.3 needs llvmlite 0.44; newer llvmlite lacks `PassManagerBuilder`.) Compiled
+libraries are cached beside the models (~/.cache/ranking-bench/scorers), with their compile
+times, and rebuilt when the model file is newer.
 """
 
 from __future__ import annotations
