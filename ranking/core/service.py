@@ -30,6 +30,7 @@ from ranking.errors import (
 )
 from ranking.features.store import FeatureStore, FetchResult, Lookup
 from ranking.limits import Limiter
+from ranking.limits.busy import BusyGuard
 from ranking.telemetry import Telemetry
 from ranking.telemetry import stats as st
 from ranking.telemetry.stage import Stage
@@ -89,6 +90,7 @@ class RankingService:
         fetch_share: float,
         inline_max_row_trees: int,
         executor: Executor | None,
+        busy_guard: BusyGuard | None = None,
     ) -> None:
         self.models = models
         self.store = store
@@ -98,6 +100,7 @@ class RankingService:
         self.fetch_share = fetch_share
         self.inline_max_row_trees = inline_max_row_trees
         self._executor = executor
+        self.busy_guard = busy_guard
         self._has_users = _holds(store, "user")
         self._has_items = _holds(store, "item")
         # Time the stages after scoring take; reserved before deciding how many rows fit.
@@ -110,22 +113,32 @@ class RankingService:
         if deadline.caller_gone():
             raise DeadlineExceeded("the deadline had passed before the request was handled")
         self._validate(query)
-        token = self.limiter.try_acquire()
-        if token is None:
+        guard = self.busy_guard
+        if guard is not None and not guard.admit():
             raise Overloaded(
-                "server overloaded: request shed by the concurrency limiter; retry later",
+                "server overloaded: request shed (worker busy without a break); retry later",
                 self.limiter.retry_after_ms(),
             )
         try:
-            result = await self._rank(query, deadline, self.models.current)
-        except DeadlineExceeded:
-            token.dropped()
-            raise
-        except BaseException:
-            token.ignore()
-            raise
-        token.success()
-        return result
+            token = self.limiter.try_acquire()
+            if token is None:
+                raise Overloaded(
+                    "server overloaded: request shed by the concurrency limiter; retry later",
+                    self.limiter.retry_after_ms(),
+                )
+            try:
+                result = await self._rank(query, deadline, self.models.current)
+            except DeadlineExceeded:
+                token.dropped()
+                raise
+            except BaseException:
+                token.ignore()
+                raise
+            token.success()
+            return result
+        finally:
+            if guard is not None:
+                guard.release()
 
     def _validate(self, query: RankQuery) -> None:
         n = len(query.candidate_ids)

@@ -63,6 +63,7 @@ class Recorder:
         self._t0 = t0
         self._warm_until = t0 + cfg.warmup_s
         self.latency = new_histogram()
+        self.latency_ok = new_histogram()
         self.service = new_histogram()
         self.send_lag = new_histogram()
         self.stages: dict[str, Any] = {}
@@ -97,7 +98,10 @@ class Recorder:
         s.completed += 1
         s.last_done_s = max(s.last_done_s, done - self._t0)
         s.status[code] += 1
-        self.latency.record_value(max(1, int((done - min(intended, sent)) * 1e6)))
+        latency_us = max(1, int((done - min(intended, sent)) * 1e6))
+        self.latency.record_value(latency_us)
+        if code == "OK":
+            self.latency_ok.record_value(latency_us)
         self.service.record_value(max(1, int((done - sent) * 1e6)))
         if response is not None:
             reasons = self._cfg.payload.degraded_reasons(response)
@@ -122,6 +126,7 @@ class Recorder:
         s.window_s = window_s
         s.client_cpu_s = cpu_s
         s.latency = encode_histogram(self.latency)
+        s.latency_ok = encode_histogram(self.latency_ok)
         s.service = encode_histogram(self.service)
         s.send_lag = encode_histogram(self.send_lag)
         s.stages = {k: encode_histogram(v) for k, v in self.stages.items()}

@@ -105,6 +105,7 @@ class Sample:
     degraded_responses: int = 0
     partial_responses: int = 0  # responses with a "budget.*" degraded reason
     latency: str = ""  # encoded histograms, us
+    latency_ok: str = ""  # latency of OK answers only (shed calls are fast; this is the rest)
     service: str = ""
     send_lag: str = ""
     stages: dict[str, str] = field(default_factory=dict)  # server-timing, us
@@ -132,6 +133,7 @@ class LoadReport:
     partial_ratio: float
     error_ratio: float
     latency: LatencySummary
+    latency_ok: LatencySummary  # OK answers only
     service_time: LatencySummary
     send_lag: LatencySummary
     server_stages: dict[str, LatencySummary]
@@ -169,6 +171,7 @@ class LoadReport:
             "partial_ratio": self.partial_ratio,
             "error_ratio": self.error_ratio,
             "latency": self.latency.as_dict(),
+            "latency_ok": self.latency_ok.as_dict(),
             "service_time": self.service_time.as_dict(),
             "send_lag": self.send_lag.as_dict(),
             "server_stages": {k: v.as_dict() for k, v in self.server_stages.items()},
@@ -204,6 +207,13 @@ class LoadReport:
             f"ms/request",
             "status: " + ", ".join(f"{k} {v}" for k, v in sorted(self.status_counts.items())),
         ]
+        ok = self.latency_ok
+        if ok.count and ok.count != lat.count:
+            lines.insert(
+                2,
+                f"OK answers only, ms: p50 {ok.p50_ms:.2f}  p90 {ok.p90_ms:.2f}  "
+                f"p99 {ok.p99_ms:.2f}  p99.9 {ok.p999_ms:.2f}  (n={ok.count})",
+            )
         if self.degraded_counts:
             lines.append(
                 "degraded: "
@@ -228,12 +238,14 @@ def merge(
 ) -> LoadReport:
     """Merge per-process samples and judge whether the run counts."""
     lat, svc, lag = new_histogram(), new_histogram(), new_histogram()
+    lat_ok = new_histogram()
     stages: dict[str, HdrHistogram] = {}
     status: Counter[str] = Counter()
     degraded: Counter[str] = Counter()
     errors: list[str] = []
     for s in samples:
         lat.add(decode_histogram(s.latency))
+        lat_ok.add(decode_histogram(s.latency_ok))
         svc.add(decode_histogram(s.service))
         lag.add(decode_histogram(s.send_lag))
         for name, enc in s.stages.items():
@@ -300,6 +312,7 @@ def merge(
         partial_ratio=partial_n / ok if ok else 0.0,
         error_ratio=errors_n / completed if completed else 0.0,
         latency=summarize(lat),
+        latency_ok=summarize(lat_ok),
         service_time=summarize(svc),
         send_lag=lag_summary,
         server_stages={k: summarize(v) for k, v in stages.items()},
@@ -313,6 +326,7 @@ def merge(
         config=config,
         histograms={
             "latency": encode_histogram(lat),
+            "latency_ok": encode_histogram(lat_ok),
             "service": encode_histogram(svc),
             "send_lag": encode_histogram(lag),
         },

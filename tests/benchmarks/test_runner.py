@@ -35,6 +35,7 @@ def _report(p99_ms: float, valid: bool = True, errors: float = 0.0) -> LoadRepor
         partial_ratio=0,
         error_ratio=errors,
         latency=lat,
+        latency_ok=lat,
         service_time=lat,
         send_lag=lat,
         server_stages={},
