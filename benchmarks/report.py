@@ -302,7 +302,7 @@ def _plots(scenario: Scenario, results: list[SystemResult], out: Path, stem: str
     ours = next((r for r in ok if r.name == scenario.under_test), None)
     steps = [s for s in _all_steps(ours) if s.stages_us] if ours else []
     if steps:
-        stages = [k for k in sorted(steps[0].stages_us) if k != "total"]
+        stages = [k for k in sorted(steps[0].stages_us) if k != "total" and not k.endswith(" cpu")]
         fig, ax = plt.subplots(figsize=(8, 5))
         bottom = [0.0] * len(steps)
         labels = [f"{s.rate:g}" for s in steps]

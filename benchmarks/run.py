@@ -624,7 +624,11 @@ def _get_stats(target: str) -> dict[str, Any] | None:
             return None
     return {
         "counters": dict(resp.counters),
-        "stage_mean_us": dict(resp.stage_mean_us),
+        # Wall time per stage, and the event loop thread's CPU time per stage ("<stage> cpu").
+        "stage_mean_us": {
+            **dict(resp.stage_mean_us),
+            **{f"{k} cpu": v for k, v in resp.stage_cpu_mean_us.items()},
+        },
         "engine": resp.engine,
         "workers": resp.workers,
         "model_version": resp.model_version,
