@@ -388,6 +388,8 @@ def run_alternative(
 
 
 def machine_info() -> dict[str, Any]:
+    # Not shared with benchmarks/run.py on purpose: this file also runs as a worker under other
+    # virtualenvs (lleaves, ONNX Runtime, tl2cgen) that have none of the project's packages.
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -28,7 +28,7 @@ from ranking.errors import (
     Overloaded,
     Unavailable,
 )
-from ranking.features.store import FeatureStore, FetchResult, Lookup
+from ranking.features.store import FeatureStore, FetchResult, Lookup, columns_or_empty
 from ranking.limits import Limiter
 from ranking.limits.busy import BusyGuard
 from ranking.telemetry import Telemetry
@@ -101,8 +101,8 @@ class RankingService:
         self.inline_max_row_trees = inline_max_row_trees
         self._executor = executor
         self.busy_guard = busy_guard
-        self._has_users = _holds(store, "user")
-        self._has_items = _holds(store, "item")
+        self._has_users = bool(columns_or_empty(store, "user"))
+        self._has_items = bool(columns_or_empty(store, "item"))
         # Time the stages after scoring take; reserved before deciding how many rows fit.
         self._tail_s = 100e-6
 
@@ -154,7 +154,7 @@ class RankingService:
             seen: set[str] = set()
             dup = next(c for c in query.candidate_ids if c in seen or seen.add(c))  # type: ignore[func-returns-value]
             raise InvalidRequest(f"candidates: duplicate id {dup[:64]!r}")
-        if any(not c for c in query.candidate_ids):
+        if not all(query.candidate_ids):
             raise InvalidRequest("candidates: ids must be non-empty")
         for name, value in query.context.items():
             if math.isinf(value):
@@ -313,11 +313,3 @@ def _sort(
         out_scores += [0.0] * len(extra)
         unscored = len(extra)
     return out_ids, out_scores, unscored
-
-
-def _holds(store: FeatureStore, entity_type: str) -> bool:
-    try:
-        store.columns(entity_type)
-    except KeyError:
-        return False
-    return True

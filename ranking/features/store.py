@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FeatureStore", "FetchResult", "Lookup"]
+__all__ = ["FeatureStore", "FetchResult", "Lookup", "columns_or_empty"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +67,11 @@ class FeatureStore(Protocol):
     async def close(self) -> None:
         """Release connections and background tasks. Idempotent."""
         ...
+
+
+def columns_or_empty(store: FeatureStore, entity_type: str) -> tuple[str, ...]:
+    """The store's columns for `entity_type`, or () when it holds no such entity type."""
+    try:
+        return store.columns(entity_type)
+    except KeyError:
+        return ()

@@ -28,7 +28,7 @@ from ranking.core.models import ModelHolder, build_serving_model
 from ranking.core.service import RankingService
 from ranking.errors import BundleError
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
-from ranking.features.store import FeatureStore
+from ranking.features.store import FeatureStore, columns_or_empty
 from ranking.limits import Limiter, build_limiter
 from ranking.limits.busy import BusyGuard
 from ranking.scoring.bundle import Bundle, load_bundle
@@ -107,13 +107,6 @@ def demo_tables(settings: Settings) -> dict[str, EntityTable]:
     }
 
 
-def _columns(store: FeatureStore, entity_type: str) -> tuple[str, ...]:
-    try:
-        return store.columns(entity_type)
-    except KeyError:
-        return ()
-
-
 class App:
     """A server process's parts, started and stopped together."""
 
@@ -161,8 +154,8 @@ class App:
             bundle_dir = await loop.run_in_executor(self._build_executor, demo_bundle_path, s)
         build = functools.partial(
             build_serving_model,
-            user_columns=_columns(self.store, "user"),
-            item_columns=_columns(self.store, "item"),
+            user_columns=columns_or_empty(self.store, "user"),
+            item_columns=columns_or_empty(self.store, "item"),
             engine=s.engine,
         )
         bundle: Bundle = await loop.run_in_executor(self._build_executor, load_bundle, bundle_dir)
