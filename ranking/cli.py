@@ -104,7 +104,7 @@ def _features_load(args: argparse.Namespace) -> int:
     else:
         if not args.file or not args.entity_type:
             raise SystemExit("features load: give --type and --file, or --demo")
-        tables = {args.entity_type: read_entity_file(args.file, args.id_column)}
+        tables = {args.entity_type: read_entity_file(args.file, args.id_column, progress=True)}
     if not args.redis:
         for et, table in tables.items():
             print(f"{et}: {len(table.ids)} entities x {len(table.columns)} features (checked)")

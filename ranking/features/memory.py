@@ -91,7 +91,9 @@ class MemoryFeatureStore:
         return None
 
 
-def read_entity_file(path: str | Path, id_column: str = "id") -> EntityTable:
+def read_entity_file(
+    path: str | Path, id_column: str = "id", *, progress: bool = False
+) -> EntityTable:
     """Read an entity table from CSV or Parquet: an id column and numeric feature columns.
 
     Empty cells become NaN (missing). Non-numeric feature columns are refused with a message
@@ -130,7 +132,10 @@ def read_entity_file(path: str | Path, id_column: str = "id") -> EntityTable:
     if bad:
         raise ValueError(f"{file}: non-numeric feature columns {bad}")
     matrix = np.empty((len(ids), len(columns)), dtype=np.float32)
-    for j, name in enumerate(columns):
+    from tqdm import tqdm
+
+    bar = tqdm(columns, desc=f"load {file.name}", unit="column", disable=not progress)
+    for j, name in enumerate(bar):
         col = pc.cast(table.column(name), pa.float32())
         matrix[:, j] = col.to_numpy(zero_copy_only=False)
     log.info("read %d %s rows x %d columns", len(ids), file.name, len(columns))

@@ -90,7 +90,9 @@ async def build_store(settings: Settings) -> FeatureStore:
     if settings.features:
         tables = {}
         for entity_type, path in settings.features.items():
-            tables[entity_type] = await loop.run_in_executor(None, read_entity_file, path)
+            tables[entity_type] = await loop.run_in_executor(
+                None, functools.partial(read_entity_file, path, progress=True)
+            )
         return MemoryFeatureStore(tables)
     if settings.bundle is None:
         return MemoryFeatureStore(await loop.run_in_executor(None, demo_tables, settings))
