@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
             "engine": args.engine,
             "budget_ms": args.budget_ms,
             "limiter": args.limiter,
+            "max_pending_calls": args.max_pending_calls,
             "admin_token": args.admin_token,
             "demo_trees": args.demo_trees,
             "demo_leaves": args.demo_leaves,
@@ -166,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["auto", "quickscorer", "lightgbm"])
     p.add_argument("--budget-ms", type=float)
     p.add_argument("--limiter", choices=["gradient2", "vegas", "aimd", "fixed", "off"])
+    p.add_argument(
+        "--max-pending-calls",
+        type=int,
+        metavar="N",
+        help="calls gRPC may hold for a busy worker; more are refused (0 = gRPC's default)",
+    )
     p.add_argument("--redis", action="append", metavar="URL", help="Redis replica (repeat)")
     p.add_argument("--redis-cluster", action="store_true")
     p.add_argument("--features", action="append", metavar="TYPE=PATH", help="CSV/Parquet table")

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     max_concurrent_streams: int = Field(
         256, ge=1, le=100_000, description="HTTP/2 streams per connection."
     )
+    max_pending_calls: int = Field(
+        4,
+        ge=0,
+        le=100_000,
+        description="Calls gRPC's core may hold for a busy worker before it takes them; more are "
+        "refused at once (CANCELLED). Calls waiting longer would miss the budget anyway; "
+        "see ranking/limits/README.md. 0 = gRPC's default backlog (1,000 calls).",
+    )
     uvloop: bool = Field(True, description="Run the event loop on uvloop when installed.")
 
     # --- model ---

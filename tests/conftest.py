@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 
 from ranking.api.v1 import ranking_pb2_grpc
+from ranking.features.memory import MemoryFeatureStore, read_entity_file
+from ranking.features.store import FetchResult, Lookup
 from ranking.scoring.bundle import FeatureSpec, write_bundle
 from ranking.server.app import App
 from ranking.settings import Settings
@@ -153,3 +156,27 @@ def letor_dir() -> Iterator[Path]:
     if not (LETOR / "rank.train").exists():
         pytest.fail(f"LETOR sample missing at {LETOR}")
     yield LETOR
+
+
+class GatedStore(MemoryFeatureStore):
+    """The in-process store, but every fetch waits for `gate` (to hold requests in flight)."""
+
+    gate: asyncio.Event
+
+    async def fetch(
+        self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
+    ) -> list[FetchResult]:
+        await self.gate.wait()
+        return self.fetch_now(lookups)
+
+    @classmethod
+    def of(cls, world: SmallWorld) -> GatedStore:
+        """The small world's users and items, with the gate closed."""
+        store = cls(
+            {
+                "user": read_entity_file(world.folder / "users.csv"),
+                "item": read_entity_file(world.folder / "items.csv"),
+            }
+        )
+        store.gate = asyncio.Event()
+        return store

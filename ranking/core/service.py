@@ -131,6 +131,13 @@ class RankingService:
             except DeadlineExceeded:
                 token.dropped()
                 raise
+            except asyncio.CancelledError:
+                # gRPC cancels the call when the caller's deadline passes: an overload signal.
+                if deadline.caller_gone():
+                    token.dropped()
+                else:
+                    token.ignore()
+                raise
             except BaseException:
                 token.ignore()
                 raise

@@ -11,6 +11,11 @@ A loop that has not been idle for `max_busy_s` is almost surely working through 
 the backlog drains quickly; as soon as the loop has been idle for `idle_gap_s` (or the refusals
 have run that long) the busy period is over and calls are admitted again. Queueing delay is
 therefore bounded by about `max_busy_s` plus one request, whatever the offered load.
+
+Superseded: the cap on gRPC's own backlog (`RANKING_MAX_PENDING_CALLS`, see the README here)
+bounds that queue where it forms, in C, without refusing calls that did not wait. Measured with
+the cap in place, this guard (5 ms) still refused 15-19 % of calls at a sustainable 300 req/s,
+so it stays off by default.
 """
 
 from __future__ import annotations

@@ -179,6 +179,7 @@ class App:
             ("grpc.so_reuseport", 1 if s.effective_workers() > 1 else 0),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
         ]
+        options += backlog_options(s.max_pending_calls)
         server = grpc.aio.server(options=options)
         from ranking.server.servicer import AdminServicer, RankingServicer
 
@@ -202,12 +203,14 @@ class App:
         if s.bundle is not None and s.reload_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch(s.bundle, s.reload_poll_s))
         log.info(
-            "worker %d serving model %s (%s) on %s:%d",
+            "worker %d serving model %s (%s) on %s:%d; limiter %s, gRPC backlog %s",
             self.worker,
             model.version,
             model.scorer.name,
             s.host,
             self.port,
+            s.limiter,
+            s.max_pending_calls or "gRPC default",
         )
         return self.port
 
@@ -277,6 +280,22 @@ def _fingerprint(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
             continue
         out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+def backlog_options(max_pending_calls: int) -> list[tuple[str, int]]:
+    """gRPC core options that cap the calls a worker's server holds before Python takes them.
+
+    grpc.aio takes one new call from the core per event-loop turn; calls arriving faster wait in
+    the core's pending queue, where no in-flight count can see them. Its random-early-detection
+    backlog guard (soft and hard limit) refuses calls beyond the cap at once, in C, with no
+    Python work: the client sees CANCELLED. 0 keeps gRPC's defaults (1,000 soft, 3,000 hard).
+    """
+    if max_pending_calls <= 0:
+        return []
+    return [
+        ("grpc.server.max_pending_requests", max_pending_calls - 1),
+        ("grpc.server.max_pending_requests_hard_limit", max_pending_calls),
+    ]
 
 
 def _limiter(s: Settings) -> Limiter:

@@ -7,6 +7,7 @@ never reaches a client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import NoReturn
 
@@ -28,7 +29,14 @@ _COUNTER = {
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException, stats: Stats) -> NoReturn:
-    """Abort the call for `exc` (always raises, as `context.abort` does)."""
+    """Abort the call for `exc` (always raises, as `context.abort` does).
+
+    A cancelled call (the caller cancelled, or its deadline passed while the call ran) has no
+    one to answer: the cancellation is counted and goes on, unlogged.
+    """
+    if isinstance(exc, asyncio.CancelledError):
+        stats.add("cancelled")
+        raise exc
     if isinstance(exc, RankingError):
         for kind, name in _COUNTER.items():
             if isinstance(exc, kind):

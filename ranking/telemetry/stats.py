@@ -23,6 +23,7 @@ COUNTERS = (
     "deadline",  # refused or dropped for the deadline
     "unavailable",
     "internal",
+    "cancelled",  # the caller cancelled or its deadline passed while the call ran
     "degraded",  # OK answers with at least one degraded reason
     "candidates",
     "scored_rows",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -14,23 +13,10 @@ from ranking.core.models import ModelHolder, build_serving_model
 from ranking.core.service import Degraded, RankingService, RankQuery
 from ranking.errors import DeadlineExceeded, Overloaded
 from ranking.features.memory import MemoryFeatureStore, read_entity_file
-from ranking.features.store import FetchResult, Lookup
 from ranking.limits import build_limiter
 from ranking.scoring.bundle import load_bundle
 from ranking.telemetry import Stats, build_telemetry
-from tests.conftest import SmallWorld
-
-
-class GatedStore(MemoryFeatureStore):
-    """The in-process store, but every fetch waits for `gate` (to hold requests in flight)."""
-
-    gate: asyncio.Event
-
-    async def fetch(
-        self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
-    ) -> list[FetchResult]:
-        await self.gate.wait()
-        return self.fetch_now(lookups)
+from tests.conftest import GatedStore, SmallWorld
 
 
 def make_core(

@@ -82,7 +82,10 @@ def big_request(n: int = 1000) -> pb.RankRequest:
 async def test_sigterm_drains_in_flight_calls(small_world: SmallWorld) -> None:
     port = free_port()
     proc = start_server(
-        small_world, port, "--workers", "1", "--limiter", "off", "--engine", "lightgbm"
+        small_world,
+        port,
+        *("--workers", "1", "--limiter", "off", "--engine", "lightgbm"),
+        *("--max-pending-calls", "0"),  # 40 calls at once: all must queue, none be refused
     )
     try:
         await wait_serving(port, proc)
