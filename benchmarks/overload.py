@@ -3,21 +3,27 @@
     python -m benchmarks.overload                       # R200-memory, 300, 600 and 800 req/s
     python -m benchmarks.overload --rates 300,600,900 --repeat 2
     python -m benchmarks.overload --config backlog-2=RANKING_MAX_PENDING_CALLS=2
+    python -m benchmarks.overload --scenario r200 --rates 300,600   # features in Redis
 
 Each configuration is a set of RANKING_* variables for `ranking serve` (2 workers). For every
 rate and configuration a fresh server is started (overload can leave a server busy with calls
-nobody waits for any more; a fresh one makes the runs independent), loaded open-loop with the
+nobody waits for any more; a fresh one makes the runs independent), warmed up for
+`--server-warmup` seconds at up to 200 req/s (not recorded), loaded open-loop with the
 scenario's mix for `--duration` seconds, asked for its counters, and stopped. The report gives,
 per run, the OK answers per second, how the rest ended (RESOURCE_EXHAUSTED: the concurrency
 limiter; CANCELLED: gRPC's core backlog cap; DEADLINE_EXCEEDED: the 1 s client deadline) and
 the latency of the OK answers, which is what the callers that were served saw.
 
-Writes benchmarks/results/overload.json and overload.md.
+With a Redis scenario (r200) one redis-server is started for the whole run and loaded with the
+world's features once; each server reads them through its cache, as in the scoreboard.
+
+Writes benchmarks/results/overload[-<scenario>].json and .md (no suffix for r200-memory).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -33,7 +39,7 @@ if __package__ in (None, ""):  # `python benchmarks/overload.py`
 
 from benchmarks.run import _get_stats, _run_async, log, machine_info
 from benchmarks.scenario import find_scenario, load_scenario
-from benchmarks.servers import ManagedProcess, free_port, wait_ready
+from benchmarks.servers import ManagedProcess, free_port, start_redis, wait_ready
 from benchmarks.world import prepare_world
 from ranking.loadgen import LoadConfig, LoadReport, RankPayload, run_load
 
@@ -78,6 +84,14 @@ class Run:
             "valid": r.valid,
             "problems": r.problems,
         }
+
+
+def describe(row: dict[str, Any]) -> str:
+    return (
+        f"OK {row['ok_per_s']:.0f}/s, shed {100 * row['shed_limiter']:.1f} % (limiter) + "
+        f"{100 * row['shed_backlog']:.1f} % (backlog), deadline {100 * row['deadline']:.1f} %, "
+        f"OK p50 {row['ok_p50_ms']:.2f} p99 {row['ok_p99_ms']:.2f} ms"
+    )
 
 
 def parse_configs(extra: Sequence[str], only: str | None) -> dict[str, dict[str, str]]:
@@ -128,12 +142,18 @@ def run_one(
             rate_rps=rate,
             arrivals="poisson",
             duration_s=args.duration,
-            warmup_s=2.0,
+            warmup_s=min(2.0, args.duration / 4),
             deadline_ms=1000.0,
             processes=processes,
             channels_per_process=4,
             seed=int(rate),
         )
+        # Not recorded: fills the service's cache with the hot ids, as the scoreboard does.
+        warm = dataclasses.replace(
+            cfg, rate_rps=min(rate, 200.0), duration_s=args.server_warmup, warmup_s=0.0, processes=1
+        )
+        if args.server_warmup > 0:
+            _run_async(run_load(warm))
         report = _run_async(run_load(cfg))
         stats = _get_stats(target) or {}
     finally:
@@ -145,9 +165,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out = [
         "# Overload: admission control on and off",
         "",
-        f"Scenario {meta['scenario']} ({meta['workers']} workers, in-process store), open-loop "
-        f"Poisson arrivals, {meta['duration_s']:g} s per run after 2 s of warm-up, 1 s client "
-        f"deadline, a fresh server per run; {meta['date']}. Latency of OK answers only.",
+        f"Scenario {meta['scenario']} ({meta['workers']} workers, {meta['store']}), open-loop "
+        f"Poisson arrivals, {meta['duration_s']:g} s per run (the first {meta['warmup_s']:g} s "
+        "not recorded), "
+        f"1 s client deadline, a fresh server per run; {meta['date']}. Latency of OK answers only.",
         "",
         "| offered req/s | configuration | OK answers/s | shed by limiter | shed by backlog "
         "| past deadline | OK p50 ms | OK p99 ms | OK p99.9 ms |",
@@ -169,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scenario", default="r200-memory", help="scenario for the world and mix")
     ap.add_argument("--rates", default="300,600,800", help="offered req/s, comma-separated")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds per run")
+    ap.add_argument(
+        "--server-warmup", type=float, default=4.0, help="seconds of unrecorded warm-up load"
+    )
     ap.add_argument("--repeat", type=int, default=1, help="runs per rate and configuration")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--config", action="append", default=[], help="NAME=RANKING_X=v,...")
@@ -178,44 +202,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs = parse_configs(args.config, args.only)
     rates = [float(r) for r in args.rates.split(",")]
     sc = load_scenario(find_scenario(args.scenario))
-    if sc.store != "memory":
-        raise SystemExit(f"{sc.name}: the overload run serves features from memory")
     world = prepare_world(sc.world)
-    world_args = [
-        "--bundle",
-        str(world.bundle),
-        "--features",
-        f"user={world.user_features}",
-        "--features",
-        f"item={world.item_features}",
-    ]
-    payload = RankPayload(sc.mix)
     logs = args.out / "logs" / "overload"
+    redis: ManagedProcess | None = None
+    if sc.store == "memory":
+        world_args = [
+            *("--bundle", str(world.bundle)),
+            *("--features", f"user={world.user_features}"),
+            *("--features", f"item={world.item_features}"),
+        ]
+    else:
+        redis, redis_port = start_redis(logs)
+        url = f"redis://127.0.0.1:{redis_port}/0"
+        for entity, path in (("user", world.user_features), ("item", world.item_features)):
+            load = [sys.executable, "-m", "ranking.cli", "features", "load"]
+            load += ["--type", entity, "--file", str(path), "--redis", url]
+            with ManagedProcess(f"load-{entity}", load, logs / f"load-{entity}.log", cwd=REPO) as p:
+                if p.proc.wait(600) != 0:
+                    redis.stop()
+                    raise SystemExit(f"loading {entity} features into Redis failed: {p.tail(5)}")
+        world_args = ["--bundle", str(world.bundle), "--redis", url]
+    payload = RankPayload(sc.mix)
     runs: list[Run] = []
     started = time.time()
-    for rate in rates:
-        for rep in range(args.repeat):
-            for name, env in configs.items():
-                log(f"{name} @ {rate:g} req/s (run {rep + 1}/{args.repeat})")
-                run = run_one(name, env, rate, args, world_args, payload, logs)
-                row = run.row()
-                log(
-                    f"    OK {row['ok_per_s']:.0f}/s, shed {100 * row['shed_limiter']:.1f} % + "
-                    f"{100 * row['shed_backlog']:.1f} %, deadline {100 * row['deadline']:.1f} %, "
-                    f"OK p50 {row['ok_p50_ms']:.2f} p99 {row['ok_p99_ms']:.2f} ms"
-                )
-                runs.append(run)
+    try:
+        for rate in rates:
+            for rep in range(args.repeat):
+                for name, env in configs.items():
+                    log(f"{name} @ {rate:g} req/s (run {rep + 1}/{args.repeat})")
+                    run = run_one(name, env, rate, args, world_args, payload, logs)
+                    log("    " + describe(run.row()))
+                    runs.append(run)
+    finally:
+        if redis is not None:
+            redis.stop()
     meta = {
         "scenario": sc.name,
         "workers": args.workers,
+        "store": "in-process store" if sc.store == "memory" else "Redis behind the cache",
         "duration_s": args.duration,
+        "warmup_s": min(2.0, args.duration / 4),
         "date": dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "configs": configs,
         "machine": machine_info(),
     }
     rows = [r.row() for r in runs]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overload.json").write_text(
+    stem = "overload" if sc.name == "R200-memory" else f"overload-{sc.name.lower()}"
+    (args.out / f"{stem}.json").write_text(
         json.dumps(
             {
                 "meta": meta,
@@ -227,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             indent=1,
         )
     )
-    (args.out / "overload.md").write_text(markdown(rows, meta))
-    log(f"wrote {args.out / 'overload.md'}")
+    (args.out / f"{stem}.md").write_text(markdown(rows, meta))
+    log(f"wrote {args.out / f'{stem}.md'}")
     return 0
 
 
