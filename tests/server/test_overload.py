@@ -16,9 +16,11 @@ from collections.abc import Sequence
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2_grpc
 from ranking.api.v1 import ranking_pb2 as pb
+from ranking.cli import check_health
 from ranking.features.store import FetchResult, Lookup
 from ranking.server.app import App
 from tests.conftest import GatedStore, SmallWorld, small_settings
@@ -166,3 +168,50 @@ async def test_core_backlog_refuses_calls_a_busy_worker_has_not_taken(
     assert codes.count("OK") <= 3
     assert len(cancelled) >= 5
     assert max(cancelled) < 0.5 * store.block_s
+
+
+class RefusingHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """Refuses the first `refusals` checks as an overloaded server does, then answers."""
+
+    def __init__(self, refusals: int, code: grpc.StatusCode) -> None:
+        self.refusals = refusals
+        self.code = code
+        self.calls = 0
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        self.calls += 1
+        if self.calls <= self.refusals:
+            await context.abort(self.code, "busy")
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.mark.parametrize(
+    ("refusals", "code", "want"),
+    [
+        (3, grpc.StatusCode.CANCELLED, ("OK", health_pb2.HealthCheckResponse.SERVING)),
+        (2, grpc.StatusCode.RESOURCE_EXHAUSTED, ("OK", health_pb2.HealthCheckResponse.SERVING)),
+        (10**6, grpc.StatusCode.CANCELLED, ("CANCELLED", None)),  # wedged: never takes a call
+        (1, grpc.StatusCode.UNAVAILABLE, ("UNAVAILABLE", None)),  # not a busy refusal
+    ],
+)
+async def test_health_probe_retries_busy_refusals_until_its_timeout(
+    refusals: int, code: grpc.StatusCode, want: tuple[str, int | None]
+) -> None:
+    server = grpc.aio.server()
+    servicer = RefusingHealth(refusals, code)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        started = time.monotonic()
+        got = await asyncio.to_thread(check_health, f"127.0.0.1:{port}", "", 0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        await server.stop(0)
+    assert got == want
+    if want[1] is None and code == grpc.StatusCode.CANCELLED:
+        assert servicer.calls > 3 and elapsed < 1.0  # kept trying, and gave up in time
+    if code == grpc.StatusCode.UNAVAILABLE:
+        assert servicer.calls == 1
