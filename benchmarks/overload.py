@@ -4,6 +4,7 @@
     python -m benchmarks.overload --rates 300,600,900 --repeat 2
     python -m benchmarks.overload --config backlog-2=RANKING_MAX_PENDING_CALLS=2
     python -m benchmarks.overload --scenario r200 --rates 300,600   # features in Redis
+    python -m benchmarks.overload --workers 1 --rates 400,800 --repeat 2   # server on one core
 
 Each configuration is a set of RANKING_* variables for `ranking serve` (2 workers). For every
 rate and configuration a fresh server is started (overload can leave a server busy with calls
@@ -17,7 +18,8 @@ the latency of the OK answers, which is what the callers that were served saw.
 With a Redis scenario (r200) one redis-server is started for the whole run and loaded with the
 world's features once; each server reads them through its cache, as in the scoreboard.
 
-Writes benchmarks/results/overload[-<scenario>].json and .md (no suffix for r200-memory).
+Writes benchmarks/results/overload[-<scenario>][-w<workers>].json and .md (no scenario suffix for
+r200-memory, no workers suffix for 2).
 """
 
 from __future__ import annotations
@@ -249,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [r.row() for r in runs]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "overload" if sc.name == "R200-memory" else f"overload-{sc.name.lower()}"
+    if args.workers != 2:
+        stem += f"-w{args.workers}"
     (args.out / f"{stem}.json").write_text(
         json.dumps(
             {
