@@ -28,9 +28,9 @@ def test_overload_runs_each_configuration_and_accounts_for_every_call(
         ]
     )
     with capsys.disabled():
-        print((tmp_path / "overload-smoke.md").read_text())
+        print((tmp_path / "overload-smoke-w1.md").read_text())
     assert code == 0
-    doc = json.loads((tmp_path / "overload-smoke.json").read_text())
+    doc = json.loads((tmp_path / "overload-smoke-w1.json").read_text())
     assert [r["config"] for r in doc["runs"]] == only.split(",")
     assert doc["meta"]["configs"]["off"] == {
         "RANKING_LIMITER": "off",
