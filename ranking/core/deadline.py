@@ -38,9 +38,14 @@ class Deadline:
         """The budget (or the caller's deadline) has run out: cut corners from here on."""
         return time.monotonic() >= self._at
 
-    def caller_gone(self) -> bool:
-        """The caller's own deadline has passed: stop working on the request."""
-        return time.monotonic() >= self._hard_at
+    def caller_gone(self, slack_s: float = 0.0) -> bool:
+        """The caller's own deadline has passed (or passes within `slack_s`): stop working.
+
+        The slack is for telling why a call was cancelled: the caller's client gives up at its
+        deadline, which reaches the server a network hop before the server's copy of it
+        (derived from the grpc-timeout the client sent) expires.
+        """
+        return time.monotonic() + slack_s >= self._hard_at
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started

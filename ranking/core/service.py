@@ -39,6 +39,9 @@ __all__ = ["Degraded", "RankQuery", "RankResult", "RankingService"]
 
 log = logging.getLogger(__name__)
 
+#: A cancellation this close to the caller's deadline is the deadline (see Deadline.caller_gone).
+_CANCEL_SLACK_S = 0.005
+
 
 class Degraded:
     """The reasons a response may carry in `degraded_reasons`."""
@@ -133,7 +136,7 @@ class RankingService:
                 raise
             except asyncio.CancelledError:
                 # gRPC cancels the call when the caller's deadline passes: an overload signal.
-                if deadline.caller_gone():
+                if deadline.caller_gone(slack_s=_CANCEL_SLACK_S):
                     token.dropped()
                 else:
                     token.ignore()
