@@ -53,7 +53,7 @@ RESULTS = REPO / "benchmarks" / "results"
 CONFIGS: dict[str, dict[str, str]] = {
     "off": {"RANKING_LIMITER": "off", "RANKING_MAX_PENDING_CALLS": "0"},
     "vegas only": {"RANKING_LIMITER": "vegas", "RANKING_MAX_PENDING_CALLS": "0"},
-    "default (vegas + backlog 4)": {},
+    "default (vegas + backlog 8)": {},
     "latency-first (vegas + backlog 1)": {"RANKING_MAX_PENDING_CALLS": "1"},
 }
 STATUSES = ("OK", "RESOURCE_EXHAUSTED", "CANCELLED", "DEADLINE_EXCEEDED")

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         256, ge=1, le=100_000, description="HTTP/2 streams per connection."
     )
     max_pending_calls: int = Field(
-        4,
+        8,
         ge=0,
         le=100_000,
         description="Calls gRPC's core may hold for a busy worker before it takes them; more are "
