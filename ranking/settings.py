@@ -104,13 +104,6 @@ class Settings(BaseSettings):
         ge=0,
         description="Score on the event loop when rows x trees is at most this; else in a thread.",
     )
-    shed_busy_ms: float = Field(
-        0.0,
-        ge=0,
-        le=60_000,
-        description="Shed calls once a worker has been busy this long without a break; 0 = off "
-        "(opt-in: see ranking/limits/busy.py and benchmarks/README.md for the measured trade-off).",
-    )
     limiter: Literal["vegas", "gradient2", "aimd", "fixed", "off"] = Field(
         "vegas", description="Concurrency limit algorithm; see ranking/limits/README.md."
     )

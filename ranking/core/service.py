@@ -30,7 +30,6 @@ from ranking.errors import (
 )
 from ranking.features.store import FeatureStore, FetchResult, Lookup, columns_or_empty
 from ranking.limits import Limiter
-from ranking.limits.busy import BusyGuard
 from ranking.telemetry import Telemetry
 from ranking.telemetry import stats as st
 from ranking.telemetry.stage import Stage
@@ -93,7 +92,6 @@ class RankingService:
         fetch_share: float,
         inline_max_row_trees: int,
         executor: Executor | None,
-        busy_guard: BusyGuard | None = None,
     ) -> None:
         self.models = models
         self.store = store
@@ -103,7 +101,6 @@ class RankingService:
         self.fetch_share = fetch_share
         self.inline_max_row_trees = inline_max_row_trees
         self._executor = executor
-        self.busy_guard = busy_guard
         self._has_users = bool(columns_or_empty(store, "user"))
         self._has_items = bool(columns_or_empty(store, "item"))
         # Time the stages after scoring take; reserved before deciding how many rows fit.
@@ -116,39 +113,29 @@ class RankingService:
         if deadline.caller_gone():
             raise DeadlineExceeded("the deadline had passed before the request was handled")
         self._validate(query)
-        guard = self.busy_guard
-        if guard is not None and not guard.admit():
+        token = self.limiter.try_acquire()
+        if token is None:
             raise Overloaded(
-                "server overloaded: request shed (worker busy without a break); retry later",
+                "server overloaded: request shed by the concurrency limiter; retry later",
                 self.limiter.retry_after_ms(),
             )
         try:
-            token = self.limiter.try_acquire()
-            if token is None:
-                raise Overloaded(
-                    "server overloaded: request shed by the concurrency limiter; retry later",
-                    self.limiter.retry_after_ms(),
-                )
-            try:
-                result = await self._rank(query, deadline, self.models.current)
-            except DeadlineExceeded:
+            result = await self._rank(query, deadline, self.models.current)
+        except DeadlineExceeded:
+            token.dropped()
+            raise
+        except asyncio.CancelledError:
+            # gRPC cancels the call when the caller's deadline passes: an overload signal.
+            if deadline.caller_gone(slack_s=_CANCEL_SLACK_S):
                 token.dropped()
-                raise
-            except asyncio.CancelledError:
-                # gRPC cancels the call when the caller's deadline passes: an overload signal.
-                if deadline.caller_gone(slack_s=_CANCEL_SLACK_S):
-                    token.dropped()
-                else:
-                    token.ignore()
-                raise
-            except BaseException:
+            else:
                 token.ignore()
-                raise
-            token.success()
-            return result
-        finally:
-            if guard is not None:
-                guard.release()
+            raise
+        except BaseException:
+            token.ignore()
+            raise
+        token.success()
+        return result
 
     def _validate(self, query: RankQuery) -> None:
         n = len(query.candidate_ids)

@@ -30,7 +30,6 @@ from ranking.errors import BundleError
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
 from ranking.features.store import FeatureStore, columns_or_empty
 from ranking.limits import Limiter, build_limiter
-from ranking.limits.busy import BusyGuard
 from ranking.scoring.bundle import Bundle, load_bundle
 from ranking.settings import Settings
 from ranking.telemetry import Stats, Telemetry, build_telemetry
@@ -173,7 +172,6 @@ class App:
             fetch_share=s.fetch_share,
             inline_max_row_trees=s.inline_max_row_trees,
             executor=self._score_executor,
-            busy_guard=BusyGuard(s.shed_busy_ms / 1e3) if s.shed_busy_ms > 0 else None,
         )
         options: list[tuple[str, Any]] = [
             ("grpc.so_reuseport", 1 if s.effective_workers() > 1 else 0),
