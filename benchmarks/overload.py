@@ -39,7 +39,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/overload.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.run import _get_stats, _run_async, log, machine_info
+from benchmarks.run import get_stats, log, machine_info, run_async
 from benchmarks.scenario import find_scenario, load_scenario
 from benchmarks.servers import ManagedProcess, free_port, start_redis, wait_ready
 from benchmarks.world import prepare_world
@@ -155,9 +155,9 @@ def run_one(
             cfg, rate_rps=min(rate, 200.0), duration_s=args.server_warmup, warmup_s=0.0, processes=1
         )
         if args.server_warmup > 0:
-            _run_async(run_load(warm))
-        report = _run_async(run_load(cfg))
-        stats = _get_stats(target) or {}
+            run_async(run_load(warm))
+        report = run_async(run_load(cfg))
+        stats = get_stats(target) or {}
     finally:
         server.stop()
     return Run(name, rate, report, dict(stats.get("counters", {})))

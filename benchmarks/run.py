@@ -416,7 +416,7 @@ class Runner:
         step: Step | None = None
         for attempt in range(attempts):
             _wait_idle(server)
-            before_stats = _get_stats(target) if stats else None
+            before_stats = get_stats(target) if stats else None
             cpu0 = process_tree_cpu_s(server.pid)
             cfg = self._config(target, payload, rate, plan.duration_s, plan.warmup_s)
             spies = (
@@ -424,7 +424,7 @@ class Runner:
                 if profile_to
                 else []
             )
-            report = _run_async(run_load(cfg))
+            report = run_async(run_load(cfg))
             cpu = process_tree_cpu_s(server.pid) - cpu0
             for spy, _ in spies:
                 try:
@@ -432,7 +432,7 @@ class Runner:
                 except subprocess.TimeoutExpired:
                     spy.kill()
                     spy.wait()
-            after_stats = _get_stats(target) if stats else None
+            after_stats = get_stats(target) if stats else None
             passed, why = self._judge(report)
             sent = report.sent + report.warmup_sent
             step = Step(
@@ -486,13 +486,13 @@ class Runner:
         plan = self.sc.load
         try:
             # Warm-up: connections, caches, lazy imports, the allocator. Not recorded.
-            _run_async(
+            run_async(
                 run_load(
                     self._config(target, payload, plan.server_warmup_rps, plan.server_warmup_s, 0.0)
                 )
             )
             if stats:
-                info = _get_stats(target)
+                info = get_stats(target)
                 if info:
                     result.server_info = {
                         k: info[k] for k in ("engine", "workers", "model_version") if k in info
@@ -544,7 +544,7 @@ class Runner:
                 log(server.tail())
 
 
-def _run_async(coro: Coroutine[Any, Any, LoadReport]) -> LoadReport:
+def run_async(coro: Coroutine[Any, Any, LoadReport]) -> LoadReport:
     """Run one load run in a fresh event loop (uvloop when installed: less client CPU)."""
     try:
         import uvloop
@@ -607,7 +607,7 @@ def search_max_rate(
     return best, fail
 
 
-def _get_stats(target: str) -> dict[str, Any] | None:
+def get_stats(target: str) -> dict[str, Any] | None:
     """The service's GetStats (counters and stage means), or None when it has none."""
     import grpc
 

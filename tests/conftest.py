@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ranking.api.v1 import ranking_pb2_grpc
-from ranking.features.memory import MemoryFeatureStore, read_entity_file
+from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
 from ranking.features.store import FetchResult, Lookup
 from ranking.scoring.bundle import FeatureSpec, write_bundle
 from ranking.server.app import App
@@ -158,6 +158,14 @@ def letor_dir() -> Iterator[Path]:
     yield LETOR
 
 
+def small_tables(world: SmallWorld) -> dict[str, EntityTable]:
+    """The small world's users and items, read from its CSV files."""
+    return {
+        "user": read_entity_file(world.folder / "users.csv"),
+        "item": read_entity_file(world.folder / "items.csv"),
+    }
+
+
 class GatedStore(MemoryFeatureStore):
     """The in-process store, but every fetch waits for `gate` (to hold requests in flight)."""
 
@@ -172,11 +180,6 @@ class GatedStore(MemoryFeatureStore):
     @classmethod
     def of(cls, world: SmallWorld) -> GatedStore:
         """The small world's users and items, with the gate closed."""
-        store = cls(
-            {
-                "user": read_entity_file(world.folder / "users.csv"),
-                "item": read_entity_file(world.folder / "items.csv"),
-            }
-        )
+        store = cls(small_tables(world))
         store.gate = asyncio.Event()
         return store

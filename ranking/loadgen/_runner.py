@@ -13,7 +13,12 @@ import logging
 import multiprocessing as mp
 import queue
 import time
+from collections.abc import Sequence
 from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
 
 from ranking.loadgen._config import LoadConfig
 from ranking.loadgen._engine import drive, open_channels
@@ -98,17 +103,29 @@ async def _run_here(cfg: LoadConfig) -> Sample:
         ) from exc
     try:
         t0 = time.monotonic() + 0.01
-        return await drive(
-            cfg,
-            channels,
-            requests,
-            offsets,
-            t0,
-            concurrency=_concurrency_for(cfg, 0),
-            max_requests=_max_requests_for(cfg, 0),
-        )
+        return await _drive_share(cfg, 0, channels, requests, offsets, t0)
     finally:
         await asyncio.gather(*(c.close(None) for c in channels))
+
+
+async def _drive_share(
+    cfg: LoadConfig,
+    index: int,
+    channels: Sequence[grpc.aio.Channel],
+    requests: Sequence[bytes],
+    offsets: npt.NDArray[np.float64] | None,
+    t0: float,
+) -> Sample:
+    """Drive client process `index`'s share of the run (its concurrency and request cap)."""
+    return await drive(
+        cfg,
+        channels,
+        requests,
+        offsets,
+        t0,
+        concurrency=_concurrency_for(cfg, index),
+        max_requests=_max_requests_for(cfg, index),
+    )
 
 
 async def _child_async(cfg: LoadConfig, index: int, out: Any, go: Any) -> Sample:
@@ -119,15 +136,7 @@ async def _child_async(cfg: LoadConfig, index: int, out: Any, go: Any) -> Sample
         out.put(("ready", index, None))
         start_wall = await asyncio.to_thread(go.get)
         t0 = time.monotonic() + (float(start_wall) - time.time())
-        return await drive(
-            cfg,
-            channels,
-            requests,
-            offsets,
-            t0,
-            concurrency=_concurrency_for(cfg, index),
-            max_requests=_max_requests_for(cfg, index),
-        )
+        return await _drive_share(cfg, index, channels, requests, offsets, t0)
     finally:
         await asyncio.gather(*(c.close(None) for c in channels))
 

@@ -12,22 +12,17 @@ from ranking.core.deadline import Deadline
 from ranking.core.models import ModelHolder, build_serving_model
 from ranking.core.service import Degraded, RankingService, RankQuery
 from ranking.errors import DeadlineExceeded, Overloaded
-from ranking.features.memory import MemoryFeatureStore, read_entity_file
+from ranking.features.memory import MemoryFeatureStore
 from ranking.limits import build_limiter
 from ranking.scoring.bundle import load_bundle
 from ranking.telemetry import Stats, build_telemetry
-from tests.conftest import GatedStore, SmallWorld
+from tests.conftest import GatedStore, SmallWorld, small_tables
 
 
 def make_core(
     world: SmallWorld, store: MemoryFeatureStore | None = None, limiter: str = "off", **limit: int
 ) -> RankingService:
-    store = store or MemoryFeatureStore(
-        {
-            "user": read_entity_file(world.folder / "users.csv"),
-            "item": read_entity_file(world.folder / "items.csv"),
-        }
-    )
+    store = store or MemoryFeatureStore(small_tables(world))
     model = build_serving_model(
         load_bundle(world.bundle), store.columns("user"), store.columns("item"), engine="auto"
     )
@@ -103,13 +98,7 @@ async def test_top_k_with_partial_scoring(small_world: SmallWorld) -> None:
 
 
 async def test_burst_is_shed_fast_then_recovers(small_world: SmallWorld) -> None:
-    store = GatedStore(
-        {
-            "user": read_entity_file(small_world.folder / "users.csv"),
-            "item": read_entity_file(small_world.folder / "items.csv"),
-        }
-    )
-    store.gate = asyncio.Event()
+    store = GatedStore.of(small_world)
     core = make_core(small_world, store, "fixed", limit=4)
     tasks = [
         asyncio.ensure_future(core.rank(query(20), Deadline.from_budget(5.0, None)))
@@ -134,13 +123,7 @@ async def test_burst_is_shed_fast_then_recovers(small_world: SmallWorld) -> None
 async def test_budget_spent_in_fetch_degrades_but_caller_deadline_drops(
     small_world: SmallWorld,
 ) -> None:
-    store = GatedStore(
-        {
-            "user": read_entity_file(small_world.folder / "users.csv"),
-            "item": read_entity_file(small_world.folder / "items.csv"),
-        }
-    )
-    store.gate = asyncio.Event()
+    store = GatedStore.of(small_world)
     core = make_core(small_world, store)
     loop = asyncio.get_running_loop()
     loop.call_later(0.03, store.gate.set)
