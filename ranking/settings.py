@@ -46,8 +46,8 @@ class Settings(BaseSettings):
         ge=0,
         le=100_000,
         description="Calls gRPC's core may hold for a busy worker before it takes them; more are "
-        "refused at once (CANCELLED). Calls waiting longer would miss the budget anyway; "
-        "see ranking/limits/README.md. 0 = gRPC's default backlog (1,000 calls).",
+        "refused at once (CANCELLED). Smaller keeps overload tails nearer the budget but refuses "
+        "bursts; see ranking/limits/README.md. 0 = gRPC's default backlog (1,000 calls).",
     )
     uvloop: bool = Field(True, description="Run the event loop on uvloop when installed.")
 
