@@ -20,10 +20,10 @@ from ranking.features.store import FetchResult, Lookup
 from ranking.scoring.bundle import FeatureSpec, write_bundle
 from ranking.server.app import App
 from ranking.settings import Settings
+from tests.paths import LETOR
 
 pytest_plugins = ["tests.redis_servers"]
 
-LETOR = Path(__file__).resolve().parents[2] / "shared" / "data" / "letor"
 
 USER_COLS = ("u_a", "u_b", "u_c")
 ITEM_COLS = ("i_pop", "i_x", "i_y", "i_z")

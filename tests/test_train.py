@@ -22,8 +22,8 @@ from ranking.train import (
     ndcg_at_k,
     train_command,
 )
+from tests.paths import LETOR
 
-LETOR = Path(__file__).resolve().parents[2] / "shared" / "data" / "letor"
 TRAIN = LETOR / "rank.train"
 FAST = {"trees": 10, "leaves": 7, "num_threads": 1, "progress": False}
 LGB = {"objective": "lambdarank", "verbosity": -1, "num_threads": 1, "deterministic": True}

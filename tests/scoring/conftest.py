@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -10,8 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking.scoring.quickscorer import QuickScorer, available_kernels
-
-LETOR = Path(__file__).resolve().parents[3] / "shared" / "data" / "letor"
+from tests.paths import LETOR
 
 Matrix = npt.NDArray[np.float64]
 
