@@ -27,9 +27,17 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking.errors import BundleError
-from ranking.scoring import _quickscorer
+from ranking.scoring import _quickscorer, _rankscorer
+from ranking.scoring.rank_build import LeafOrder, build_rank
 
-__all__ = ["MAX_LEAVES", "QuickScorer", "available_kernels", "supports"]
+__all__ = [
+    "MAX_LEAVES",
+    "RANK_KERNEL_BASE",
+    "RANK_MIN_ROWS",
+    "QuickScorer",
+    "available_kernels",
+    "supports",
+]
 
 #: Trees may have at most this many leaves: a tree with L leaves uses ceil(L / 64) 64-bit
 #: words of bitvector per row (every tree of a model gets as many words as the largest).
@@ -265,7 +273,7 @@ def _probe_values(
 
 
 def _build(
-    model: _Model, tree_block: int = 512
+    model: _Model, tree_block: int = 512, orders: Sequence[LeafOrder] | None = None
 ) -> tuple[_quickscorer.Ensemble, list[npt.NDArray[np.float64]]]:
     nf = model.num_features
     num_trees = len(model.trees)
@@ -289,7 +297,7 @@ def _build(
     missing_types: list[set[int]] = [set() for _ in range(nf)]
 
     for t, tree in enumerate(model.trees):
-        bit_of_leaf, left_lo, left_hi = _leaf_order(tree)
+        bit_of_leaf, left_lo, left_hi = orders[t] if orders is not None else _leaf_order(tree)
         for leaf, bit in enumerate(bit_of_leaf):
             leaf_value[t * words * _WORD + bit] = tree.leaf_value[leaf]
         for n in range(tree.num_leaves - 1):
@@ -441,9 +449,22 @@ def supports(model_text: str) -> str | None:
     return None
 
 
+#: Kernel ids from here up are the rank kernel's (`_rankscorer`): id - RANK_KERNEL_BASE is the
+#: rank module's own id. Below are QuickScorer's (`_quickscorer`: scalar, SSE2, AVX2, AVX-512).
+RANK_KERNEL_BASE = 4
+#: From this many rows up the default kernel is the rank kernel (when the model and the CPU
+#: allow it): it scores 64 rows per pass, so below this QuickScorer's 8-row blocks cost less.
+#: Measured on the R200 model (benchmarks/scorers.py, batches 1 / 7 / 50 / 200).
+RANK_MIN_ROWS = 16
+
+
 def available_kernels() -> dict[str, int]:
-    """Kernels usable on this CPU, name -> id for `QuickScorer.score(..., kernel=)`."""
-    return _quickscorer.available_kernels()
+    """Kernels usable on this CPU, name -> id for `QuickScorer.score(..., kernel=)`. A model the
+    rank kernel cannot take offers fewer (`QuickScorer.kernels`)."""
+    kernels = dict(_quickscorer.available_kernels())
+    for name, kid in _rankscorer.available_kernels().items():
+        kernels[name] = RANK_KERNEL_BASE + kid
+    return kernels
 
 
 class QuickScorer:
@@ -456,15 +477,41 @@ class QuickScorer:
         ensemble: _quickscorer.Ensemble,
         model_hash: str,
         probes: Sequence[npt.NDArray[np.float64]] = (),
+        rank: _rankscorer.RankEnsemble | None = None,
+        rank_reason: str = "",
     ) -> None:
         self._ensemble = ensemble
+        self._rank = rank if _rankscorer.available_kernels() else None
         self._probes = tuple(probes)
         self.model_hash = model_hash
         self.num_features: int = ensemble.num_features
         self.num_outputs: int = ensemble.num_outputs
         self.num_trees: int = ensemble.num_trees
-        #: The SIMD variant used by default on this CPU ("avx512", "avx2" or "scalar").
-        self.kernel: str = _quickscorer.auto_kernel()
+        #: Kernels this model can use on this CPU, name -> id for `score(..., kernel=)`.
+        self.kernels: dict[str, int] = {
+            name: kid
+            for name, kid in available_kernels().items()
+            if kid < RANK_KERNEL_BASE or self._rank is not None
+        }
+        #: Why the rank kernel is not used ("" when it is).
+        self.rank_reason = (
+            rank_reason
+            if rank is None
+            else ("" if self._rank is not None else "the CPU has neither AVX2 nor AVX-512")
+        )
+        qs_auto = _quickscorer.auto_kernel()
+        self._auto_rank = (
+            max(_rankscorer.available_kernels().values()) if self._rank is not None else -1
+        )
+        #: The kernel used by default for batches of RANK_MIN_ROWS rows and more (smaller ones
+        #: use `small_kernel`): "rank-avx512", "rank-avx2", or QuickScorer's "avx512" ... "scalar".
+        self.kernel: str = qs_auto
+        if self._rank is not None:
+            self.kernel = next(
+                n for n, k in self.kernels.items() if k == RANK_KERNEL_BASE + self._auto_rank
+            )
+        #: The kernel used by default below RANK_MIN_ROWS rows.
+        self.small_kernel: str = qs_auto
 
     @classmethod
     def from_model_text(cls, model_text: str) -> QuickScorer:
@@ -480,7 +527,16 @@ class QuickScorer:
         `matrix` must be a C-contiguous float64 array (n, num_features); anything else raises
         ValueError. `kernel` forces a kernel id from `available_kernels()` (tests, benchmarks).
         """
-        out = self._ensemble.predict(matrix, kernel)
+        if kernel == -1 and self._rank is not None and _rows(matrix) >= RANK_MIN_ROWS:
+            out = self._rank.predict(matrix, self._auto_rank)
+        elif kernel >= RANK_KERNEL_BASE:
+            if self._rank is None:
+                raise ValueError(
+                    f"kernel {kernel} is not available for this model: {self.rank_reason}"
+                )
+            out = self._rank.predict(matrix, kernel - RANK_KERNEL_BASE)
+        else:
+            out = self._ensemble.predict(matrix, kernel)
         if self.num_outputs == 1:
             return out.reshape(-1)
         return out
@@ -511,10 +567,20 @@ class QuickScorer:
 @functools.lru_cache(maxsize=4)
 def _build_cached(digest: str, model_text: str) -> QuickScorer:
     try:
-        ensemble, probes = _build(_parse_model(model_text))
+        model = _parse_model(model_text)
+        orders = [_leaf_order(tree) for tree in model.trees]
+        ensemble, probes = _build(model, orders=orders)
+        rank, reason = build_rank(model, orders)
     except _Unsupported as exc:
         raise BundleError(f"QuickScorer cannot score this model: {exc}") from exc
     except (ValueError, KeyError, IndexError) as exc:
         # The detail (possibly a builtin's message) stays on the chained exception for logs.
         raise BundleError("QuickScorer could not read the model text") from exc
-    return QuickScorer(ensemble, digest, probes)
+    return QuickScorer(ensemble, digest, probes, rank, reason)
+
+
+def _rows(matrix: object) -> int:
+    """Row count of a 2-D ndarray, else 0 (the kernel then raises the proper ValueError)."""
+    if isinstance(matrix, np.ndarray) and matrix.ndim == 2:
+        return int(matrix.shape[0])
+    return 0
