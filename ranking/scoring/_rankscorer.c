@@ -87,8 +87,10 @@ typedef struct {
     /* Sorted distinct thresholds of feature f: thr[thr_off[f] .. thr_off[f+1]) (<= 255). */
     const int64_t *thr_off;
     const double *thr;
-    /* The same padded with +inf to 256 per feature (owned): a fixed 8-step search. */
+    /* The same padded with +inf to 256 per feature (owned, 64-byte aligned), and every 16th of
+       those (thr_pad[16 i + 15], i < 16) as a first level: a rank is two SIMD compares of 16. */
     double *thr_pad;
+    double *pivots;
     uint8_t *zero_rank; /* rank of 0.0 per feature (owned, malloc) */
     const uint8_t *scan_zero; /* bit 0: NaN ranks as 0.0; bit 1: zero ranks as 0.0 */
     uint8_t *kind;            /* bit 0 numerical nodes, bit 1 categorical (owned) */
@@ -121,16 +123,6 @@ typedef struct {
 /* Shared scalar parts: binning, per-document lists                                         */
 
 static inline int is_zero(double x) { return x >= -RK_KZERO && x <= RK_KZERO; }
-
-/* Number of thresholds < x in t[0..256), sorted and padded with +inf (so at most 255): a
-   branchless binary search of fixed depth, the same instructions for every feature. */
-static inline uint8_t rank_of_padded(const double *t, double x) {
-    int64_t pos = 0;
-    for (int64_t h = 128; h > 0; h >>= 1) {
-        pos += (t[pos + h - 1] < x) ? h : 0;
-    }
-    return (uint8_t)pos;
-}
 
 /* Number of thresholds < x in the sorted array t[0..n) (construction only). */
 static inline uint8_t rank_of(const double *t, int64_t n, double x) {
@@ -175,55 +167,55 @@ typedef struct {
 } rk_scratch;
 
 /* Bins a block of rows: ranks, and the events that need per-document lists. Returns the
-   number of events. Lanes past `rows` keep rank 0 (no false node) and no events. */
-static int64_t bin_block(const RankEnsembleObject *m, const double *x, int rows, rk_scratch *s) {
-    const int64_t nf = m->num_features;
-    memset(s->ranks, 0, (size_t)nf * RK_LANES);
-    int64_t ne = 0;
-    for (int lane = 0; lane < rows; ++lane) {
-        const double *row = x + (int64_t)lane * nf;
-        for (int64_t f = 0; f < nf; ++f) {
-            const uint8_t kind = m->kind[f];
-            if (kind == 0) {
-                continue;
-            }
-            const double v = row[f];
-            if (kind & 1) {
-                uint8_t r;
-                if (v == s->last_v[f]) {
-                    r = s->last_r[f]; /* only ordinary values are remembered */
-                } else if (isnan(v)) {
-                    if (m->scan_zero[f] & 1) {
-                        r = m->zero_rank[f];
-                    } else {
-                        r = 0;
-                        if (m->has_nan[f]) {
-                            s->events[ne++] = (EV_NAN << 30) | ((uint32_t)f << 6) | (uint32_t)lane;
-                        }
-                    }
-                } else if (is_zero(v)) {
-                    if (m->scan_zero[f] & 2) {
-                        r = m->zero_rank[f];
-                    } else {
-                        r = 0;
-                        if (m->has_zero[f]) {
-                            s->events[ne++] = (EV_ZERO << 30) | ((uint32_t)f << 6) | (uint32_t)lane;
-                        }
-                    }
-                } else {
-                    r = rank_of_padded(m->thr_pad + f * 256, v);
-                    s->last_v[f] = v;
-                    s->last_r[f] = r;
-                }
-                s->ranks[f * RK_LANES + lane] = r;
-            }
-            if (kind & 2) {
-                s->events[ne++] = (EV_CAT << 30) | ((uint32_t)f << 6) | (uint32_t)lane;
-            }
-        }
-    }
+   number of events. Lanes past `rows` keep rank 0 (no false node) and no events. One body per
+   ISA (RANK is the rank search it inlines). */
+#define RK_BIN_BODY(RANK)                                                                        \
+    const int64_t nf = m->num_features;                                                          \
+    memset(s->ranks, 0, (size_t)nf * RK_LANES);                                                  \
+    int64_t ne = 0;                                                                              \
+    /* Feature by feature, so that the feature's thresholds stay in L1 across the lanes. */     \
+    for (int64_t f = 0; f < nf; ++f) {                                                           \
+        const uint8_t kind = m->kind[f];                                                         \
+        if (kind == 0) {                                                                         \
+            continue;                                                                            \
+        }                                                                                        \
+        for (int lane = 0; lane < rows; ++lane) {                                                \
+            const double v = x[(int64_t)lane * nf + f];                                          \
+            if (kind & 1) {                                                                      \
+                uint8_t r;                                                                       \
+                if (v == s->last_v[f]) {                                                         \
+                    r = s->last_r[f]; /* only ordinary values are remembered */                 \
+                } else if (isnan(v)) {                                                           \
+                    if (m->scan_zero[f] & 1) {                                                   \
+                        r = m->zero_rank[f];                                                     \
+                    } else {                                                                     \
+                        r = 0;                                                                   \
+                        if (m->has_nan[f]) {                                                     \
+                            s->events[ne++] = (EV_NAN << 30) | ((uint32_t)f << 6) | (uint32_t)lane; \
+                        }                                                                        \
+                    }                                                                            \
+                } else if (is_zero(v)) {                                                         \
+                    if (m->scan_zero[f] & 2) {                                                   \
+                        r = m->zero_rank[f];                                                     \
+                    } else {                                                                     \
+                        r = 0;                                                                   \
+                        if (m->has_zero[f]) {                                                    \
+                            s->events[ne++] = (EV_ZERO << 30) | ((uint32_t)f << 6) | (uint32_t)lane; \
+                        }                                                                        \
+                    }                                                                            \
+                } else {                                                                         \
+                    r = RANK(m, f, v);                                                           \
+                    s->last_v[f] = v;                                                            \
+                    s->last_r[f] = r;                                                            \
+                }                                                                                \
+                s->ranks[f * RK_LANES + lane] = r;                                               \
+            }                                                                                    \
+            if (kind & 2) {                                                                      \
+                s->events[ne++] = (EV_CAT << 30) | ((uint32_t)f << 6) | (uint32_t)lane;          \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
     return ne;
-}
 
 /* Sets the block's byte vectors to all ones and applies the per-document lists. */
 static void start_block(const RankEnsembleObject *m, int64_t b, const double *x,
@@ -275,6 +267,27 @@ static const uint8_t rk_ctz_hi[64] __attribute__((aligned(64))) = {RK_CTZ_HI, RK
 #if RK_X86
 /* ---------------------------------------------------------------------------------------- */
 /* AVX-512 (F + BW): the 64 documents of a pass in one 512-bit vector of bytes              */
+
+/* Rank of ordinary x: the pivots below x pick the run of 16 thresholds that holds the rank,
+   and the thresholds of that run below x finish it (both exact double compares). */
+__attribute__((target("avx512f,avx512bw,popcnt"))) static inline uint8_t
+rank_avx512(const RankEnsembleObject *m, int64_t f, double v) {
+    const __m512d xv = _mm512_set1_pd(v);
+    const double *pv = m->pivots + f * 16;
+    const uint32_t c1 = (uint32_t)__builtin_popcount(
+        (uint32_t)_mm512_cmp_pd_mask(_mm512_load_pd(pv), xv, _CMP_LT_OQ) |
+        ((uint32_t)_mm512_cmp_pd_mask(_mm512_load_pd(pv + 8), xv, _CMP_LT_OQ) << 8));
+    const double *tb = m->thr_pad + f * 256 + 16 * c1;
+    const uint32_t c2 = (uint32_t)__builtin_popcount(
+        (uint32_t)_mm512_cmp_pd_mask(_mm512_load_pd(tb), xv, _CMP_LT_OQ) |
+        ((uint32_t)_mm512_cmp_pd_mask(_mm512_load_pd(tb + 8), xv, _CMP_LT_OQ) << 8));
+    return (uint8_t)(16 * c1 + c2);
+}
+
+__attribute__((target("avx512f,avx512bw,popcnt"))) static int64_t
+bin_block_avx512(const RankEnsembleObject *m, const double *x, int rows, rk_scratch *s) {
+    RK_BIN_BODY(rank_avx512)
+}
 
 __attribute__((target("avx512f,avx512bw"))) static inline void
 scan_avx512(const RankEnsembleObject *m, int64_t b, const rk_scratch *s) {
@@ -335,6 +348,32 @@ add_leaves_avx512(const double *leaf, const uint8_t *idx, int rows, double *acc)
 
 /* ---------------------------------------------------------------------------------------- */
 /* AVX2: the same with two 256-bit halves; signed byte compares on ranks biased by 0x80       */
+
+static inline uint32_t lt_mask16_avx2(const double *t, __m256d xv)
+    __attribute__((target("avx2")));
+static inline uint32_t lt_mask16_avx2(const double *t, __m256d xv) {
+    uint32_t bits = 0;
+    for (int q = 0; q < 4; ++q) {
+        bits |= (uint32_t)_mm256_movemask_pd(_mm256_cmp_pd(_mm256_load_pd(t + 4 * q), xv,
+                                                           _CMP_LT_OQ))
+                << (4 * q);
+    }
+    return bits;
+}
+
+__attribute__((target("avx2,popcnt"))) static inline uint8_t
+rank_avx2(const RankEnsembleObject *m, int64_t f, double v) {
+    const __m256d xv = _mm256_set1_pd(v);
+    const uint32_t c1 = (uint32_t)__builtin_popcount(lt_mask16_avx2(m->pivots + f * 16, xv));
+    const uint32_t c2 =
+        (uint32_t)__builtin_popcount(lt_mask16_avx2(m->thr_pad + f * 256 + 16 * c1, xv));
+    return (uint8_t)(16 * c1 + c2);
+}
+
+__attribute__((target("avx2,popcnt"))) static int64_t
+bin_block_avx2(const RankEnsembleObject *m, const double *x, int rows, rk_scratch *s) {
+    RK_BIN_BODY(rank_avx2)
+}
 
 __attribute__((target("avx2"))) static inline void scan_avx2(const RankEnsembleObject *m,
                                                              int64_t b, const rk_scratch *s) {
@@ -429,6 +468,7 @@ __attribute__((target("avx2"))) static void block_avx2(const RankEnsembleObject 
 #endif /* RK_X86 */
 
 typedef struct {
+    int64_t (*bin)(const RankEnsembleObject *, const double *, int, rk_scratch *);
     void (*block)(const RankEnsembleObject *, int64_t, const rk_scratch *, int);
 } rk_kernel;
 
@@ -441,11 +481,11 @@ static void detect_kernels(void) {
 #if RK_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) {
-        g_kernels[RK_KERNEL_AVX2] = (rk_kernel){block_avx2};
+        g_kernels[RK_KERNEL_AVX2] = (rk_kernel){bin_block_avx2, block_avx2};
         g_have[RK_KERNEL_AVX2] = 1;
     }
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
-        g_kernels[RK_KERNEL_AVX512] = (rk_kernel){block_avx512};
+        g_kernels[RK_KERNEL_AVX512] = (rk_kernel){bin_block_avx512, block_avx512};
         g_have[RK_KERNEL_AVX512] = 1;
     }
 #endif
@@ -478,7 +518,7 @@ static int score_rows(const RankEnsembleObject *m, const rk_kernel *kn, const do
     for (int64_t r0 = 0; r0 < n; r0 += RK_LANES) {
         const int rows = (int)((n - r0) < RK_LANES ? (n - r0) : RK_LANES);
         const double *xb = x + r0 * nf;
-        const int64_t ne = bin_block(m, xb, rows, &s);
+        const int64_t ne = kn->bin(m, xb, rows, &s);
         memset(s.acc, 0, sizeof(double) * (size_t)K * RK_LANES);
         for (int64_t b = 0; b < m->num_blocks; ++b) {
             const int64_t nvecs = m->tree_vec[m->block_tree[b + 1]] - m->tree_vec[m->block_tree[b]];
@@ -509,6 +549,7 @@ done:
 static void RankEnsemble_dealloc(RankEnsembleObject *self) {
     free(self->recs);
     free(self->thr_pad);
+    free(self->pivots);
     free(self->zero_rank);
     free(self->kind);
     free(self->has_nan);
@@ -703,11 +744,12 @@ static PyObject *RankEnsemble_new(PyTypeObject *type, PyObject *args, PyObject *
         goto error;
     }
     self->zero_rank = malloc((size_t)nf);
-    self->thr_pad = malloc(sizeof(double) * 256 * (size_t)nf);
+    self->thr_pad = aligned_alloc(64, sizeof(double) * 256 * (size_t)nf);
+    self->pivots = aligned_alloc(64, sizeof(double) * 16 * (size_t)nf);
     self->kind = calloc((size_t)nf, 1);
     self->has_nan = calloc((size_t)nf, 1);
     self->has_zero = calloc((size_t)nf, 1);
-    if (!self->zero_rank || !self->thr_pad || !self->kind || !self->has_nan || !self->has_zero) {
+    if (!self->zero_rank || !self->thr_pad || !self->pivots || !self->kind || !self->has_nan || !self->has_zero) {
         PyErr_NoMemory();
         goto error;
     }
@@ -726,6 +768,9 @@ static PyObject *RankEnsemble_new(PyTypeObject *type, PyObject *args, PyObject *
         self->zero_rank[f] = rank_of(self->thr + a, z - a, 0.0);
         for (int64_t i = 0; i < 256; ++i) {
             self->thr_pad[f * 256 + i] = i < z - a ? self->thr[a + i] : INFINITY;
+        }
+        for (int64_t i = 0; i < 16; ++i) {
+            self->pivots[f * 16 + i] = self->thr_pad[f * 256 + 16 * i + 15];
         }
     }
     const int64_t nseg = self->num_blocks * nf;

@@ -527,8 +527,20 @@ class QuickScorer:
         `matrix` must be a C-contiguous float64 array (n, num_features); anything else raises
         ValueError. `kernel` forces a kernel id from `available_kernels()` (tests, benchmarks).
         """
-        if kernel == -1 and self._rank is not None and _rows(matrix) >= RANK_MIN_ROWS:
-            out = self._rank.predict(matrix, self._auto_rank)
+        n = _rows(matrix)
+        if kernel == -1 and self._rank is not None and n >= RANK_MIN_ROWS:
+            # The rank kernel scores 64 rows per pass; a short last pass costs more than
+            # QuickScorer's 8-row blocks, so a tail of fewer than RANK_MIN_ROWS rows goes there.
+            tail = n % _rankscorer.LANES
+            if tail >= RANK_MIN_ROWS or tail == 0:
+                out = self._rank.predict(matrix, self._auto_rank)
+            else:
+                out = np.concatenate(
+                    [
+                        self._rank.predict(matrix[: n - tail], self._auto_rank),
+                        self._ensemble.predict(matrix[n - tail :], -1),
+                    ]
+                )
         elif kernel >= RANK_KERNEL_BASE:
             if self._rank is None:
                 raise ValueError(
