@@ -33,9 +33,14 @@ def reference(model_text: str, x: Matrix) -> Matrix:
 
 
 def assert_parity(model_text: str, x: Matrix) -> None:
-    """Every kernel available on this CPU gives exactly LightGBM's raw scores."""
+    """Every kernel available on this CPU, and the default choice, give exactly LightGBM's raw
+    scores. The rank kernels are among them unless the model is outside their reach (then
+    `rank_reason` says why)."""
     want = reference(model_text, x)
     scorer = QuickScorer.from_model_text(model_text)
+    if not scorer.rank_reason:
+        assert set(scorer.kernels) == set(available_kernels())
+    np.testing.assert_array_equal(scorer.score(x), want, err_msg="default kernel")
     for name, kernel in scorer.kernels.items():
         got = scorer.score(x, kernel=kernel)
         assert got.shape == want.shape, name

@@ -11,7 +11,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from ranking.scoring.quickscorer import QuickScorer
+from ranking.scoring.quickscorer import QuickScorer, _parse_model
 from tests.scoring.conftest import assert_parity, load_letor, nasty, train
 
 
@@ -158,8 +158,23 @@ def test_categorical_features() -> None:
         "max_cat_threshold": 64,
     }
     text = train(params, x, y, 25, categorical_feature=[0, 1, 4])
-    assert "num_cat=0" in text or "cat_boundaries=" in text
-    assert "cat_threshold=" in text
+    # The model must really split on categories, with bitsets of more than one 32-bit word
+    # (feature 4 has 300 categories), or this test would not test categorical decisions.
+    model = _parse_model(text)
+    cat_nodes = [
+        (tree, n)
+        for tree in model.trees
+        for n in range(tree.num_leaves - 1)
+        if tree.decision_type[n] & 1
+    ]
+    assert len(cat_nodes) >= 10
+    assert {tree.split_feature[n] for tree, n in cat_nodes} >= {0, 4}
+    words = [
+        tree.cat_boundaries[int(tree.threshold[n]) + 1]
+        - tree.cat_boundaries[int(tree.threshold[n])]
+        for tree, n in cat_nodes
+    ]
+    assert max(words) >= 2
     extra = rng.normal(size=(200, 6))
     # Categories: unseen, negative, fractional, huge, NaN, 1e-40 (rounded to category 0).
     extra[:, 0] = rng.choice(
