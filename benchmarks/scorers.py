@@ -1,29 +1,37 @@
-"""Scoring engines side by side: LightGBM, QuickScorer, and compiled alternatives.
+"""Scoring engines side by side: LightGBM, QuickScorer's kernels, and compiled alternatives.
 
     python benchmarks/scorers.py                       # full run, writes benchmarks/results/
     python benchmarks/scorers.py --quick               # fewer repetitions, no alternatives
     python benchmarks/scorers.py --alt-python /tmp/venv-alt/bin/python
 
-Two models: "r200" (the service's shape: 64 features, 500 trees x 63 leaves, LambdaRank on 50k
-synthetic rows) and "small" (200 trees x 31 leaves). Both are trained once and cached.
+Models: "r200" is the R200 scenario's own model (the demo world's 500 trees x 63 leaves
+LambdaRank over 64 features, built and cached by benchmarks/world.py), scored on two row sets:
+"realistic", the matrices the service assembles for R200 requests (Zipf users and items with
+1 % unknown ids, the scenario's context, the bundle's defaults for what is missing; rows 0-199
+are one request, 1,000 rows five), and "random" (standard normal values). Traversal cost depends
+on the data, so both are reported. "synthetic" (the same shape trained on synthetic rows, scored
+on its own distribution) and "small" (200 x 31) are optional (`--models`).
 
-Every figure is a median over interleaved rounds (each round calls every engine once, so
-background load hits all engines alike), quoted as ms per call and ns per row per tree, with
-the ratio to `Booster.predict` measured in the same process. In-process engines: LightGBM's
-`Booster.predict`, LightGBM's C API through ctypes, QuickScorer with each kernel this CPU has.
-Alternatives that would pollute the service's environment (lleaves + llvmlite, ONNX Runtime,
-treelite + tl2cgen) run in a worker process under another interpreter (a virtualenv outside the
-repo, `--alt-python`), which measures `Booster.predict` again for its own ratios; one that
-cannot be imported or compiled in time is reported as "not run: <reason>".
+Every figure is a median over interleaved rounds (each round calls every engine, in a random
+order, so background load hits all engines alike), quoted as ms per call and ns per row per tree,
+with the ratio to `Booster.predict` measured in the same process. In-process engines: LightGBM's
+`Booster.predict`, LightGBM's C API through ctypes, QuickScorer's default choice ("quickscorer")
+and each of its kernels this CPU has. Alternatives that would pollute the service's environment
+(lleaves + llvmlite, ONNX Runtime, treelite + tl2cgen, oneDAL) run in a worker process under
+another interpreter (a virtualenv outside the repo, `--alt-python`), which measures
+`Booster.predict` again for its own ratios; one that cannot be imported or compiled in time is
+reported as "not run: <reason>".
 
 The worker mode (`--worker`) needs only numpy and lightgbm, so the module imports nothing else
 at top level. The side virtualenv used for the committed results:
 
     python -m venv /tmp/venv-alt
     /tmp/venv-alt/bin/pip install "numpy<2.3" lightgbm==4.7.0 lleaves==1.3.0 llvmlite==0.44.0 \
-        onnxmltools onnxruntime onnx "treelite>=4.4" "tl2cgen>=1.0"
+        onnxmltools onnxruntime onnx "treelite>=4.4" "tl2cgen>=1.0" scikit-learn-intelex
 
-(lleaves 1.3 needs llvmlite 0.44; newer llvmlite lacks `PassManagerBuilder`.) Compiled
+(lleaves 1.3 needs llvmlite 0.44; newer llvmlite lacks `PassManagerBuilder`. oneDAL's
+`daal4py.mb.convert_model` refuses ranking objectives, so its model is the same text with the
+objective relabelled as regression; the trees, hence the raw scores, are the same.) Compiled
 libraries are cached beside the models (~/.cache/ranking-bench/scorers), with their compile
 times, and rebuilt when the model file is newer.
 """
@@ -36,6 +44,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,8 +61,11 @@ DEFAULT_CACHE = Path.home() / ".cache" / "ranking-bench" / "scorers"
 MODELS = {
     # name: (trees, leaves)
     "r200": (500, 63),
+    "synthetic": (500, 63),
     "small": (200, 31),
 }
+#: The row sets of each model (see the module docstring).
+DATASETS = {"r200": ("realistic", "random"), "synthetic": ("own",), "small": ("own",)}
 NUM_FEATURES = 64
 TRAIN_ROWS = 50_000
 DOCS_PER_QUERY = 100
@@ -81,10 +93,39 @@ def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def model_path(cache: Path, name: str) -> Path:
     trees, leaves = MODELS[name]
-    return cache / f"{name}-{trees}x{leaves}-f{NUM_FEATURES}-n{TRAIN_ROWS}.txt"
+    stem = "r200" if name == "synthetic" else name  # the file name of earlier runs
+    return cache / f"{stem}-{trees}x{leaves}-f{NUM_FEATURES}-n{TRAIN_ROWS}.txt"
+
+
+def r200_world() -> Any:
+    """The R200 scenario's world (trained and cached by benchmarks/world.py on first use)."""
+    sys.path.insert(0, str(HERE.parent))
+    from benchmarks.scenario import find_scenario, load_scenario
+    from benchmarks.world import prepare_world
+
+    scenario = load_scenario(find_scenario("r200"))
+    return scenario, prepare_world(scenario.world)
+
+
+def realistic_rows(requests: int, seed: int) -> np.ndarray:
+    """The matrices the service assembles for `requests` R200 requests, stacked."""
+    from benchmarks.world import MatrixBuilder
+
+    scenario, world = r200_world()
+    builder = MatrixBuilder(world)
+    rng = np.random.default_rng(seed)
+    mix = scenario.mix
+    mats = [
+        builder.matrix(user, mix.draw_candidates(rng, 200), mix.context)
+        for user in mix.draw_users(rng, requests)
+    ]
+    return np.ascontiguousarray(np.vstack(mats), dtype=np.float64)
 
 
 def ensure_model(cache: Path, name: str) -> Path:
+    if name == "r200":
+        _, world = r200_world()
+        return Path(world.model_file)
     path = model_path(cache, name)
     if path.exists():
         return path
@@ -279,6 +320,40 @@ def alt_onnx(model_file: Path, cache: Path, timeout_s: float) -> tuple[Scores, d
     return predict, info
 
 
+def relabel_as_regression(model_text: str) -> str:
+    """The model text with its objective relabelled as regression (header and parameters);
+    the trees, and so the raw scores, are untouched."""
+    text = re.sub(r"^objective=.*$", "objective=regression", model_text, flags=re.M)
+    return re.sub(r"^\[objective: .*\]$", "[objective: regression]", text, flags=re.M)
+
+
+def alt_onedal(model_file: Path, cache: Path, timeout_s: float) -> tuple[Scores, dict[str, Any]]:
+    del cache, timeout_s
+    from importlib.metadata import version
+
+    import daal4py as d4p
+    import lightgbm as lgb
+
+    d4p.daalinit(1)  # one thread, like every other engine here
+    text = model_file.read_text()
+    relabelled = relabel_as_regression(text)
+    note = "objective relabelled as regression (oneDAL refuses ranking objectives)"
+    if relabelled == text:
+        note = ""
+    t0 = time.perf_counter()
+    model = d4p.mb.convert_model(lgb.Booster(model_str=relabelled))
+    info = {
+        "compile": f"convert {time.perf_counter() - t0:.1f} s",
+        "note": note,
+        "version": f"scikit-learn-intelex {version('scikit-learn-intelex')}",
+    }
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(x), dtype=np.float64).reshape(-1)
+
+    return predict, info
+
+
 def alt_tl2cgen(model_file: Path, cache: Path, timeout_s: float) -> tuple[Scores, dict[str, Any]]:
     del timeout_s
     import tl2cgen
@@ -315,14 +390,13 @@ ALTERNATIVES: dict[str, Callable[[Path, Path, float], tuple[Scores, dict[str, An
     "lleaves": alt_lleaves,
     "onnxruntime": alt_onnx,
     "tl2cgen": alt_tl2cgen,
+    "onedal": alt_onedal,
 }
 
 
 def worker(args: argparse.Namespace) -> int:
     """Runs in the alternative interpreter: one alternative on one model, plus LightGBM."""
     model_file = Path(args.model)
-    data = np.load(args.data)
-    batches = {int(b): np.ascontiguousarray(data[: int(b)]) for b in args.batches.split(",")}
     lgb_engines, booster = lightgbm_engines(model_file)
     result: dict[str, Any] = {"alternative": args.worker}
     try:
@@ -331,11 +405,18 @@ def worker(args: argparse.Namespace) -> int:
         result["status"] = f"not run: {type(exc).__name__}: {str(exc)[:200]}"
         print(json.dumps(result))
         return 0
-    x = batches[max(batches)]
-    result["max_abs_diff"] = max_gap(fn(x), lgb_engines["lightgbm"](x))
     result.update(info)
     engines = {"lightgbm": lgb_engines["lightgbm"], args.worker: fn}
-    result["timings"] = measure(engines, batches, args.reps)
+    result["datasets"] = {}
+    for item in args.data.split(","):
+        dataset, path = item.split("=", 1)
+        data = np.load(path)
+        batches = {int(b): np.ascontiguousarray(data[: int(b)]) for b in args.batches.split(",")}
+        x = batches[max(batches)]
+        result["datasets"][dataset] = {
+            "max_abs_diff": max_gap(fn(x), lgb_engines["lightgbm"](x)),
+            "timings": measure(engines, batches, args.reps),
+        }
     result["status"] = "ok"
     del booster
     print(json.dumps(result))
@@ -343,7 +424,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def run_alternative(
-    alt_python: str, name: str, model_file: Path, data_file: Path, args: argparse.Namespace
+    alt_python: str, name: str, model_file: Path, data: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     cmd = [
         alt_python,
@@ -353,7 +434,7 @@ def run_alternative(
         "--model",
         str(model_file),
         "--data",
-        str(data_file),
+        data,
         "--batches",
         ",".join(str(b) for b in args.batch_sizes),
         "--reps",
@@ -369,7 +450,7 @@ def run_alternative(
             cmd,
             capture_output=True,
             text=True,
-            timeout=args.compile_timeout + 300,
+            timeout=args.compile_timeout + 900,
             env=env,
             check=False,
         )
@@ -414,6 +495,7 @@ def machine_info() -> dict[str, Any]:
 
 def row(
     model: str,
+    dataset: str,
     engine: str,
     rows: int,
     trees: int,
@@ -426,6 +508,7 @@ def row(
     med = timing["median_s"]
     return {
         "model": model,
+        "dataset": dataset,
         "engine": engine,
         "process": process,
         "rows": rows,
@@ -441,19 +524,46 @@ def row(
     }
 
 
+def datasets(name: str, rows: int) -> dict[str, np.ndarray]:
+    """The row sets of a model, `rows` rows each (see the module docstring)."""
+    if name == "r200":
+        realistic = realistic_rows(-(-rows // 200), seed=7)[:rows]
+        random = np.random.default_rng(99).normal(size=(rows, NUM_FEATURES))
+        return {"realistic": realistic, "random": np.ascontiguousarray(random)}
+    own, _ = synthetic(rows, seed=99)
+    return {"own": np.ascontiguousarray(own)}
+
+
+def build_time_ms(model_text: str, rounds: int = 5) -> float:
+    """Median time of `QuickScorer.from_model_text` from the text (parse, QuickScorer's and the
+    rank kernel's arrays), each round on a text with one more trailing newline so that the
+    memo keyed by the text's hash cannot serve it."""
+    from ranking.scoring.quickscorer import QuickScorer
+
+    times = []
+    for i in range(rounds):
+        text = model_text + "\n" * (i + 1)
+        t0 = time.perf_counter()
+        QuickScorer.from_model_text(text)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--models", default="r200,small")
+    parser.add_argument("--models", default="r200")
     parser.add_argument(
-        "--batch-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[200, 1000]
+        "--batch-sizes",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[1, 7, 50, 200, 1000],
     )
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--alt-python", default="/tmp/venv-alt/bin/python")
-    parser.add_argument("--alternatives", default="lleaves,onnxruntime,tl2cgen")
+    parser.add_argument("--alternatives", default="lleaves,onnxruntime,tl2cgen,onedal")
     parser.add_argument("--compile-timeout", type=float, default=240.0)
     parser.add_argument("--quick", action="store_true", help="50 reps, no alternatives")
     # worker mode
@@ -469,56 +579,61 @@ def main(argv: list[str] | None = None) -> int:
         args.reps = 50
         args.alternatives = ""
 
-    from ranking.scoring.quickscorer import QuickScorer, available_kernels
+    sys.path.insert(0, str(HERE.parent))
+    from ranking.scoring.quickscorer import QuickScorer
 
     info = machine_info()
     print(f"{info['cpu']}, {info['cores']} cores, load {info['load_average_at_start']}", flush=True)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    x_test, _ = synthetic(max(args.batch_sizes), seed=99)
-    x_test = np.ascontiguousarray(x_test)
     results: list[dict[str, Any]] = []
     alternatives: list[dict[str, Any]] = []
     builds: dict[str, float] = {}
+    kernels: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data_file = Path(tmp) / "x.npy"
-        np.save(data_file, x_test)
         for name in args.models.split(","):
             path = ensure_model(args.cache_dir, name)
             text = path.read_text()
             trees = MODELS[name][0]
-            t0 = time.perf_counter()
+            builds[name] = build_time_ms(text)
             qs = QuickScorer.from_model_text(text)
-            builds[name] = time.perf_counter() - t0
+            kernels[name] = f"{qs.kernel} from 16 rows, {qs.small_kernel} below"
             engines, booster = lightgbm_engines(path)
             engines["lightgbm-capi"] = capi_engine(booster)
             engines["quickscorer"] = qs.score
-            for kname, kid in available_kernels().items():
+            for kname, kid in qs.kernels.items():
                 engines[f"quickscorer[{kname}]"] = lambda x, k=kid, s=qs: s.score(x, kernel=k)
-            batches = {b: np.ascontiguousarray(x_test[:b]) for b in args.batch_sizes}
-            want = engines["lightgbm"](x_test)
-            gaps = {e: max_gap(fn(x_test), want) for e, fn in engines.items()}
-            print(
-                f"{name}: QuickScorer built in {builds[name] * 1e3:.0f} ms ({qs.kernel}); "
-                "measuring ...",
-                flush=True,
-            )
-            timings = measure(engines, batches, args.reps)
-            for engine, per_batch in timings.items():
-                for rows, timing in per_batch.items():
-                    note = f"auto = {qs.kernel}" if engine == "quickscorer" else ""
-                    results.append(
-                        row(
-                            name,
-                            engine,
-                            rows,
-                            trees,
-                            timing,
-                            timings["lightgbm"][rows],
-                            "main",
-                            gaps[engine],
-                            note,
+            data_args = []
+            for dataset, x_all in datasets(name, max(args.batch_sizes)).items():
+                data_file = Path(tmp) / f"{name}-{dataset}.npy"
+                np.save(data_file, x_all)
+                data_args.append(f"{dataset}={data_file}")
+                batches = {b: np.ascontiguousarray(x_all[:b]) for b in args.batch_sizes}
+                want = engines["lightgbm"](x_all)
+                gaps = {e: max_gap(fn(x_all), want) for e, fn in engines.items()}
+                print(
+                    f"{name} / {dataset}: built in {builds[name]:.0f} ms ({kernels[name]}); "
+                    "measuring ...",
+                    flush=True,
+                )
+                timings = measure(engines, batches, args.reps)
+                for engine, per_batch in timings.items():
+                    for rows, timing in per_batch.items():
+                        note = kernels[name] if engine == "quickscorer" else ""
+                        base = timings["lightgbm"][rows]
+                        results.append(
+                            row(
+                                name,
+                                dataset,
+                                engine,
+                                rows,
+                                trees,
+                                timing,
+                                base,
+                                "main",
+                                gaps[engine],
+                                note,
+                            )
                         )
-                    )
             for alt in filter(None, args.alternatives.split(",")):
                 if not Path(args.alt_python).exists():
                     alternatives.append(
@@ -530,41 +645,44 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     continue
                 print(f"{name}: {alt} in {args.alt_python} ...", flush=True)
-                res = run_alternative(args.alt_python, alt, path, data_file, args)
+                res = run_alternative(args.alt_python, alt, path, ",".join(data_args), args)
                 res["model"] = name
                 alternatives.append(res)
                 if res.get("status") != "ok":
                     print(f"  {res['status']}", flush=True)
                     continue
-                for rows, timing in res["timings"][alt].items():
-                    base = res["timings"]["lightgbm"][rows]
-                    note = "; ".join(str(res[k]) for k in ("compile", "note") if k in res)
-                    results.append(
-                        row(
-                            name,
-                            alt,
-                            int(rows),
-                            trees,
-                            timing,
-                            base,
-                            f"worker:{alt}",
-                            res["max_abs_diff"],
-                            note,
+                note = "; ".join(str(res[k]) for k in ("version", "compile", "note") if res.get(k))
+                for dataset, dres in res["datasets"].items():
+                    for rows, timing in dres["timings"][alt].items():
+                        base = dres["timings"]["lightgbm"][rows]
+                        results.append(
+                            row(
+                                name,
+                                dataset,
+                                alt,
+                                int(rows),
+                                trees,
+                                timing,
+                                base,
+                                f"worker:{alt}",
+                                dres["max_abs_diff"],
+                                note,
+                            )
                         )
-                    )
-                    results.append(
-                        row(
-                            name,
-                            "lightgbm",
-                            int(rows),
-                            trees,
-                            base,
-                            base,
-                            f"worker:{alt}",
-                            0.0,
-                            "same-process baseline",
+                        results.append(
+                            row(
+                                name,
+                                dataset,
+                                "lightgbm",
+                                int(rows),
+                                trees,
+                                base,
+                                base,
+                                f"worker:{alt}",
+                                0.0,
+                                "same-process baseline",
+                            )
                         )
-                    )
     info["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     doc = {
         "machine": info,
@@ -572,10 +690,16 @@ def main(argv: list[str] | None = None) -> int:
             "reps": args.reps,
             "batch_sizes": args.batch_sizes,
             "models": {
-                m: {"trees": MODELS[m][0], "leaves": MODELS[m][1], "features": NUM_FEATURES}
+                m: {
+                    "trees": MODELS[m][0],
+                    "leaves": MODELS[m][1],
+                    "features": NUM_FEATURES,
+                    "datasets": list(DATASETS[m]),
+                }
                 for m in args.models.split(",")
             },
-            "quickscorer_build_ms": {m: round(v * 1e3, 1) for m, v in builds.items()},
+            "quickscorer_build_ms": {m: round(v, 1) for m, v in builds.items()},
+            "quickscorer_default_kernel": kernels,
         },
         "results": results,
         "alternatives": alternatives,
@@ -587,46 +711,126 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _find(doc: dict[str, Any], **keys: Any) -> dict[str, Any] | None:
+    for r in doc["results"]:
+        if all(r.get(k) == v for k, v in keys.items()):
+            return r
+    return None
+
+
+def _gap(r: dict[str, Any] | None) -> str:
+    if r is None or r["max_abs_diff"] is None:
+        return "-"
+    return "0" if r["max_abs_diff"] == 0 else f"{r['max_abs_diff']:.2g}"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     s = doc["settings"]
+    engines = list(dict.fromkeys(r["engine"] for r in doc["results"]))
     lines = [
         "# Scoring engines",
         "",
-        f"{m['date_utc']} UTC; {m['cpu']}, {m['cores']} cores; Python {m['python']}, "
-        f"LightGBM {m['lightgbm']}, numpy {m['numpy']}. Load average {m['load_average_at_start']} "
-        f"at start, {m.get('load_average_at_end')} at end (other work shared the machine).",
+        f"{m['date_utc']} UTC; {m['cpu']}, {m['cores']} cores (a VM shared with other work); "
+        f"Python {m['python']}, LightGBM {m['lightgbm']}, numpy {m['numpy']}. Load average "
+        f"{m['load_average_at_start']} at start, {m.get('load_average_at_end')} at end.",
         "",
         f"Median of {s['reps']} interleaved rounds per batch, one thread, float64 input. Each "
         "round calls every engine twice in a row, in a random order: `median ms` is the second "
         "(warm) call, `cold ms` the first, made right after another engine cooled its caches "
         "and branch predictors, as other work does in the service. `x LightGBM` is the ratio to "
         "`Booster.predict(raw_score=True)` timed in the same process (worker rows: the "
-        "alternative's own process). QuickScorer builds in "
+        "alternative's own process). QuickScorer builds from the model text in "
         + ", ".join(f"{k}: {v:.0f} ms" for k, v in s["quickscorer_build_ms"].items())
+        + " (parse, QuickScorer's arrays and the rank kernel's); its default kernel: "
+        + "; ".join(f"{k}: {v}" for k, v in s["quickscorer_default_kernel"].items())
         + ".",
+    ]
+    for model in s["models"]:
+        for dataset in s["models"][model]["datasets"]:
+            lines += _summary(doc, model, dataset, engines)
+    lines += [
         "",
-        "| model | engine | rows | median ms | p10-p90 ms | ns/row/tree | x LightGBM "
+        "## Every measurement",
+        "",
+        "| model | rows from | engine | rows | median ms | p10-p90 ms | ns/row/tree | x LightGBM "
         "| cold ms | cold x LightGBM | max abs diff | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in doc["results"]:
         if r["process"] != "main" and r["engine"] == "lightgbm":
             engine = f"lightgbm ({r['process']})"
         else:
             engine = r["engine"]
-        gap = "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2g}"
         lines.append(
-            f"| {r['model']} | {engine} | {r['rows']} | {r['median_ms']:.3f} | "
+            f"| {r['model']} | {r['dataset']} | {engine} | {r['rows']} | {r['median_ms']:.3f} | "
             f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f} | {r['ns_per_row_tree']:.1f} | "
             f"{r['speedup_vs_lightgbm']:.1f} | {r['cold_median_ms']:.3f} | "
-            f"{r['cold_speedup_vs_lightgbm']:.1f} | {gap} | {r['note']} |"
+            f"{r['cold_speedup_vs_lightgbm']:.1f} | {_gap(r)} | {r['note']} |"
         )
     skipped = [a for a in doc["alternatives"] if a.get("status") != "ok"]
     if skipped:
         lines += ["", "Not run:", ""]
         lines += [f"- {a['model']} / {a['alternative']}: {a['status']}" for a in skipped]
     return "\n".join(lines) + "\n"
+
+
+def _summary(doc: dict[str, Any], model: str, dataset: str, engines: list[str]) -> list[str]:
+    """At 200 rows: every engine with its ratios; then ns/row/tree per batch size."""
+    batches = doc["settings"]["batch_sizes"]
+    ref = 200 if 200 in batches else max(batches)
+    auto = _find(doc, model=model, dataset=dataset, engine="quickscorer", rows=ref)
+    peers = {
+        p: _find(doc, model=model, dataset=dataset, engine=p, rows=ref)
+        for p in ("onedal", "lleaves")
+    }
+    head = " | ".join(f"ours x {p}" for p in peers)
+    lines = [
+        "",
+        f"## {model}, {dataset} rows, {ref} rows per call",
+        "",
+        "`ours x peer` divides the peer's time by QuickScorer's default (each first normalised "
+        "by `Booster.predict` timed in its own process, so machine drift between the two "
+        "processes cancels).",
+        "",
+        f"| engine | median ms | ns/row/tree | x LightGBM | {head} | max abs diff | notes |",
+        "|---|---:|---:|---:|" + "---:|" * len(peers) + "---:|---|",
+    ]
+    for engine in engines:
+        r = _find(doc, model=model, dataset=dataset, engine=engine, rows=ref)
+        if r is None or (engine == "lightgbm" and r["process"] != "main"):
+            continue
+        ratios = []
+        for p in peers.values():
+            if p is None:
+                ratios.append("-")
+            else:
+                ratios.append(f"{r['speedup_vs_lightgbm'] / p['speedup_vs_lightgbm']:.2f}")
+        bold = "**" if engine == "quickscorer" else ""
+        lines.append(
+            f"| {bold}{engine}{bold} | {r['median_ms']:.3f} | {bold}{r['ns_per_row_tree']:.2f}"
+            f"{bold} | {r['speedup_vs_lightgbm']:.1f} | "
+            + " | ".join(ratios)
+            + f" | {_gap(r)} | {r['note']} |"
+        )
+    del auto
+    lines += [
+        "",
+        f"ns per row per tree by batch size ({model}, {dataset} rows; 50, 200 and 1,000 rows "
+        "end in a partial 64-row pass):",
+        "",
+        "| engine | " + " | ".join(str(b) for b in batches) + " |",
+        "|---|" + "---:|" * len(batches),
+    ]
+    for engine in engines:
+        cells = []
+        for b in batches:
+            r = _find(doc, model=model, dataset=dataset, engine=engine, rows=b)
+            cells.append("-" if r is None else f"{r['ns_per_row_tree']:.2f}")
+        if all(c == "-" for c in cells):
+            continue
+        lines.append(f"| {engine} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -58,9 +58,6 @@
 
 enum { RK_KERNEL_AVX2 = 0, RK_KERNEL_AVX512 = 1, RK_KERNEL_COUNT = 2 };
 
-/* Event kinds for per-document lists (bits 30-31 of an event; feature in bits 6-29, lane 0-5). */
-enum { EV_NAN = 1u, EV_ZERO = 2u, EV_CAT = 3u };
-
 /* A numerical node's leaf-mask record: in lanes whose rank > j (the node is false), clear the
    bits `clear` of the byte vector at byte offset `off` (vector index * 64) of the tree block's
    scratch. Bytes are replicated to 4 so that a dword broadcast (a plain load) spreads them. One
@@ -99,7 +96,11 @@ typedef struct {
     /* Records per segment s = block * num_features + f, ascending j: recs[seg_off[s] ..). */
     const int64_t *seg_off;
     rk_rec *recs; /* owned */
-    /* Per-document lists per segment: records applied to one lane. */
+    /* Lists per segment for NaN and zero values that do not rank like 0.0: their records are
+       applied in the lanes holding such a value (owned copies as rk_rec, j unused). */
+    rk_rec *nan_recs;
+    rk_rec *zero_recs;
+    rk_rec *cat_recs;
     const int64_t *nan_off;
     const uint32_t *nan_vec;
     const uint8_t *nan_clear;
@@ -158,7 +159,15 @@ static inline int cat_goes_left(double x, const uint32_t *bits, int64_t nwords) 
 typedef struct {
     uint8_t *bv;      /* max_block_vecs * 64 bytes */
     uint8_t *ranks;   /* num_features * 64: ranks[f * 64 + lane] */
-    uint32_t *events; /* up to 2 * num_features * 64 */
+    /* Lane masks (0xFF bytes) of the lanes whose value takes feature f's NaN or zero list, and
+       the features that have any such lane in this pass; features with categorical nodes. */
+    uint8_t *nan_lanes;
+    uint8_t *zero_lanes;
+    int64_t *nan_feats;
+    int64_t *zero_feats;
+    int64_t *cat_feats;
+    int64_t n_nan, n_zero, n_cat;
+    uint8_t *cat_false; /* 64: lanes where one categorical node is false */
     double *acc;      /* num_outputs * 64 */
     double *last_v;   /* per feature: last value binned, and its rank (equal values repeat a lot:
                          a request's user and context features are the same on every row) */
@@ -166,19 +175,29 @@ typedef struct {
     uint8_t *leaf_idx; /* 64 */
 } rk_scratch;
 
-/* Bins a block of rows: ranks, and the events that need per-document lists. Returns the
-   number of events. Lanes past `rows` keep rank 0 (no false node) and no events. One body per
-   ISA (RANK is the rank search it inlines). */
+/* Bins a block of rows: ranks, and the lanes that take a NaN or zero list. Lanes past `rows`
+   keep rank 0 (no false node) and take no list. One body per ISA (RANK is the rank search it
+   inlines). */
 #define RK_BIN_BODY(RANK)                                                                        \
     const int64_t nf = m->num_features;                                                          \
     memset(s->ranks, 0, (size_t)nf * RK_LANES);                                                  \
-    int64_t ne = 0;                                                                              \
+    for (int64_t i = 0; i < s->n_nan; ++i) {                                                     \
+        memset(s->nan_lanes + s->nan_feats[i] * RK_LANES, 0, RK_LANES);                          \
+    }                                                                                            \
+    for (int64_t i = 0; i < s->n_zero; ++i) {                                                    \
+        memset(s->zero_lanes + s->zero_feats[i] * RK_LANES, 0, RK_LANES);                        \
+    }                                                                                            \
+    s->n_nan = s->n_zero = s->n_cat = 0;                                                         \
     /* Feature by feature, so that the feature's thresholds stay in L1 across the lanes. */     \
     for (int64_t f = 0; f < nf; ++f) {                                                           \
         const uint8_t kind = m->kind[f];                                                         \
         if (kind == 0) {                                                                         \
             continue;                                                                            \
         }                                                                                        \
+        if (kind & 2) {                                                                          \
+            s->cat_feats[s->n_cat++] = f;                                                        \
+        }                                                                                        \
+        int nan_seen = 0, zero_seen = 0;                                                         \
         for (int lane = 0; lane < rows; ++lane) {                                                \
             const double v = x[(int64_t)lane * nf + f];                                          \
             if (kind & 1) {                                                                      \
@@ -191,7 +210,11 @@ typedef struct {
                     } else {                                                                     \
                         r = 0;                                                                   \
                         if (m->has_nan[f]) {                                                     \
-                            s->events[ne++] = (EV_NAN << 30) | ((uint32_t)f << 6) | (uint32_t)lane; \
+                            s->nan_lanes[f * RK_LANES + lane] = 0xFF;                            \
+                            if (!nan_seen) {                                                     \
+                                nan_seen = 1;                                                    \
+                                s->nan_feats[s->n_nan++] = f;                                    \
+                            }                                                                    \
                         }                                                                        \
                     }                                                                            \
                 } else if (is_zero(v)) {                                                         \
@@ -200,7 +223,11 @@ typedef struct {
                     } else {                                                                     \
                         r = 0;                                                                   \
                         if (m->has_zero[f]) {                                                    \
-                            s->events[ne++] = (EV_ZERO << 30) | ((uint32_t)f << 6) | (uint32_t)lane; \
+                            s->zero_lanes[f * RK_LANES + lane] = 0xFF;                           \
+                            if (!zero_seen) {                                                    \
+                                zero_seen = 1;                                                   \
+                                s->zero_feats[s->n_zero++] = f;                                  \
+                            }                                                                    \
                         }                                                                        \
                     }                                                                            \
                 } else {                                                                         \
@@ -210,50 +237,47 @@ typedef struct {
                 }                                                                                \
                 s->ranks[f * RK_LANES + lane] = r;                                               \
             }                                                                                    \
-            if (kind & 2) {                                                                      \
-                s->events[ne++] = (EV_CAT << 30) | ((uint32_t)f << 6) | (uint32_t)lane;          \
-            }                                                                                    \
         }                                                                                        \
-    }                                                                                            \
-    return ne;
+    }
 
-/* Sets the block's byte vectors to all ones and applies the per-document lists. */
-static void start_block(const RankEnsembleObject *m, int64_t b, const double *x,
-                        const rk_scratch *s, int64_t ne, int64_t nvecs) {
-    uint8_t *bv = s->bv;
-    memset(bv, 0xFF, (size_t)nvecs * RK_LANES);
+/* Lanes (0xFF bytes) where categorical node c is false, from the rows' values. */
+static inline void cat_false_lanes(const RankEnsembleObject *m, int64_t c, int64_t f,
+                                   const double *x, int rows, uint8_t *out) {
     const int64_t nf = m->num_features;
-    for (int64_t e = 0; e < ne; ++e) {
-        const uint32_t ev = s->events[e];
-        const uint32_t kind = ev >> 30;
-        const int64_t f = (ev >> 6) & ((1u << 24) - 1);
-        const int lane = (int)(ev & 63u);
-        const int64_t sg = b * nf + f;
-        if (kind == EV_NAN) {
-            for (int64_t r = m->nan_off[sg]; r < m->nan_off[sg + 1]; ++r) {
-                bv[(int64_t)m->nan_vec[r] * RK_LANES + lane] &= (uint8_t)~m->nan_clear[r];
-            }
-        } else if (kind == EV_ZERO) {
-            for (int64_t r = m->zero_off[sg]; r < m->zero_off[sg + 1]; ++r) {
-                bv[(int64_t)m->zero_vec[r] * RK_LANES + lane] &= (uint8_t)~m->zero_clear[r];
-            }
-        } else {
-            double v = x[(int64_t)lane * nf + f];
-            if (is_zero(v)) {
-                v = 0.0;
-            }
-            for (int64_t c = m->cat_off[sg]; c < m->cat_off[sg + 1]; ++c) {
-                const int64_t b0 = m->cat_bits_off[c];
-                if (cat_goes_left(v, m->cat_bits + b0, m->cat_bits_off[c + 1] - b0)) {
-                    continue;
-                }
-                for (int64_t r = m->cnode_rec[c]; r < m->cnode_rec[c + 1]; ++r) {
-                    bv[(int64_t)m->cat_vec[r] * RK_LANES + lane] &= (uint8_t)~m->cat_clear[r];
-                }
-            }
+    const int64_t b0 = m->cat_bits_off[c];
+    const int64_t nw = m->cat_bits_off[c + 1] - b0;
+    memset(out, 0, RK_LANES);
+    for (int lane = 0; lane < rows; ++lane) {
+        double v = x[(int64_t)lane * nf + f];
+        if (is_zero(v)) {
+            v = 0.0; /* LightGBM's dense path zeroes |x| <= 1e-35 first */
         }
+        out[lane] = cat_goes_left(v, m->cat_bits + b0, nw) ? 0 : 0xFF;
     }
 }
+
+/* Sets the block's byte vectors to all ones and applies the NaN / zero lists and the false
+   categorical nodes in their lanes (APPLY(recs, begin, end, lanes) is the ISA's masked AND). */
+#define RK_START_BODY(APPLY)                                                                     \
+    const int64_t nf = m->num_features;                                                          \
+    const int64_t nvecs = m->tree_vec[m->block_tree[b + 1]] - m->tree_vec[m->block_tree[b]];     \
+    memset(s->bv, 0xFF, (size_t)nvecs * RK_LANES);                                               \
+    for (int64_t i = 0; i < s->n_nan; ++i) {                                                     \
+        const int64_t f = s->nan_feats[i], sg = b * nf + f;                                      \
+        APPLY(s, m->nan_recs, m->nan_off[sg], m->nan_off[sg + 1], s->nan_lanes + f * RK_LANES);  \
+    }                                                                                            \
+    for (int64_t i = 0; i < s->n_zero; ++i) {                                                    \
+        const int64_t f = s->zero_feats[i], sg = b * nf + f;                                     \
+        APPLY(s, m->zero_recs, m->zero_off[sg], m->zero_off[sg + 1],                             \
+              s->zero_lanes + f * RK_LANES);                                                     \
+    }                                                                                            \
+    for (int64_t i = 0; i < s->n_cat; ++i) {                                                     \
+        const int64_t f = s->cat_feats[i], sg = b * nf + f;                                      \
+        for (int64_t c = m->cat_off[sg]; c < m->cat_off[sg + 1]; ++c) {                          \
+            cat_false_lanes(m, c, f, x, rows, s->cat_false);                                     \
+            APPLY(s, m->cat_recs, m->cnode_rec[c], m->cnode_rec[c + 1], s->cat_false);           \
+        }                                                                                        \
+    }
 
 /* ctz of a byte by nibble tables: min(ctz_lo[v & 15], ctz_hi[v >> 4]), 8 for v == 0. The
    tables repeat per 128-bit lane, as (v)pshufb looks up within lanes. */
@@ -284,7 +308,7 @@ rank_avx512(const RankEnsembleObject *m, int64_t f, double v) {
     return (uint8_t)(16 * c1 + c2);
 }
 
-__attribute__((target("avx512f,avx512bw,popcnt"))) static int64_t
+__attribute__((target("avx512f,avx512bw,popcnt"))) static void
 bin_block_avx512(const RankEnsembleObject *m, const double *x, int rows, rk_scratch *s) {
     RK_BIN_BODY(rank_avx512)
 }
@@ -312,6 +336,19 @@ scan_avx512(const RankEnsembleObject *m, int64_t b, const rk_scratch *s) {
             const __m512i cleared = _mm512_andnot_si512(_mm512_set1_epi32((int)rp->clear4), cur);
             _mm512_storeu_si512(p, _mm512_mask_mov_epi8(cur, k, cleared));
         }
+    }
+}
+
+/* recs[begin, end) cleared in the lanes whose byte in `lanes` is 0xFF. */
+__attribute__((target("avx512f,avx512bw"))) static inline void
+apply_avx512(const rk_scratch *s, const rk_rec *recs, int64_t begin, int64_t end,
+             const uint8_t *lanes) {
+    const __m512i kv = _mm512_loadu_si512(lanes);
+    for (int64_t r = begin; r < end; ++r) {
+        uint8_t *p = s->bv + recs[r].off;
+        const __m512i cur = _mm512_loadu_si512(p);
+        _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(
+                                   cur, kv, _mm512_set1_epi32((int)recs[r].clear4), 0x70));
     }
 }
 
@@ -370,7 +407,7 @@ rank_avx2(const RankEnsembleObject *m, int64_t f, double v) {
     return (uint8_t)(16 * c1 + c2);
 }
 
-__attribute__((target("avx2,popcnt"))) static int64_t
+__attribute__((target("avx2,popcnt"))) static void
 bin_block_avx2(const RankEnsembleObject *m, const double *x, int rows, rk_scratch *s) {
     RK_BIN_BODY(rank_avx2)
 }
@@ -405,6 +442,20 @@ __attribute__((target("avx2"))) static inline void scan_avx2(const RankEnsembleO
             _mm256_storeu_si256(p + 1, _mm256_andnot_si256(_mm256_and_si256(c1, cl),
                                                            _mm256_loadu_si256(p + 1)));
         }
+    }
+}
+
+__attribute__((target("avx2"))) static inline void apply_avx2(const rk_scratch *s,
+                                                              const rk_rec *recs, int64_t begin,
+                                                              int64_t end, const uint8_t *lanes) {
+    const __m256i k0 = _mm256_loadu_si256((const __m256i *)lanes);
+    const __m256i k1 = _mm256_loadu_si256((const __m256i *)(lanes + 32));
+    for (int64_t r = begin; r < end; ++r) {
+        __m256i *p = (__m256i *)(s->bv + recs[r].off);
+        const __m256i cl = _mm256_set1_epi32((int)recs[r].clear4);
+        _mm256_storeu_si256(p, _mm256_andnot_si256(_mm256_and_si256(k0, cl), _mm256_loadu_si256(p)));
+        _mm256_storeu_si256(p + 1, _mm256_andnot_si256(_mm256_and_si256(k1, cl),
+                                                       _mm256_loadu_si256(p + 1)));
     }
 }
 
@@ -445,7 +496,8 @@ __attribute__((target("avx2"))) static inline void add_leaves_avx2(const double 
 /* One tree block for one pass of 64 documents: false nodes, then every tree's exit leaves in
    model order (tree t adds to output t % K, as GBDT::PredictRaw does). One body per ISA so that
    the helpers inline into it. */
-#define RK_BLOCK_BODY(SCAN, EXIT, ADD)                                                           \
+#define RK_BLOCK_BODY(APPLY, SCAN, EXIT, ADD)                                                    \
+    RK_START_BODY(APPLY)                                                                         \
     SCAN(m, b, s);                                                                               \
     const int64_t t0 = m->block_tree[b];                                                         \
     const int64_t base = m->tree_vec[t0];                                                        \
@@ -457,19 +509,21 @@ __attribute__((target("avx2"))) static inline void add_leaves_avx2(const double 
     }
 
 __attribute__((target("avx512f,avx512bw"))) static void
-block_avx512(const RankEnsembleObject *m, int64_t b, const rk_scratch *s, int rows) {
-    RK_BLOCK_BODY(scan_avx512, exit_leaves_avx512, add_leaves_avx512)
+block_avx512(const RankEnsembleObject *m, int64_t b, const double *x, const rk_scratch *s,
+             int rows) {
+    RK_BLOCK_BODY(apply_avx512, scan_avx512, exit_leaves_avx512, add_leaves_avx512)
 }
 
 __attribute__((target("avx2"))) static void block_avx2(const RankEnsembleObject *m, int64_t b,
-                                                       const rk_scratch *s, int rows) {
-    RK_BLOCK_BODY(scan_avx2, exit_leaves_avx2, add_leaves_avx2)
+                                                       const double *x, const rk_scratch *s,
+                                                       int rows) {
+    RK_BLOCK_BODY(apply_avx2, scan_avx2, exit_leaves_avx2, add_leaves_avx2)
 }
 #endif /* RK_X86 */
 
 typedef struct {
-    int64_t (*bin)(const RankEnsembleObject *, const double *, int, rk_scratch *);
-    void (*block)(const RankEnsembleObject *, int64_t, const rk_scratch *, int);
+    void (*bin)(const RankEnsembleObject *, const double *, int, rk_scratch *);
+    void (*block)(const RankEnsembleObject *, int64_t, const double *, const rk_scratch *, int);
 } rk_kernel;
 
 static const char *const kernel_names[RK_KERNEL_COUNT] = {"rank-avx2", "rank-avx512"};
@@ -501,13 +555,20 @@ static int score_rows(const RankEnsembleObject *m, const rk_kernel *kn, const do
     const size_t bv_bytes = (size_t)m->max_block_vecs * RK_LANES;
     s.bv = aligned_alloc(64, bv_bytes + 64);
     s.ranks = aligned_alloc(64, (size_t)nf * RK_LANES + 64);
-    s.events = malloc(sizeof(uint32_t) * 2 * (size_t)nf * RK_LANES);
+    s.nan_lanes = calloc((size_t)nf, RK_LANES);
+    s.zero_lanes = calloc((size_t)nf, RK_LANES);
+    s.nan_feats = malloc(sizeof(int64_t) * (size_t)nf);
+    s.zero_feats = malloc(sizeof(int64_t) * (size_t)nf);
+    s.cat_feats = malloc(sizeof(int64_t) * (size_t)nf);
+    s.cat_false = aligned_alloc(64, 64);
+    s.n_nan = s.n_zero = s.n_cat = 0;
     s.acc = aligned_alloc(64, sizeof(double) * (size_t)K * RK_LANES + 64);
     s.last_v = malloc(sizeof(double) * (size_t)nf);
     s.last_r = malloc((size_t)nf);
     s.leaf_idx = aligned_alloc(64, 64);
     int rc = 0;
-    if (!s.bv || !s.ranks || !s.events || !s.acc || !s.last_v || !s.last_r || !s.leaf_idx) {
+    if (!s.bv || !s.ranks || !s.nan_lanes || !s.zero_lanes || !s.nan_feats || !s.zero_feats ||
+        !s.cat_feats || !s.cat_false || !s.acc || !s.last_v || !s.last_r || !s.leaf_idx) {
         rc = -1;
         goto done;
     }
@@ -518,12 +579,10 @@ static int score_rows(const RankEnsembleObject *m, const rk_kernel *kn, const do
     for (int64_t r0 = 0; r0 < n; r0 += RK_LANES) {
         const int rows = (int)((n - r0) < RK_LANES ? (n - r0) : RK_LANES);
         const double *xb = x + r0 * nf;
-        const int64_t ne = kn->bin(m, xb, rows, &s);
+        kn->bin(m, xb, rows, &s);
         memset(s.acc, 0, sizeof(double) * (size_t)K * RK_LANES);
         for (int64_t b = 0; b < m->num_blocks; ++b) {
-            const int64_t nvecs = m->tree_vec[m->block_tree[b + 1]] - m->tree_vec[m->block_tree[b]];
-            start_block(m, b, xb, &s, ne, nvecs);
-            kn->block(m, b, &s, rows);
+            kn->block(m, b, xb, &s, rows);
         }
         for (int lane = 0; lane < rows; ++lane) {
             for (int64_t k = 0; k < K; ++k) {
@@ -535,7 +594,12 @@ static int score_rows(const RankEnsembleObject *m, const rk_kernel *kn, const do
 done:
     free(s.bv);
     free(s.ranks);
-    free(s.events);
+    free(s.nan_lanes);
+    free(s.zero_lanes);
+    free(s.nan_feats);
+    free(s.zero_feats);
+    free(s.cat_feats);
+    free(s.cat_false);
     free(s.acc);
     free(s.last_v);
     free(s.last_r);
@@ -548,6 +612,9 @@ done:
 
 static void RankEnsemble_dealloc(RankEnsembleObject *self) {
     free(self->recs);
+    free(self->nan_recs);
+    free(self->zero_recs);
+    free(self->cat_recs);
     free(self->thr_pad);
     free(self->pivots);
     free(self->zero_rank);
@@ -830,6 +897,32 @@ static PyObject *RankEnsemble_new(PyTypeObject *type, PyObject *args, PyObject *
             fail("list records and their masks must have the same length");
         }
         goto error;
+    }
+    {
+        const struct {
+            rk_rec **dst;
+            const uint32_t *vec;
+            const uint8_t *clear;
+            npy_intp n;
+        } lists[3] = {{&self->nan_recs, self->nan_vec, self->nan_clear, len[A_NAN_VEC]},
+                      {&self->zero_recs, self->zero_vec, self->zero_clear, len[A_ZERO_VEC]},
+                      {&self->cat_recs, self->cat_vec, self->cat_clear, len[A_CAT_VEC]}};
+        for (int li = 0; li < 3; ++li) {
+            if (lists[li].n >= (npy_intp)(UINT32_MAX / RK_LANES)) {
+                fail("too many list records");
+                goto error;
+            }
+            rk_rec *out = malloc(sizeof(rk_rec) * ((size_t)lists[li].n + 1));
+            if (out == NULL) {
+                PyErr_NoMemory();
+                goto error;
+            }
+            *lists[li].dst = out;
+            for (npy_intp r = 0; r < lists[li].n; ++r) {
+                out[r] = (rk_rec){lists[li].vec[r] * RK_LANES, lists[li].clear[r] * 0x01010101u,
+                                  0, 0};
+            }
+        }
     }
     for (int64_t sg = 0; sg < nseg; ++sg) {
         const int64_t f = sg % nf;
