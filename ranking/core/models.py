@@ -66,10 +66,10 @@ class ServingModel:
 ScorerFactory = Callable[[str, str], Scorer]
 
 
-def _default_scorer_factory(model_text: str, engine: str) -> Scorer:
+def _default_scorer_factory(model_text: str, engine: str, model_hash: str | None = None) -> Scorer:
     from ranking.scoring.engines import build_scorer
 
-    return build_scorer(model_text, engine)
+    return build_scorer(model_text, engine, model_hash=model_hash)
 
 
 def build_serving_model(
@@ -86,7 +86,11 @@ def build_serving_model(
     model. Any failure raises BundleError so a reload can refuse the bundle and keep serving.
     """
     try:
-        scorer = scorer_factory(bundle.model_text, engine)
+        if scorer_factory is _default_scorer_factory:
+            # The bundle hashed the model text when it was loaded: build with that digest.
+            scorer = _default_scorer_factory(bundle.model_text, engine, bundle.model_hash)
+        else:
+            scorer = scorer_factory(bundle.model_text, engine)
     except BundleError:
         raise
     except Exception as exc:

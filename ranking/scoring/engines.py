@@ -13,6 +13,7 @@ builds again; nothing is cached on disk.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from ranking.errors import BundleError
 from ranking.scoring.lightgbm_scorer import LightGBMScorer
-from ranking.scoring.quickscorer import QuickScorer
+from ranking.scoring.quickscorer import RANK_MIN_ROWS, QuickScorer
 from ranking.scoring.scorer import Scorer
 
 __all__ = ["ENGINES", "PARITY_TOLERANCE", "build_scorer", "parity_gap"]
@@ -36,35 +37,42 @@ _PROBE_ROWS = 256
 def parity_gap(
     candidate: QuickScorer, reference: LightGBMScorer, num_rows: int = _PROBE_ROWS
 ) -> float:
-    """Largest absolute score difference between the two scorers on the candidate's probe rows
-    (NaN counts as infinitely far unless both are NaN)."""
+    """Largest absolute score difference between the two scorers on the candidate's probe rows,
+    over every kernel the candidate uses by default (NaN counts as infinitely far unless both
+    are NaN)."""
     probe = candidate.probe_matrix(num_rows)
-    got, want = candidate.score(probe), reference.score(probe)
-    if got.shape != want.shape:
-        return float("inf")
-    same_nan = np.isnan(got) & np.isnan(want)
-    diff = np.where(same_nan, 0.0, np.abs(got - want))
-    return float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0))
+    want = reference.score(probe)
+    worst = 0.0
+    for kernel in candidate.default_kernels:
+        got = candidate.score(probe, kernel=kernel)
+        if got.shape != want.shape:
+            return float("inf")
+        same_nan = np.isnan(got) & np.isnan(want)
+        diff = np.where(same_nan, 0.0, np.abs(got - want))
+        worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0)))
+    return worst
 
 
-def build_scorer(model_text: str, engine: str = "auto") -> Scorer:
+def build_scorer(model_text: str, engine: str = "auto", *, model_hash: str | None = None) -> Scorer:
     """A scorer for `model_text`; raises BundleError when the model cannot be loaded, or when
     "quickscorer" is forced on a model it cannot score exactly; ValueError for an unknown
-    engine."""
+    engine. `model_hash`: the text's SHA-256 hex digest if the caller has it (`Bundle.model_hash`);
+    otherwise it is computed here, once for every scorer built."""
     if engine not in ENGINES:
         raise ValueError(f"unknown scoring engine {engine!r}; expected one of {ENGINES}")
+    digest = model_hash or hashlib.sha256(model_text.encode()).hexdigest()
     if engine == "lightgbm":
-        return LightGBMScorer(model_text)
+        return LightGBMScorer(model_text, model_hash=digest)
     started = time.perf_counter()
     try:
-        candidate = QuickScorer.from_model_text(model_text)
+        candidate = QuickScorer.from_model_text(model_text, model_hash=digest)
     except BundleError as exc:
         if engine == "quickscorer":
             raise
         # Unsupported (linear trees, > 256 leaves) or unreadable; LightGBM decides which.
         logger.warning("scoring with LightGBM: %s", exc.message)
-        return LightGBMScorer(model_text)
-    reference = LightGBMScorer(model_text)
+        return LightGBMScorer(model_text, model_hash=digest)
+    reference = LightGBMScorer(model_text, model_hash=digest)
     gap = parity_gap(candidate, reference)
     if gap > PARITY_TOLERANCE:
         if engine == "quickscorer":
@@ -78,9 +86,12 @@ def build_scorer(model_text: str, engine: str = "auto") -> Scorer:
         )
         return reference
     logger.info(
-        "scoring with QuickScorer (%s kernel, %d trees); built and checked in %.0f ms, "
-        "parity gap on %d probe rows: %.3g",
+        "scoring with QuickScorer (%s kernel from %d rows, %s below%s; %d trees); built and "
+        "checked in %.0f ms, parity gap on %d probe rows: %.3g",
         candidate.kernel,
+        RANK_MIN_ROWS,
+        candidate.small_kernel,
+        f"; rank kernel not used: {candidate.rank_reason}" if candidate.rank_reason else "",
         candidate.num_trees,
         (time.perf_counter() - started) * 1e3,
         _PROBE_ROWS,

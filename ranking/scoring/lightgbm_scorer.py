@@ -42,14 +42,17 @@ class LightGBMScorer:
 
     name = "lightgbm"
 
-    def __init__(self, model_text: str, *, num_threads: int = 1) -> None:
+    def __init__(
+        self, model_text: str, *, num_threads: int = 1, model_hash: str | None = None
+    ) -> None:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         try:
             self._booster = lgb.Booster(model_str=model_text)
         except lgb.basic.LightGBMError as exc:
             raise BundleError("LightGBM could not load the model text") from exc
-        self.model_hash = hashlib.sha256(model_text.encode()).hexdigest()
+        # The caller's digest of the text when it has one (a Bundle hashes it once per load).
+        self.model_hash = model_hash or hashlib.sha256(model_text.encode()).hexdigest()
         self.num_threads = num_threads
         self.num_features: int = self._booster.num_feature()
         self.num_outputs: int = self._booster.num_model_per_iteration()

@@ -510,13 +510,21 @@ class QuickScorer:
             self.kernel = next(
                 n for n, k in self.kernels.items() if k == RANK_KERNEL_BASE + self._auto_rank
             )
-        #: The kernel used by default below RANK_MIN_ROWS rows.
+        #: The kernel used by default below RANK_MIN_ROWS rows (and for a short last pass).
         self.small_kernel: str = qs_auto
+        #: Ids of the kernels `score` may use by default (what a parity check must cover).
+        self.default_kernels: tuple[int, ...] = tuple(
+            {self.kernels[self.kernel], self.kernels[self.small_kernel]}
+        )
 
     @classmethod
-    def from_model_text(cls, model_text: str) -> QuickScorer:
-        """Builds a scorer; raises BundleError when the model is unsupported or malformed."""
-        digest = hashlib.sha256(model_text.encode()).hexdigest()
+    def from_model_text(cls, model_text: str, *, model_hash: str | None = None) -> QuickScorer:
+        """Builds a scorer; raises BundleError when the model is unsupported or malformed.
+
+        `model_hash` is the text's SHA-256 hex digest when the caller has it already (a loaded
+        `Bundle` does), so that one load hashes the text once.
+        """
+        digest = model_hash or hashlib.sha256(model_text.encode()).hexdigest()
         return _build_cached(digest, model_text)
 
     def score(

@@ -112,3 +112,34 @@ def test_multiclass_shapes() -> None:
         assert scorer.num_outputs == 3
         assert scorer.score(x[:7].copy()).shape == (7, 3)
         assert scorer.score(np.empty((0, 4))).shape == (0, 3)
+
+
+def test_a_load_hashes_the_model_text_once(
+    model_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle hashes the text when it is loaded; the scorers reuse that digest."""
+    import hashlib
+
+    from ranking.scoring.bundle import parse_bundle
+
+    schema = {"features": [{"name": f"Column_{i}", "source": "item"} for i in range(6)]}
+    calls: list[int] = []
+    real = hashlib.sha256
+
+    def counting(data: bytes = b"") -> hashlib._Hash:
+        calls.append(len(data))
+        return real(data)
+
+    text = model_text + "\n"  # not memoised by an earlier test
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    bundle = parse_bundle(text, schema)
+    for engine in ("auto", "lightgbm"):
+        scorer = build_scorer(bundle.model_text, engine, model_hash=bundle.model_hash)
+        assert scorer.model_hash == bundle.model_hash  # type: ignore[attr-defined]
+    assert len(calls) == 1
+
+
+def test_parity_check_covers_every_default_kernel(model_text: str) -> None:
+    scorer = QuickScorer.from_model_text(model_text)
+    assert scorer.kernels[scorer.kernel] in scorer.default_kernels
+    assert scorer.kernels[scorer.small_kernel] in scorer.default_kernels
