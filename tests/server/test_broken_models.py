@@ -81,11 +81,15 @@ def serve(bundle: Path, world: SmallWorld, port: int, log: Path) -> subprocess.P
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
 
 
+def read_log(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
 async def wait_for_log(log: Path, needle: str, count: int, timeout_s: float = 10.0) -> None:
     until = time.monotonic() + timeout_s
-    while log.read_text(errors="replace").count(needle) < count:
+    while read_log(log).count(needle) < count:
         if time.monotonic() > until:
-            raise AssertionError(f"no {count}th {needle!r} in the log:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"no {count}th {needle!r} in the log:\n{read_log(log)[-3000:]}")
         await asyncio.sleep(0.01)
 
 
@@ -122,7 +126,7 @@ async def test_broken_models_never_change_the_serving_model(
                 assert proc.poll() is None, name
             # 2. A share of them through the watched folder: each is refused (a log line)
             #    while the old model serves on.
-            refused = log.read_text(errors="replace").count("reload refused")
+            refused = read_log(log).count("reload refused")
             for name, text in corpus[::5]:
                 (live / "model.txt").write_text(text, errors="surrogateescape")
                 refused += 1
@@ -132,7 +136,7 @@ async def test_broken_models_never_change_the_serving_model(
             newer = train_small(np.random.default_rng(3), trees=8, leaves=5).model_to_string()
             write_bundle(live, newer, FEATURES, version="small-v2", prior="i_pop")
             until = time.monotonic() + 20
-            while "small-v2" not in load.versions and time.monotonic() < until:
+            while "small-v2" not in load.versions and time.monotonic() < until:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         await load.stop()
         assert load.errors == []
@@ -147,4 +151,4 @@ async def test_broken_models_never_change_the_serving_model(
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-        log.unlink(missing_ok=True)
+        os.unlink(log)
