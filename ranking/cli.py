@@ -79,14 +79,13 @@ def _rank(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ranking.train import train_command
+    from ranking.train import TrainParams, train_command
 
     report = train_command(
         args.data,
         args.query,
         args.out,
-        trees=args.trees,
-        leaves=args.leaves,
+        params=TrainParams(trees=args.trees, leaves=args.leaves),
         group_column=args.group_column,
         label_column=args.label_column,
     )
@@ -178,6 +177,9 @@ def _load(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `ranking` parser; choices and defaults come from the modules that own them."""
+    from ranking.train import TrainParams
+
     parser = argparse.ArgumentParser(prog="ranking", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="LETOR/libsvm, CSV or Parquet")
     p.add_argument("--query", type=Path, help="query/group file for LETOR data")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--trees", type=int, default=100)
-    p.add_argument("--leaves", type=int, default=31)
+    p.add_argument("--trees", type=int, default=TrainParams.trees)
+    p.add_argument("--leaves", type=int, default=TrainParams.leaves)
     p.add_argument("--group-column", default="query_id")
     p.add_argument("--label-column", default="label")
     p.set_defaults(func=_train)
@@ -255,10 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
     if argv and argv[0] == "load":
         return _load(argparse.Namespace(), argv[1:])
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
