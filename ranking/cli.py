@@ -178,6 +178,8 @@ def _load(args: argparse.Namespace, rest: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `ranking` parser; choices and defaults come from the modules that own them."""
+    from ranking.limits.limiter import LIMITER_KINDS
+    from ranking.scoring.scorer import ENGINES
     from ranking.train import TrainParams
 
     parser = argparse.ArgumentParser(prog="ranking", description=__doc__)
@@ -189,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--host")
     p.add_argument("--workers", type=int, help="server processes; 0 = one per CPU")
-    p.add_argument("--engine", choices=["auto", "quickscorer", "lightgbm"])
+    p.add_argument("--engine", choices=ENGINES)
     p.add_argument("--budget-ms", type=float)
-    p.add_argument("--limiter", choices=["gradient2", "vegas", "aimd", "fixed", "off"])
+    p.add_argument("--limiter", choices=LIMITER_KINDS)
     p.add_argument(
         "--max-pending-calls",
         type=int,

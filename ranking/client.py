@@ -11,6 +11,7 @@ import grpc
 
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.api.v1 import ranking_pb2_grpc as pb_grpc
+from ranking.demo.sizes import DEMO
 
 __all__ = ["build_request", "rank_command"]
 
@@ -32,7 +33,11 @@ def build_request(
 
 
 def demo_request(
-    n_candidates: int, top_k: int, seed: int, n_users: int = 10_000, n_items: int = 50_000
+    n_candidates: int,
+    top_k: int,
+    seed: int,
+    n_users: int = DEMO.n_users,
+    n_items: int = DEMO.n_items,
 ) -> pb.RankRequest:
     """A request for the demo world (same sizes as the server's): a user, items, a context."""
     from ranking.demo.world import example_request, make_world

@@ -38,14 +38,23 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from ranking.limits.algorithms import AIMDLimit, FixedLimit, Gradient2Limit, Limit, VegasLimit
 
-__all__ = ["LIMITER_KINDS", "Limiter", "Token", "build_limit", "build_limiter", "limit_parameters"]
+__all__ = [
+    "LIMITER_KINDS",
+    "Limiter",
+    "LimiterKind",
+    "Token",
+    "build_limit",
+    "build_limiter",
+    "limit_parameters",
+]
 
-#: Names accepted by `build_limiter` (and the RANKING_LIMITER setting).
-LIMITER_KINDS: Final = ("off", "fixed", "vegas", "gradient2", "aimd")
+#: Names accepted by `build_limiter` (and the RANKING_LIMITER setting, and `--limiter`).
+LimiterKind = Literal["off", "fixed", "vegas", "gradient2", "aimd"]
+LIMITER_KINDS: Final[tuple[LimiterKind, ...]] = get_args(LimiterKind)
 
 _UNLIMITED: Final = sys.maxsize
 
