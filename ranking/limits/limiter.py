@@ -33,7 +33,6 @@ Counters are plain ints, for metrics to read at any time:
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 import time
@@ -49,7 +48,6 @@ __all__ = [
     "Token",
     "build_limit",
     "build_limiter",
-    "limit_parameters",
 ]
 
 #: Names accepted by `build_limiter` (and the RANKING_LIMITER setting, and `--limiter`).
@@ -244,19 +242,6 @@ _LIMIT_CLASSES: Final[dict[str, type[Limit]]] = {
     "gradient2": Gradient2Limit,
     "aimd": AIMDLimit,
 }
-
-
-def limit_parameters(kind: str) -> tuple[str, ...]:
-    """The keyword parameters `build_limit(kind, ...)` accepts, so a settings layer holding
-    parameters for every kind can pass on just the ones this kind takes."""
-    if kind == "off":
-        return ()
-    if kind not in _LIMIT_CLASSES:
-        raise ValueError(
-            f"unknown limiter kind {kind!r}; expected one of {', '.join(LIMITER_KINDS)}"
-        )
-    signature = inspect.signature(_LIMIT_CLASSES[kind])
-    return tuple(name for name in signature.parameters if name != "rng")
 
 
 def build_limit(kind: str, **params: Any) -> Limit | None:

@@ -40,7 +40,6 @@ def _report(p99_ms: float, valid: bool = True, errors: float = 0.0) -> LoadRepor
         latency_ok=lat,
         service_time=lat,
         send_lag=lat,
-        server_stages={},
         client_cpu_ms_per_request=0.1,
         processes=1,
         valid=valid,

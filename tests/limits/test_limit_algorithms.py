@@ -196,13 +196,12 @@ def test_limit_stays_within_bounds_under_erratic_samples(make: Callable[[], Limi
     assert {3, 40} & seen, "erratic samples should push the limit to a bound at least once"
 
 
-def test_listener_hears_each_change_of_the_integer_limit() -> None:
+def test_integer_limit_follows_each_sample_within_bounds() -> None:
     limit = AIMDLimit(initial_limit=10, min_limit=2, max_limit=12)
-    heard: list[int] = []
-    limit.add_listener(heard.append)
-    saturated(limit, BASE_RTT, 5)  # 11, 12, then held at max: no more calls
+    seen = [limit.limit, *saturated(limit, BASE_RTT, 5)]  # 11, 12, then held at max
     limit.on_sample(0, BASE_RTT, 12, True)
-    assert heard == [11, 12, 10]
+    seen.append(limit.limit)
+    assert seen == [10, 11, 12, 12, 12, 12, 10]
 
 
 @pytest.mark.parametrize(
