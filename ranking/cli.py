@@ -1,4 +1,10 @@
-"""The `ranking` command: parse flags, build settings, run. Nothing else lives here."""
+"""The `ranking` command: parse flags, build settings, hand off to the module that does the work.
+
+Each subcommand is a few lines here and a call: `serve` to `ranking.server.workers`, `rank` and
+`health` to `ranking.client`, `train` to `ranking.train`, `features load` to the table reader
+and `ranking.features.redis_loader`, `load` to `ranking.loadgen.cli`. Choices and defaults come
+from the modules that own them (limiter kinds, engines, training parameters).
+"""
 
 from __future__ import annotations
 
@@ -131,6 +137,8 @@ def _features_load(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2
 
+    from ranking.client import check_health
+
     code, status = check_health(args.target, args.service, args.timeout_s)
     if status is None:
         print(f"{args.target}: {code}", file=sys.stderr)
@@ -138,36 +146,6 @@ def _health(args: argparse.Namespace) -> int:
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
     print(f"{args.target}: {name}")
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def check_health(target: str, service: str, timeout_s: float) -> tuple[str, int | None]:
-    """(status code name, serving status or None) of one health check within `timeout_s`.
-
-    A busy server may refuse the probe (CANCELLED from gRPC's backlog cap, RESOURCE_EXHAUSTED
-    from the limiter): that is retried on the same connection until the timeout, so a live but
-    loaded worker passes and a wedged one, which never takes a call, fails.
-    """
-    import time
-
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    busy = (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    deadline = time.monotonic() + timeout_s
-    pause = 0.01
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=left)
-                return "OK", int(response.status)
-            except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                if code not in busy or deadline - time.monotonic() <= pause:
-                    return str(code.name), None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
 
 
 def _load(args: argparse.Namespace, rest: list[str]) -> int:

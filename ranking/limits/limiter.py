@@ -268,7 +268,8 @@ def build_limiter(
     retry_after_rtt_multiple: float = 2.0,
     **params: Any,
 ) -> Limiter:
-    """A `Limiter` over `build_limit(kind, **params)`; the lead's settings call this once."""
+    """A `Limiter` over `build_limit(kind, **params)`; the server builds one per worker at
+    start-up from its settings (`ranking.server.app`)."""
     return Limiter(
         build_limit(kind, **params),
         clock=clock,
