@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,12 +111,6 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> SmallWorld:
     bundle = folder / "bundle"
     write_bundle(bundle, booster.model_to_string(), FEATURES, version="small-v1", prior="i_pop")
     return SmallWorld(folder, bundle, users, items, booster)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def small_settings(world: SmallWorld, **overrides: Any) -> Settings:
