@@ -29,6 +29,14 @@ def scrape(port: int) -> str:
         return str(r.read().decode())
 
 
+def promtool_accepts(text: str) -> None:
+    """Prometheus's own linter accepts the exposition (run after the server is stopped)."""
+    checked = subprocess.run(
+        [binary("promtool"), "check", "metrics"], input=text.encode(), capture_output=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def request(n: int, unknown: int = 0) -> pb.RankRequest:
     ids = [f"i{k}" for k in range(n)] + [f"nope{k}" for k in range(unknown)]
     return pb.RankRequest(user_id="u1", candidates=[pb.Candidate(id=i) for i in ids])
@@ -80,11 +88,7 @@ async def test_counts_histograms_and_getstats_agree(small_world: SmallWorld) -> 
     assert got.counters["total_ns"] / 1e9 == pytest.approx(whole)
     assert set(got.stage_mean_us) == set(STAGES)
     assert got.stage_mean_us["score"] > 0
-    # Prometheus's own linter accepts the exposition.
-    checked = subprocess.run(
-        [binary("promtool"), "check", "metrics"], input=text.encode(), capture_output=True
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    promtool_accepts(text)
 
 
 async def test_features_counters_from_redis_through_cache_and_hedger(
