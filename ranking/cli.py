@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
             "budget_ms": args.budget_ms,
             "limiter": args.limiter,
             "max_pending_calls": args.max_pending_calls,
+            "metrics_port": args.metrics_port,
             "admin_token": args.admin_token,
             "demo_trees": args.demo_trees,
             "demo_leaves": args.demo_leaves,
@@ -177,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="calls gRPC may hold for a busy worker; more are refused (0 = gRPC's default)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus /metrics for all workers on this port (0 = off)",
     )
     p.add_argument("--redis", action="append", metavar="URL", help="Redis replica (repeat)")
     p.add_argument("--redis-cluster", action="store_true")

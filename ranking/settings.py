@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         "bursts; see ranking/limits/README.md. 0 = gRPC's default backlog (1,000 calls).",
     )
     uvloop: bool = Field(True, description="Run the event loop on uvloop when installed.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics for the whole server (all workers) on this port "
+        "of the server's host; 0 = off.",
+    )
 
     # --- model ---
     bundle: Path | None = Field(None, description="Model bundle folder; None serves the demo.")
