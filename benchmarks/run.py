@@ -64,6 +64,8 @@ DEFAULT_SYSTEMS: dict[str, dict[str, Any]] = {
             "serve",
             "--port",
             "{port}",
+            "--admin-port",
+            "{admin_port}",
             "--bundle",
             "{bundle}",
         ],
@@ -236,6 +238,8 @@ class Runner:
         self.logs = out / "logs" / scenario.name.lower()
         self.redis: ManagedProcess | None = None
         self.redis_port = 0
+        self.admin_port = 0  # the system under test's admin port (GetStats), per system
+        self.stats_target = ""
         self.world: BenchWorld | None = None
 
     # --- orchestration ---------------------------------------------------------------------
@@ -273,6 +277,7 @@ class Runner:
         values.update(
             python=sys.executable,
             port=str(port),
+            admin_port=str(self.admin_port),
             redis_url=f"redis://127.0.0.1:{self.redis_port}/0",
             naive_redis_url=f"redis://127.0.0.1:{self.redis_port}/1",
             mlserver_dir=str(self.workdir / "mlserver"),
@@ -284,6 +289,9 @@ class Runner:
         spec = self._spec(name)
         result = SystemResult(name, spec.get("label", name))
         port = free_port()
+        # GetStats is on the admin port (loopback), never on the serving port.
+        self.admin_port = free_port()
+        self.stats_target = f"127.0.0.1:{self.admin_port}"
         values = self._placeholders(port)
 
         def fmt(argv: Sequence[str]) -> list[str]:
@@ -416,7 +424,7 @@ class Runner:
         step: Step | None = None
         for attempt in range(attempts):
             _wait_idle(server)
-            before_stats = get_stats(target) if stats else None
+            before_stats = get_stats(self.stats_target) if stats else None
             cpu0 = process_tree_cpu_s(server.pid)
             cfg = self._config(target, payload, rate, plan.duration_s, plan.warmup_s)
             spies = (
@@ -432,7 +440,7 @@ class Runner:
                 except subprocess.TimeoutExpired:
                     spy.kill()
                     spy.wait()
-            after_stats = get_stats(target) if stats else None
+            after_stats = get_stats(self.stats_target) if stats else None
             passed, why = self._judge(report)
             sent = report.sent + report.warmup_sent
             step = Step(
@@ -492,7 +500,7 @@ class Runner:
                 )
             )
             if stats:
-                info = get_stats(target)
+                info = get_stats(self.stats_target)
                 if info:
                     result.server_info = {
                         k: info[k] for k in ("engine", "workers", "model_version") if k in info
@@ -608,7 +616,8 @@ def search_max_rate(
 
 
 def get_stats(target: str) -> dict[str, Any] | None:
-    """The service's GetStats (counters and stage means), or None when it has none."""
+    """The service's GetStats (counters and stage means) from its admin port `target`, or
+    None when it has none."""
     import grpc
 
     try:

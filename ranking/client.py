@@ -1,4 +1,5 @@
-"""`ranking rank`: send a Rank request and print the ranked list as a table."""
+"""`ranking rank`: send a Rank request and print the ranked list as a table; `open_channel`,
+the channel every `ranking` client command dials (plaintext, or TLS with `ClientTls`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,26 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.api.v1 import ranking_pb2_grpc as pb_grpc
+from ranking.tls import ClientTls, TlsError, channel_credentials
 
-__all__ = ["build_request", "rank_command"]
+__all__ = ["build_request", "open_channel", "rank_command"]
+
+
+def open_channel(
+    target: str, tls: ClientTls | None = None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A blocking channel to `target`: plaintext, or TLS with `tls` (raises TlsError naming a
+    file it cannot read)."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=list(options))
+    opts = [*options, *tls.channel_options()]
+    return grpc.secure_channel(target, channel_credentials(tls), options=opts)
 
 
 def build_request(
@@ -48,9 +62,15 @@ def rank_command(
     repeat: int = 1,
     deadline_ms: float = 1000.0,
     show: int = 20,
+    tls: ClientTls | None = None,
 ) -> int:
     """Send `request` (`repeat` times on one channel); print the list and the latency."""
-    with grpc.insecure_channel(target) as channel:
+    try:
+        channel = open_channel(target, tls)
+    except TlsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with channel:
         stub = pb_grpc.RankingServiceStub(channel)
         latencies = []
         response = None
