@@ -214,7 +214,6 @@ class App:
                 s,
                 admin_servicer=AdminServicer(self.core, s.admin_token, s.effective_workers()),
                 health_servicer=self._health,
-                credentials=credentials,
                 options=ops_options,
                 listeners=self.listeners,
             )

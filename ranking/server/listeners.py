@@ -80,7 +80,6 @@ async def start_ops_servers(
     *,
     admin_servicer: admin_pb2_grpc.AdminServiceServicer,
     health_servicer: health.aio.HealthServicer,
-    credentials: grpc.ServerCredentials | None,
     options: list[tuple[str, Any]],
     listeners: Listeners,
 ) -> OpsServers:
@@ -89,6 +88,9 @@ async def start_ops_servers(
     ops = OpsServers()
     try:
         if s.admin_port is not None:
+            # Credentials of their own: gRPC's core asks a credentials' fetcher for the initial
+            # certificate when a server is set up, so one object cannot serve two servers.
+            credentials, _ = serving_credentials(s)
             ops.admin = grpc.aio.server(options=options)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, ops.admin)
             reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), ops.admin)
