@@ -3,6 +3,7 @@ the channel every `ranking` client command dials (plaintext, or TLS with `Client
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -15,7 +16,36 @@ from ranking.api.v1 import ranking_pb2 as pb
 from ranking.api.v1 import ranking_pb2_grpc as pb_grpc
 from ranking.tls import ClientTls, TlsError, channel_credentials
 
-__all__ = ["build_request", "open_channel", "rank_command"]
+__all__ = ["SERVICE_CONFIG", "balanced_options", "build_request", "open_channel", "rank_command"]
+
+#: gRPC service config for a client of several replicas (README "Deploying it"): round_robin
+#: over every address the target resolves to (a headless Service's DNS name lists every ready
+#: pod), client-side health checking so a replica that starts draining (NOT_SERVING) gets no new
+#: calls, and one retry, on another replica, of a call refused before it ran (UNAVAILABLE; or
+#: CANCELLED by a busy worker's backlog cap), throttled so retries cannot pile onto an overload.
+SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": "ranking.v1.RankingService"},
+    "methodConfig": [
+        {
+            "name": [{"service": "ranking.v1.RankingService"}],
+            "retryPolicy": {
+                "maxAttempts": 2,
+                "initialBackoff": "0.001s",
+                "maxBackoff": "0.005s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
+            },
+        }
+    ],
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+}
+
+
+def balanced_options() -> list[tuple[str, Any]]:
+    """Channel options that apply `SERVICE_CONFIG` (for a target such as
+    `dns:///ranking-headless.NAMESPACE.svc.cluster.local:50051`)."""
+    return [("grpc.service_config", json.dumps(SERVICE_CONFIG)), ("grpc.enable_retries", 1)]
 
 
 def open_channel(
