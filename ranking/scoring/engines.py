@@ -22,13 +22,12 @@ import numpy as np
 from ranking.errors import BundleError
 from ranking.scoring.lightgbm_scorer import LightGBMScorer
 from ranking.scoring.quickscorer import RANK_MIN_ROWS, QuickScorer
-from ranking.scoring.scorer import Scorer
+from ranking.scoring.scorer import ENGINES, Scorer
 
 __all__ = ["ENGINES", "PARITY_TOLERANCE", "build_scorer", "parity_gap"]
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("auto", "quickscorer", "lightgbm")
 #: Largest |QuickScorer - LightGBM| accepted by the parity check (in practice it is 0.0).
 PARITY_TOLERANCE = 1e-9
 _PROBE_ROWS = 256
@@ -60,7 +59,7 @@ def build_scorer(model_text: str, engine: str = "auto", *, model_hash: str | Non
     otherwise it is computed here, once for every scorer built."""
     if engine not in ENGINES:
         raise ValueError(f"unknown scoring engine {engine!r}; expected one of {ENGINES}")
-    digest = model_hash or hashlib.sha256(model_text.encode()).hexdigest()
+    digest = model_hash or hashlib.sha256(model_text.encode("utf-8", "surrogatepass")).hexdigest()
     if engine == "lightgbm":
         return LightGBMScorer(model_text, model_hash=digest)
     started = time.perf_counter()

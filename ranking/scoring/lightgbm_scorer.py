@@ -2,17 +2,19 @@
 
 Used when QuickScorer cannot take a model (linear trees, more than 256 leaves) or fails its
 parity check, and as the reference every other scorer is held to.
+
+LightGBM's loader trusts its input (a malformed file can abort or crash the process), so the
+text is parsed and checked in full by `model_text.parse_model_text` before LightGBM sees it.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
 from ranking.errors import BundleError
+from ranking.scoring.model_text import parse_model_text
 
 __all__ = ["LightGBMScorer", "check_matrix"]
 
@@ -47,12 +49,14 @@ class LightGBMScorer:
     ) -> None:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        # BundleError unless well-formed: never crash. `model_hash`: the caller's digest of the
+        # text (a Bundle hashes it once per load), so the text is not hashed again.
+        model = parse_model_text(model_text, model_hash)
         try:
             self._booster = lgb.Booster(model_str=model_text)
         except lgb.basic.LightGBMError as exc:
             raise BundleError("LightGBM could not load the model text") from exc
-        # The caller's digest of the text when it has one (a Bundle hashes it once per load).
-        self.model_hash = model_hash or hashlib.sha256(model_text.encode()).hexdigest()
+        self.model_hash = model.digest
         self.num_threads = num_threads
         self.num_features: int = self._booster.num_feature()
         self.num_outputs: int = self._booster.num_model_per_iteration()

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from ranking.scoring import _rankscorer
 
 if TYPE_CHECKING:
-    from ranking.scoring.quickscorer import _Model
+    from ranking.scoring.model_text import _Model
 
 __all__ = ["BLOCK_BYTES", "LeafOrder", "build_rank"]
 

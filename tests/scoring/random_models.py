@@ -185,7 +185,11 @@ def random_model(
             "",
         ]
     )
-    return header + "".join(trees) + "end of trees\n", used
+    tail = (
+        "end of trees\n\nfeature_importances:\n\nparameters:\n[boosting: gbdt]\n"
+        f"[objective: {objective.split()[0]}]\nend of parameters\n\npandas_categorical:null\n"
+    )
+    return header + "".join(trees) + tail, used
 
 
 def random_rows(

@@ -15,7 +15,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ranking.scoring import _rankscorer, rank_build
@@ -78,7 +78,12 @@ def _check_all(text: str, x: np.ndarray, block_bytes: int) -> None:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+    # No "explain" phase: it imports libcst, which warns (an error under filterwarnings).
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
 )
 @given(
     seed=st.integers(0, 2**32 - 1),
