@@ -407,6 +407,13 @@ def worker(args: argparse.Namespace) -> int:
         return 0
     result.update(info)
     engines = {"lightgbm": lgb_engines["lightgbm"], args.worker: fn}
+    if args.ours:
+        # QuickScorer from the repository, interleaved with the peer in this same process, so
+        # the ratio between the two does not depend on the machine's state between processes.
+        sys.path.insert(0, args.ours)
+        from ranking.scoring.quickscorer import QuickScorer
+
+        engines["quickscorer"] = QuickScorer.from_model_text(model_file.read_text()).score
     result["datasets"] = {}
     for item in args.data.split(","):
         dataset, path = item.split("=", 1)
@@ -443,6 +450,8 @@ def run_alternative(
         str(args.cache_dir),
         "--compile-timeout",
         str(args.compile_timeout),
+        "--ours",
+        str(HERE.parent),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
@@ -572,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--batches", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--ours", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -683,6 +693,22 @@ def main(argv: list[str] | None = None) -> int:
                                 "same-process baseline",
                             )
                         )
+                        ours = dres["timings"].get("quickscorer", {}).get(rows)
+                        if ours is not None:
+                            results.append(
+                                row(
+                                    name,
+                                    dataset,
+                                    "quickscorer",
+                                    int(rows),
+                                    trees,
+                                    ours,
+                                    base,
+                                    f"worker:{alt}",
+                                    None,
+                                    "same-process comparison",
+                                )
+                            )
     info["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     doc = {
         "machine": info,
@@ -758,8 +784,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in doc["results"]:
-        if r["process"] != "main" and r["engine"] == "lightgbm":
-            engine = f"lightgbm ({r['process']})"
+        if r["process"] != "main" and r["engine"] in ("lightgbm", "quickscorer"):
+            engine = f"{r['engine']} ({r['process']})"
         else:
             engine = r["engine"]
         lines.append(
@@ -776,48 +802,58 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def _summary(doc: dict[str, Any], model: str, dataset: str, engines: list[str]) -> list[str]:
-    """At 200 rows: every engine with its ratios; then ns/row/tree per batch size."""
+    """At 200 rows: every engine; QuickScorer against each peer in the peer's own process; then
+    ns/row/tree per batch size."""
     batches = doc["settings"]["batch_sizes"]
     ref = 200 if 200 in batches else max(batches)
-    auto = _find(doc, model=model, dataset=dataset, engine="quickscorer", rows=ref)
-    peers = {
-        p: _find(doc, model=model, dataset=dataset, engine=p, rows=ref)
-        for p in ("onedal", "lleaves")
-    }
-    head = " | ".join(f"ours x {p}" for p in peers)
     lines = [
         "",
         f"## {model}, {dataset} rows, {ref} rows per call",
         "",
-        "`ours x peer` divides the peer's time by QuickScorer's default (each first normalised "
-        "by `Booster.predict` timed in its own process, so machine drift between the two "
-        "processes cancels).",
-        "",
-        f"| engine | median ms | ns/row/tree | x LightGBM | {head} | max abs diff | notes |",
-        "|---|---:|---:|---:|" + "---:|" * len(peers) + "---:|---|",
+        "| engine | median ms | ns/row/tree | x LightGBM | max abs diff | notes |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for engine in engines:
         r = _find(doc, model=model, dataset=dataset, engine=engine, rows=ref)
-        if r is None or (engine == "lightgbm" and r["process"] != "main"):
+        if r is None:
             continue
-        ratios = []
-        for p in peers.values():
-            if p is None:
-                ratios.append("-")
-            else:
-                ratios.append(f"{r['speedup_vs_lightgbm'] / p['speedup_vs_lightgbm']:.2f}")
         bold = "**" if engine == "quickscorer" else ""
         lines.append(
             f"| {bold}{engine}{bold} | {r['median_ms']:.3f} | {bold}{r['ns_per_row_tree']:.2f}"
-            f"{bold} | {r['speedup_vs_lightgbm']:.1f} | "
-            + " | ".join(ratios)
-            + f" | {_gap(r)} | {r['note']} |"
+            f"{bold} | {r['speedup_vs_lightgbm']:.1f} | {_gap(r)} | {r['note']} |"
         )
-    del auto
+    peers = [
+        e
+        for e in engines
+        if _find(doc, model=model, dataset=dataset, engine=e, rows=ref, process=f"worker:{e}")
+    ]
+    if peers:
+        lines += [
+            "",
+            "QuickScorer (default kernel) against each peer, both timed interleaved in the "
+            "peer's process (with LightGBM), so machine drift between processes does not enter "
+            "the ratio:",
+            "",
+            "| peer | peer ns/row/tree | ours ns/row/tree | ours faster by | LightGBM ns/row/tree "
+            "| peer's max abs diff |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for p in peers:
+            where = {"model": model, "dataset": dataset, "rows": ref, "process": f"worker:{p}"}
+            peer = _find(doc, engine=p, **where)
+            ours = _find(doc, engine="quickscorer", **where)
+            lgbm = _find(doc, engine="lightgbm", **where)
+            if peer is None or ours is None or lgbm is None:
+                continue
+            lines.append(
+                f"| {p} | {peer['ns_per_row_tree']:.2f} | {ours['ns_per_row_tree']:.2f} | "
+                f"{peer['median_ms'] / ours['median_ms']:.1f}x | {lgbm['ns_per_row_tree']:.1f} | "
+                f"{_gap(peer)} |"
+            )
     lines += [
         "",
-        f"ns per row per tree by batch size ({model}, {dataset} rows; 50, 200 and 1,000 rows "
-        "end in a partial 64-row pass):",
+        f"ns per row per tree by batch size ({model}, {dataset} rows; main process, peers in "
+        "their own; 50, 200 and 1,000 rows end in a partial 64-row pass):",
         "",
         "| engine | " + " | ".join(str(b) for b in batches) + " |",
         "|---|" + "---:|" * len(batches),

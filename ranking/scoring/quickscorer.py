@@ -370,7 +370,8 @@ def supports(model_text: str) -> str | None:
 RANK_KERNEL_BASE = 4
 #: From this many rows up the default kernel is the rank kernel (when the model and the CPU
 #: allow it): it scores 64 rows per pass, so below this QuickScorer's 8-row blocks cost less.
-#: Measured on the R200 model (benchmarks/scorers.py, batches 1 / 7 / 50 / 200).
+#: Measured on the R200 model (benchmarks/scorers.py, batches 1 / 7 / 50 / 200). A short last
+#: pass stays in the rank kernel: handing it to QuickScorer measured 5-10 % slower at 200 rows.
 RANK_MIN_ROWS = 16
 
 
@@ -426,7 +427,7 @@ class QuickScorer:
             self.kernel = next(
                 n for n, k in self.kernels.items() if k == RANK_KERNEL_BASE + self._auto_rank
             )
-        #: The kernel used by default below RANK_MIN_ROWS rows (and for a short last pass).
+        #: The kernel used by default below RANK_MIN_ROWS rows.
         self.small_kernel: str = qs_auto
         #: Ids of the kernels `score` may use by default (what a parity check must cover).
         self.default_kernels: tuple[int, ...] = tuple(
@@ -455,18 +456,7 @@ class QuickScorer:
         """
         n = _rows(matrix)
         if kernel == -1 and self._rank is not None and n >= RANK_MIN_ROWS:
-            # The rank kernel scores 64 rows per pass; a short last pass costs more than
-            # QuickScorer's 8-row blocks, so a tail of fewer than RANK_MIN_ROWS rows goes there.
-            tail = n % _rankscorer.LANES
-            if tail >= RANK_MIN_ROWS or tail == 0:
-                out = self._rank.predict(matrix, self._auto_rank)
-            else:
-                out = np.concatenate(
-                    [
-                        self._rank.predict(matrix[: n - tail], self._auto_rank),
-                        self._ensemble.predict(matrix[n - tail :], -1),
-                    ]
-                )
+            out = self._rank.predict(matrix, self._auto_rank)
         elif kernel >= RANK_KERNEL_BASE:
             if self._rank is None:
                 raise ValueError(
