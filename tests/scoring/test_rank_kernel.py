@@ -5,6 +5,20 @@ every kernel this CPU runs, and the rank kernel with tiny tree blocks (many bloc
 boundary), to `np.array_equal` with `Booster.predict(raw_score=True)`. The rest covers what the
 property test does not reach by chance: every CPU kernel present, batch sizes around the 64-row
 pass, the fallback for features with more than 255 thresholds, and the constructor's checks.
+
+Memory safety: build both extensions with sanitizers into a copy of the tree and run these tests
+there (Python itself is not instrumented, hence the preload and no leak check):
+
+    INC="-I$(python -c 'import numpy; print(numpy.get_include())') \
+         -I$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+    for m in _rankscorer _quickscorer; do
+      gcc -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -std=c11 \
+        -fno-math-errno -fPIC -shared $INC ranking/scoring/$m.c \
+        -o COPY/ranking/scoring/$m.cpython-311-x86_64-linux-gnu.so
+    done
+    cd COPY && ASAN_OPTIONS=detect_leaks=0 \
+      LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
+      python -m pytest -q -p no:cacheprovider tests/scoring
 """
 
 from __future__ import annotations
