@@ -85,7 +85,8 @@ def build_scorer(model_text: str, engine: str = "auto", *, model_hash: str | Non
         )
         return reference
     logger.info(
-        "scoring with QuickScorer (%s kernel from %d rows, %s below%s; %d trees); built and "
+        "scoring with QuickScorer (%s kernel from %d rows, %s below, scalar for one row%s; "
+        "%d trees); built and "
         "checked in %.0f ms, parity gap on %d probe rows: %.3g",
         candidate.kernel,
         RANK_MIN_ROWS,
