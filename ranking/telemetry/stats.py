@@ -30,7 +30,8 @@ COUNTERS = (
     "unscored_rows",
     "unknown_users",
     "unknown_items",
-    "store_errors",
+    "store_errors",  # answers that met a failing feature store (features.store_unavailable)
+    "fetch_timeouts",  # answers whose fetch ran out of its time share (features.fetch_timeout)
 )
 STAGES = ("convert", "fetch", "assemble", "score", "sort", "respond", "total")
 # Per stage: wall time, and the event-loop thread's CPU time (they differ while a stage awaits
