@@ -666,44 +666,61 @@ static PyTypeObject IndexType = {
 
 /* ---------------------------------------------------------------- module functions */
 
-/* scatter(rows, src_rows, found, out, dst_rows, dst_cols, src_cols) -> copied:
-   out[dst_rows[q], dst_cols] = rows[src_rows[q], src_cols] for every q with found[src_rows[q]]. */
+/* scatter(rows, src_rows, found, unknown, state, out, dst_rows, dst_cols, src_cols) -> copied:
+   for each q: found[src_rows[q]] -> out[dst_rows[q], dst_cols] = rows[src_rows[q], src_cols] and
+   state[dst_rows[q]] = FOUND; else unknown[src_rows[q]] -> state UNKNOWN; else state MISS. */
 static PyObject *mod_scatter(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *rows_obj, *srcr_obj, *found_obj, *out, *dstr_obj, *dst, *src;
-    if (!PyArg_ParseTuple(args, "OOOOOOO", &rows_obj, &srcr_obj, &found_obj, &out, &dstr_obj,
-                          &dst, &src))
+    PyObject *rows_obj, *srcr_obj, *found_obj, *unknown_obj, *state_obj, *out, *dstr_obj, *dst,
+        *src;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &rows_obj, &srcr_obj, &found_obj, &unknown_obj,
+                          &state_obj, &out, &dstr_obj, &dst, &src))
         return NULL;
-    Py_buffer rb, sb, fb, db;
+    Py_buffer rb, sb, fb, ub, stb, db;
     Target t;
     PyObject *result = NULL;
     if (get_buf(rows_obj, &rb, 'f', 4, 0, 2, "rows") < 0) return NULL;
     if (get_buf(srcr_obj, &sb, 'i', 8, 0, 1, "src_rows") < 0) goto f_r;
     if (get_buf(found_obj, &fb, '?', 1, 0, 1, "found") < 0) goto f_s;
-    if (get_buf(dstr_obj, &db, 'i', 8, 0, 1, "dst_rows") < 0) goto f_f;
+    if (get_buf(unknown_obj, &ub, '?', 1, 0, 1, "unknown") < 0) goto f_f;
+    if (get_buf(state_obj, &stb, 'i', 1, 1, 1, "state") < 0) goto f_u;
+    if (get_buf(dstr_obj, &db, 'i', 8, 0, 1, "dst_rows") < 0) goto f_st;
     if (target_get(out, dst, src, rb.shape[1], 0, &t) < 0) goto f_d;
-    if (!t.have_out || sb.shape[0] != db.shape[0] || fb.shape[0] != rb.shape[0]) {
+    if (!t.have_out || sb.shape[0] != db.shape[0] || fb.shape[0] != rb.shape[0] ||
+        ub.shape[0] != rb.shape[0]) {
         PyErr_SetString(PyExc_ValueError, "scatter: mismatched lengths");
         goto f_t;
     }
     const float *rows = (const float *)rb.buf;
     const int64_t *sr = (const int64_t *)sb.buf, *dr = (const int64_t *)db.buf;
-    const uint8_t *found = (const uint8_t *)fb.buf;
-    Py_ssize_t copied = 0, width = rb.shape[1];
+    const uint8_t *found = (const uint8_t *)fb.buf, *unknown = (const uint8_t *)ub.buf;
+    int8_t *state = (int8_t *)stb.buf;
+    Py_ssize_t copied = 0, width = rb.shape[1], nstate = stb.shape[0];
     for (Py_ssize_t q = 0; q < sb.shape[0]; q++) {
-        if (sr[q] < 0 || sr[q] >= rb.shape[0] || dr[q] < 0 || dr[q] >= t.rows) {
+        if (sr[q] < 0 || sr[q] >= rb.shape[0] || dr[q] < 0 || dr[q] >= t.rows ||
+            dr[q] >= nstate) {
             PyErr_SetString(PyExc_IndexError, "scatter: row out of range");
             goto f_t;
         }
-        if (!found[sr[q]]) continue;
-        gather_row(&t, (Py_ssize_t)dr[q], rows + sr[q] * width);
-        copied++;
+    }
+    for (Py_ssize_t q = 0; q < sb.shape[0]; q++) {
+        if (found[sr[q]]) {
+            gather_row(&t, (Py_ssize_t)dr[q], rows + sr[q] * width);
+            state[dr[q]] = ST_FOUND;
+            copied++;
+        } else {
+            state[dr[q]] = unknown[sr[q]] ? ST_UNKNOWN : ST_MISS;
+        }
     }
     result = PyLong_FromSsize_t(copied);
 f_t:
     target_release(&t);
 f_d:
     PyBuffer_Release(&db);
+f_st:
+    PyBuffer_Release(&stb);
+f_u:
+    PyBuffer_Release(&ub);
 f_f:
     PyBuffer_Release(&fb);
 f_s:

@@ -74,13 +74,16 @@ def scatter(
     rows: npt.NDArray[np.float32],
     src_rows: npt.NDArray[np.int64],
     found: npt.NDArray[np.bool_],
+    unknown: npt.NDArray[np.bool_],
+    state: npt.NDArray[np.int8],
     out: Floats,
     dst_rows: npt.NDArray[np.int64],
     dst_cols: npt.NDArray[np.int64],
     src_cols: npt.NDArray[np.int64],
 ) -> int:
-    """out[dst_rows[q], dst_cols] = rows[src_rows[q], src_cols] for each q whose
-    found[src_rows[q]]; returns how many rows were copied."""
+    """A store's answer into a request: for each q, with s = src_rows[q], d = dst_rows[q]:
+    found[s] -> out[d, dst_cols] = rows[s, src_cols] and state[d] = 1; else state[d] = 2 when
+    unknown[s], 0 otherwise. Every index is checked first. Returns the rows copied."""
 
 def mget_command(parts: list[tuple[bytes, Ids]], buckets: int) -> bytes:
     """The RESP bytes of one MGET over every part's keys, in order. A key is

@@ -16,8 +16,9 @@ choice, which would evict a hot entity once per pass of the ring, at no per-hit 
 bit write.
 
 Misses are read through with single flight: the keys a request misses that no other request is
-already reading go to the inner store in one batch (one task, so a requester that times out or
-is cancelled does not cancel the read for the others); keys already in flight are joined, so
+already reading go to the inner store in one batch (one task on the store's own timeout, so a
+requester that times out or is cancelled does not cancel the read for the others, and the read
+still fills the cache); keys already in flight are joined, so
 two concurrent requests missing the same key cause one inner read. The read fills the cache,
 including negative entries for ids the store answered as unknown (kept `negative_ttl_s`); ids
 it could not answer (a schema mismatch) are not cached.
@@ -226,17 +227,22 @@ class CachedFeatureStore:
                     miss = miss[~joined]
                     miss_ids = [i for i, o in zip(miss_ids, owners, strict=True) if o is None]
             if len(miss):
-                rows_of = new.setdefault(et, {})
-                # Number the ids this flight has not seen yet (dict.fromkeys drops duplicates,
-                # keeping order), then look every miss up: C-level loops only.
-                unseen = [i for i in dict.fromkeys(miss_ids) if i not in rows_of]
-                rows_of.update(
-                    zip(unseen, range(len(rows_of), len(rows_of) + len(unseen)), strict=True)
-                )
+                rows_of = new.get(et)
+                if rows_of is None:  # the common case: number the misses in order
+                    rows_of = new[et] = dict(zip(miss_ids, range(len(miss_ids)), strict=True))
+                    if len(rows_of) == len(miss_ids):  # no duplicate ids
+                        fresh_plans.append((li, et, miss, np.arange(len(miss), dtype=np.int64)))
+                        continue
+                    rows_of = new[et] = dict(zip(rows_of, range(len(rows_of)), strict=True))
+                else:  # a second lookup of the same type: number only the unseen ids
+                    unseen = [i for i in dict.fromkeys(miss_ids) if i not in rows_of]
+                    rows_of.update(
+                        zip(unseen, range(len(rows_of), len(rows_of) + len(unseen)), strict=True)
+                    )
                 src = np.fromiter(map(rows_of.__getitem__, miss_ids), np.int64, len(miss))
                 fresh_plans.append((li, et, miss, src))
         if new:
-            flight = self._start_flight(new, timeout_s)
+            flight = self._start_flight(new)
             plans.extend(
                 (li, flight, flight.index[et], dst, src) for li, et, dst, src in fresh_plans
             )
@@ -258,13 +264,19 @@ class CachedFeatureStore:
                 continue
             res = results[fi]
             t = targets[li]
-            rows = np.ascontiguousarray(res.rows, dtype=np.float32)
-            _index.scatter(rows, src, res.found, t.out, dst, t.dst_cols, t.src_cols)
-            unknown = res.unknown_mask()
-            states[li][dst] = np.where(
-                res.found[src], FOUND, np.where(unknown[src], UNKNOWN, MISS)
-            ).astype(np.int8)
-            why[li].update(res.degraded)
+            _index.scatter(
+                np.ascontiguousarray(res.rows, dtype=np.float32),
+                src,
+                res.found,
+                res.unknown_mask(),
+                states[li],
+                t.out,
+                dst,
+                t.dst_cols,
+                t.src_cols,
+            )
+            if res.degraded:
+                why[li].update(res.degraded)
         if timed_out:
             self.stats.fetch_timeouts += 1
         if failed:
@@ -293,11 +305,11 @@ class CachedFeatureStore:
             for f, (d, r) in groups.items()
         ]
 
-    def _start_flight(self, new: dict[str, dict[str, int]], timeout_s: float | None) -> _Flight:
+    def _start_flight(self, new: dict[str, dict[str, int]]) -> _Flight:
         flight = _Flight([Lookup(et, list(rows_of)) for et, rows_of in new.items()], new)
         for et, rows_of in new.items():
             self._inflight.setdefault(et, {}).update(dict.fromkeys(rows_of, flight))
-        flight.task = asyncio.create_task(self._run_flight(flight, timeout_s))
+        flight.task = asyncio.create_task(self._run_flight(flight))
         self._flights.add(flight.task)
         flight.task.add_done_callback(self._flight_done)
         return flight
@@ -309,13 +321,17 @@ class CachedFeatureStore:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("feature read failed", exc_info=exc)
 
-    async def _run_flight(
-        self, flight: _Flight, timeout_s: float | None
-    ) -> list[FetchResult] | None:
-        """Read the flight's keys and fill the cache; None when the store failed."""
+    async def _run_flight(self, flight: _Flight) -> list[FetchResult] | None:
+        """Read the flight's keys and fill the cache; None when the store failed.
+
+        The read runs on the inner store's own timeout, not the first requester's share of its
+        budget: a requester that stops waiting leaves the read to finish and fill the cache
+        for the next request, and a Redis connection is not torn down (and reconnected) for
+        every read that outlasts a tight budget.
+        """
         self.stats.inner_reads += 1
         try:
-            results = await self._inner.fetch(flight.lookups, timeout_s=timeout_s)
+            results = await self._inner.fetch(flight.lookups)
         except FeatureStoreUnavailable as exc:
             self.stats.store_failures += 1
             if isinstance(exc, FeatureStoreTimeout):

@@ -260,6 +260,12 @@ class HedgedFeatureStore:
         else:
             probe = self._probing = True
             order = down[:1]
+        if len(order) == 1:  # nothing to hedge or fail over to: no race, no tasks
+            try:
+                return await self._single(order[0], lookups, timeout)
+            finally:
+                if probe:
+                    self._probing = False
         tasks: dict[asyncio.Task[list[FetchResult]], tuple[int, bool]] = {}
         try:
             async with asyncio.timeout(timeout):
@@ -273,6 +279,25 @@ class HedgedFeatureStore:
                 t.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _single(
+        self, i: int, lookups: Sequence[Lookup], timeout_s: float
+    ) -> list[FetchResult]:
+        """The read of a lone candidate, awaited directly (the replica enforces the timeout)."""
+        start = self._clock()
+        self.stats.replica_reads[i] += 1
+        try:
+            result = await self._replicas[i].fetch(lookups, timeout_s=timeout_s)
+        except FeatureStoreTimeout:
+            raise
+        except FeatureStoreUnavailable:
+            self.stats.errors[i] += 1
+            self._mark_down(i)
+            raise
+        self._strikes[i] = 0
+        self._down_until[i] = 0.0
+        self.tracker.record((self._clock() - start) * 1000.0)
+        return result
 
     async def _race(
         self,
