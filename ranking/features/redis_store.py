@@ -175,11 +175,17 @@ class _Pipe:
     """MGETs on redis.asyncio connections this store holds, below redis-py's command layer.
 
     A read takes an idle connection (or makes one with the client's pool settings: address,
-    timeouts, hiredis parser), writes the packed command, and reads one reply. A connection
-    broken by a server restart fails on first use and the read is retried once on it (it
-    reconnects), as `connect_redis`'s one immediate retry does. A read that is cancelled or
-    times out mid-reply has its connection closed by redis-py (the reply may still arrive), so
-    a connection in the idle list never holds a pending reply.
+    timeouts, hiredis parser), writes the packed command on its stream and reads one reply with
+    redis-py's `read_response` (hiredis). A connection broken by a server restart fails on
+    first use and the read is retried once on a reconnected one, as `connect_redis`'s one
+    immediate retry does. A read cut mid-reply (cancelled, or timed out) has its connection
+    closed by `read_response`, so an idle connection never holds a pending reply.
+
+    Two choices keep the caller's timeout exact, both measured (tests/features/
+    test_redis_store.py::test_cancelled_reads_never_desynchronise): the write does not go
+    through `send_packed_command`, and connecting runs in a task of its own that the caller
+    waits for with `asyncio.shield`. Under load both redis-py paths were seen to lose the
+    cancellation of an `asyncio.timeout`, so a 5 ms read waited for a paused server for 300 ms.
     """
 
     def __init__(self, pool: aioredis.ConnectionPool, stats: RedisStoreStats) -> None:
@@ -187,19 +193,55 @@ class _Pipe:
         self._stats = stats
         self._idle: list[aioredis.Connection] = []
         self._all: list[aioredis.Connection] = []
+        # connect tasks -> the connection to return to the idle list when the task ends
+        # (None while a caller still waits for it and so still owns the connection)
+        self._connecting: dict[asyncio.Task[None], aioredis.Connection | None] = {}
+        self._handed_off: set[int] = set()  # id() of connections a connect task owns
 
     async def call(self, command: bytes) -> Any:
         conn = self._idle.pop() if self._idle else self._make()
         try:
             try:
-                await conn.send_packed_command(command, check_health=False)
-                return await conn.read_response(disable_decoding=True)
+                return await self._once(conn, command)
             except (ConnectionError, OSError, redis_exc.ConnectionError):
                 self._stats.reconnects += 1
                 await conn.disconnect(nowait=True)
-                await conn.send_packed_command(command, check_health=False)
-                return await conn.read_response(disable_decoding=True)
+                return await self._once(conn, command)
         finally:
+            if id(conn) not in self._handed_off:
+                self._idle.append(conn)
+
+    async def _once(self, conn: aioredis.Connection, command: bytes) -> Any:
+        if not conn.is_connected:
+            await self._connect(conn)
+        writer = conn._writer
+        if writer is None:
+            raise redis_exc.ConnectionError("not connected")
+        try:
+            writer.write(command)  # buffered by the transport; nothing to await
+        except OSError:
+            await conn.disconnect(nowait=True)
+            raise
+        return await conn.read_response(disable_decoding=True)
+
+    async def _connect(self, conn: aioredis.Connection) -> None:
+        task = asyncio.ensure_future(conn.connect_check_health(check_health=False))
+        self._connecting[task] = None
+        task.add_done_callback(self._connect_done)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # the caller gives up; the connection stays with the task
+                self._connecting[task] = conn
+                self._handed_off.add(id(conn))
+            raise
+
+    def _connect_done(self, task: asyncio.Task[None]) -> None:
+        conn = self._connecting.pop(task, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: the caller may be gone; the next use retries
+        if conn is not None:
+            self._handed_off.discard(id(conn))
             self._idle.append(conn)
 
     def _make(self) -> aioredis.Connection:
@@ -208,6 +250,10 @@ class _Pipe:
         return conn
 
     async def close(self) -> None:
+        tasks = list(self._connecting)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         conns, self._all, self._idle = self._all, [], []
         await asyncio.gather(*(c.disconnect() for c in conns), return_exceptions=True)
 
