@@ -116,6 +116,10 @@ async def open_channels(cfg: LoadConfig) -> list[grpc.aio.Channel]:
         # Channels with equal arguments share one connection through the global subchannel
         # pool; a local pool per channel gives each its own, so SO_REUSEPORT can spread them.
         ("grpc.use_local_subchannel_pool", 1),
+        # The load generator never retries (no retry policy), so gRPC's retry filter only adds
+        # per-call bookkeeping: off, the client measured 6-13 % less CPU per request (medians of
+        # interleaved rounds at 400 req/s on a shared 2-core machine; noisy).
+        ("grpc.enable_retries", 0),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ]
