@@ -13,6 +13,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from benchmarks.ports import free_port
 from ranking.api.v1 import ranking_pb2_grpc
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
 from ranking.features.store import FetchResult, Lookup
@@ -22,6 +23,9 @@ from ranking.settings import Settings
 from tests.paths import LETOR
 
 pytest_plugins = ["tests.redis_servers"]
+
+#: Re-exported for the tests that take it from here; defined once in benchmarks/ports.py.
+__all__ = ["free_port"]
 
 
 USER_COLS = ("u_a", "u_b", "u_c")
