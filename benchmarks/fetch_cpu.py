@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.servers import start_redis
+from benchmarks.redis_server import start_redis
 from ranking.core.assemble import MatrixPlan
 from ranking.features.redis_factory import build_redis_store
 from ranking.features.redis_loader import load_entities
@@ -113,8 +113,8 @@ async def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="fetch-cpu-"))
-    redis_proc, port = start_redis(tmp)
-    url = f"redis://127.0.0.1:{port}/0"
+    redis_proc = start_redis(tmp)
+    url = redis_proc.url
     try:
         rng = np.random.default_rng(1)
         users = rng.standard_normal((N_USERS, USER_COLS)).astype(np.float32)

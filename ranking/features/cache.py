@@ -136,6 +136,11 @@ class CachedFeatureStore:
         self._flights: set[asyncio.Task[list[FetchResult] | None]] = set()
         self._closed = False
 
+    @property
+    def inner(self) -> FeatureStore:
+        """The store behind the cache (telemetry/state.py reads its counters through it)."""
+        return self._inner
+
     def columns(self, entity_type: str) -> tuple[str, ...]:
         return self._inner.columns(entity_type)
 

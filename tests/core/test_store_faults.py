@@ -94,7 +94,7 @@ async def test_pause_kill_restart_under_load_no_failed_call(
         for s in redis_replicas:
             s.resume()
         assert isinstance(app.store, CachedFeatureStore)
-        hedged = app.store._inner
+        hedged = app.store.inner
         await app.stop(0.5)
 
     total = int(RATE_PER_S * DURATION_S)

@@ -9,10 +9,11 @@ import pytest
 
 from ranking.degraded import Degraded
 from ranking.features.cache import CachedFeatureStore
-from ranking.features.store import FeatureStore, Lookup, Target
+from ranking.features.store import Lookup, Target
 from ranking.ids import Ids
 from ranking.settings import CacheSettings
 from tests.features.conftest import FakeStore
+from tests.features.contract import check_feature_store
 
 STALE, STORE_UNAVAILABLE = Degraded.STALE, Degraded.STORE_UNAVAILABLE
 FETCH_TIMEOUT = Degraded.FETCH_TIMEOUT
@@ -53,10 +54,8 @@ def cache_of(inner: FakeStore, clock: Clock, **kw: object) -> CachedFeatureStore
 
 async def test_wears_feature_store(inner: FakeStore, clock: Clock) -> None:
     cache = cache_of(inner, clock)
-    assert isinstance(cache, FeatureStore)
     assert cache.columns("item") == inner.columns("item")
-    await cache.close()
-    await cache.close()
+    await check_feature_store(cache, {"item": {"i3": inner.data["item"]["i3"]}, "user": {}})
     assert inner.closed
 
 
