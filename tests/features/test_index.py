@@ -187,3 +187,21 @@ def test_random_offsets_never_crash(data: bytes, offsets: list[int]) -> None:
         )
     except ValueError:
         pass
+
+
+def test_long_and_short_ids_share_a_table_through_evictions() -> None:
+    """Ids over 40 bytes are kept off the slot (heap); both kinds survive churn and removal."""
+    ix = _index.Index(16, 2)
+    live: list[str] = []
+    for r in range(200):
+        batch = [f"{'x' * (r % 70)}-{r}-{j}" for j in range(2)]
+        rows = np.full((2, 2), r, np.float32)
+        ix.insert(batch, rows, np.ones(2, np.bool_), np.zeros(2, np.bool_), float(r), 1e9, 1e9)
+        live = [*live, *batch][-16:]
+        out = np.zeros((len(live), 2), np.float32)
+        state = np.empty(len(live), np.int8)
+        cols = np.arange(2, dtype=np.int64)
+        assert ix.lookup(live, float(r), state, out, cols, cols) == (len(live), 0)
+        want = [float(i.split("-")[-2]) for i in live]
+        assert out[:, 0].tolist() == want
+    assert len(ix) == 16
