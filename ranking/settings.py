@@ -164,6 +164,8 @@ class Settings(BaseSettings):
         ports = [p for p in (self.port, self.admin_port, self.health_port) if p]
         if len(ports) != len(set(ports)):
             raise ValueError("port, admin_port and health_port must differ")
+        if self.effective_workers() > 1 and 0 in (self.admin_port, self.health_port):
+            raise ValueError("admin_port and health_port 0 cannot be shared by several workers")
         return self
 
     def effective_workers(self) -> int:
