@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ranking.demo.sizes import DEMO
+from ranking.limits.limiter import LimiterKind
+from ranking.scoring.scorer import Engine
 
 __all__ = ["Settings", "default_cache_dir"]
 
@@ -87,10 +90,17 @@ class Settings(BaseSettings):
         description="A plaintext port on host serving only grpc.health.v1, for probes that "
         "cannot speak TLS (Kubernetes' gRPC probes); unset = none.",
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics for the whole server (all workers) on this port "
+        "of the server's host; 0 = off.",
+    )
 
     # --- model ---
     bundle: Path | None = Field(None, description="Model bundle folder; None serves the demo.")
-    engine: Literal["auto", "quickscorer", "lightgbm"] = Field(
+    engine: Engine = Field(
         "auto", description="Scoring engine; auto picks the fastest exact one available."
     )
     reload_poll_s: float = Field(
@@ -103,10 +113,10 @@ class Settings(BaseSettings):
     )
 
     # --- demo ---
-    demo_trees: int = Field(500, ge=1, le=5000)
-    demo_leaves: int = Field(63, ge=2, le=1024)
-    demo_users: int = Field(10_000, ge=1)
-    demo_items: int = Field(50_000, ge=1)
+    demo_trees: int = Field(DEMO.trees, ge=1, le=5000)
+    demo_leaves: int = Field(DEMO.leaves, ge=2, le=1024)
+    demo_users: int = Field(DEMO.n_users, ge=1)
+    demo_items: int = Field(DEMO.n_items, ge=1)
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
     # --- features ---
@@ -143,7 +153,7 @@ class Settings(BaseSettings):
         ge=0,
         description="Score on the event loop when rows x trees is at most this; else in a thread.",
     )
-    limiter: Literal["vegas", "gradient2", "aimd", "fixed", "off"] = Field(
+    limiter: LimiterKind = Field(
         "vegas", description="Concurrency limit algorithm; see ranking/limits/README.md."
     )
     limiter_initial: int = Field(16, ge=1, description="Starting limit per worker.")
@@ -161,9 +171,9 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        ports = [p for p in (self.port, self.admin_port, self.health_port) if p]
+        ports = [p for p in (self.port, self.admin_port, self.health_port, self.metrics_port) if p]
         if len(ports) != len(set(ports)):
-            raise ValueError("port, admin_port and health_port must differ")
+            raise ValueError("port, admin_port, health_port and metrics_port must differ")
         if self.effective_workers() > 1 and 0 in (self.admin_port, self.health_port):
             raise ValueError("admin_port and health_port 0 cannot be shared by several workers")
         return self
