@@ -107,8 +107,15 @@ def run(cmd: str, *, cwd: Path, env: dict[str, str], timeout: float) -> None:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a build step: nothing of this checkout's Python setup leaks in."""
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
+    """The environment of a build step: nothing of this checkout's Python setup leaks in
+    (no PYTHONPATH, no virtualenv), but the machine's way to reach the package index (pip's
+    settings, proxies, CA bundles) is kept, as a build host's would be."""
+    names = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+    keep = {
+        k: v
+        for k, v in os.environ.items()
+        if k in names or k.startswith("PIP_") or k.lower().endswith("_proxy")
+    }
     keep.update(extra)
     return keep
 
@@ -147,7 +154,7 @@ def test_the_image_build_steps_produce_a_server_that_passes_its_health_check(
             continue  # the base image's compiler: present on this machine
         elif word == "RUN" and args.startswith("pip wheel "):
             cmd = f"{shlex.quote(sys.executable)} -m {paths(args)}"
-            run(cmd, cwd=workdir, env=clean_env(HOME=str(home)), timeout=900)
+            run(cmd, cwd=workdir, env=clean_env(), timeout=900)
         else:
             pytest.fail(f"a build-stage step this test does not reproduce: {word} {args}")
     built = sorted(p.name for p in wheels.glob("*.whl"))
@@ -158,6 +165,10 @@ def test_the_image_build_steps_produce_a_server_that_passes_its_health_check(
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     bin_dir = env_dir / "bin"
     env = clean_env(HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    # The install must find everything in the wheels the build stage made: no pip settings
+    # (this machine's find-links or constraints) may add or pin anything.
+    env = {k: v for k, v in env.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
     args_declared: dict[str, str] = {}
     entrypoint: list[str] = []
     command: list[str] = []
