@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         "bursts; see ranking/limits/README.md. 0 = gRPC's default backlog (1,000 calls).",
     )
     uvloop: bool = Field(True, description="Run the event loop on uvloop when installed.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics for the whole server (all workers) on this port "
+        "of the server's host; 0 = off.",
+    )
     max_connection_age_s: float = Field(
         0.0,
         ge=0,
@@ -89,13 +96,6 @@ class Settings(BaseSettings):
         le=65535,
         description="A plaintext port on host serving only grpc.health.v1, for probes that "
         "cannot speak TLS (Kubernetes' gRPC probes); unset = none.",
-    )
-    metrics_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        description="Serve Prometheus /metrics for the whole server (all workers) on this port "
-        "of the server's host; 0 = off.",
     )
 
     # --- model ---

@@ -69,7 +69,7 @@ class Load:
 
 
 def serve(
-    bundle: Path, world: SmallWorld, port: int, log: Path, admin_port: int
+    bundle: Path, world: SmallWorld, port: int, admin_port: int, log: Path
 ) -> subprocess.Popen[bytes]:
     cmd = [
         *(sys.executable, "-m", "ranking.cli", "serve", "--bundle", str(bundle)),
@@ -108,7 +108,7 @@ async def test_broken_models_never_change_the_serving_model(
     write_bundle(candidate, good, FEATURES, version="candidate")
     port, admin_port = free_port(), free_port()
     log = Path(tempfile.mkstemp(prefix="ranking-broken-", suffix=".log")[1])
-    proc = serve(live, small_world, port, log, admin_port)
+    proc = serve(live, small_world, port, admin_port, log)
     try:
         await wait_serving(port, proc)
         load = Load(port)

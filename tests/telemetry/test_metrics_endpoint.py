@@ -37,12 +37,6 @@ def promtool_accepts(text: str) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-async def admin_stats(app: App) -> admin_pb2.GetStatsResponse:
-    """GetStats from the app's admin port (it is never on the serving port)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.listeners.admin}") as ch:
-        return await admin_pb2_grpc.AdminServiceStub(ch).GetStats(admin_pb2.GetStatsRequest())
-
-
 def request(n: int, unknown: int = 0) -> pb.RankRequest:
     ids = [f"i{k}" for k in range(n)] + [f"nope{k}" for k in range(unknown)]
     return pb.RankRequest(user_id="u1", candidates=[pb.Candidate(id=i) for i in ids])
@@ -61,7 +55,10 @@ async def test_counts_histograms_and_getstats_agree(small_world: SmallWorld) -> 
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await stub.Rank(pb.RankRequest(user_id="u1"))
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            got = await admin_stats(app)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.listeners.admin}") as admin_ch:
+            got = await admin_pb2_grpc.AdminServiceStub(admin_ch).GetStats(
+                admin_pb2.GetStatsRequest()
+            )
         text = scrape(app.metrics.port)
     finally:
         await app.stop(0.5)
@@ -122,7 +119,10 @@ async def test_features_counters_from_redis_through_cache_and_hedger(
             stub = ranking_pb2_grpc.RankingServiceStub(ch)
             for _ in range(5):  # the first call misses, the others hit
                 await stub.Rank(request(40, unknown=2))
-            got = await admin_stats(app)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.listeners.admin}") as admin_ch:
+            got = await admin_pb2_grpc.AdminServiceStub(admin_ch).GetStats(
+                admin_pb2.GetStatsRequest()
+            )
         text = scrape(app.metrics.port)
         cache = app.store
         assert isinstance(cache, CachedFeatureStore)
