@@ -64,7 +64,7 @@ async def test_round_robin_with_health_checks_spreads_calls_and_skips_a_draining
             assert all(len(r.items) == 5 for r in results)
             share = [ok_count(a) - b for a, b in zip(apps, before, strict=True)]
             assert sum(share) == 60
-            assert share[0] <= 3, share
+            assert share[0] <= 6, share  # ~30 without the health check
             await asyncio.wait_for(stopping, 4)  # quiet without calls: the drain ends early
     finally:
         if stopping is None:

@@ -20,8 +20,9 @@ from ranking.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
-#: The oldest Kubernetes the manifests are for (native gRPC probes and the preStop sleep
-#: action are GA there) and the newest kubernetes-validate knows.
+#: The Kubernetes versions the manifests are validated for: 1.34 (the preStop sleep action is
+#: on by default from 1.30, native gRPC probes from 1.24) and the newest kubernetes-validate
+#: knows.
 VERSIONS = ("1.34.0", "1.37.0")
 RENDERINGS = ("", "overlays/redis-cluster", "overlays/tls")
 
