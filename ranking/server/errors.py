@@ -16,7 +16,7 @@ import grpc
 from ranking.errors import DeadlineExceeded, InvalidRequest, Overloaded, RankingError, Unavailable
 from ranking.telemetry.stats import Stats
 
-__all__ = ["abort"]
+__all__ = ["abort", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,15 @@ _COUNTER = {
     DeadlineExceeded: "deadline",
     Unavailable: "unavailable",
 }
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The status `abort` ends a call with for `exc` (a cancelled call: CANCELLED)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, RankingError):
+        return exc.code
+    return grpc.StatusCode.INTERNAL
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException, stats: Stats) -> NoReturn:

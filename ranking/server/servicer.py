@@ -2,31 +2,72 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+from opentelemetry.trace import Span, SpanKind, Tracer
 
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc
-from ranking.api.v1 import ranking_pb2 as pb
-from ranking.api.v1 import ranking_pb2_grpc as pb_grpc
 from ranking.core.deadline import Deadline
 from ranking.core.service import RankingService
 from ranking.errors import BundleError
 from ranking.server.converters import to_query, to_response
-from ranking.server.errors import abort
+from ranking.server.errors import abort, status_of
 from ranking.telemetry import stats as st
 from ranking.telemetry.stage import Stage
 
-__all__ = ["AdminServicer", "RankingServicer"]
+__all__ = ["AdminServicer", "RankingServicer", "add_ranking_servicer"]
 
 log = logging.getLogger(__name__)
 
+RANKING_SERVICE = "ranking.v1.RankingService"
 
-class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
+#: The traced and the untraced call run the same code; untraced, the span is None.
+_UNTRACED: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+class _RootSpan:
+    """The call's server span, a child of the caller's W3C trace context when it sent one."""
+
+    __slots__ = ("_cm", "_grpc", "_token", "_tracer")
+
+    def __init__(self, tracer: Tracer, context: grpc.aio.ServicerContext) -> None:
+        self._tracer = tracer
+        self._grpc = context
+        self._token: object = None
+        self._cm: Any = None
+
+    def __enter__(self) -> Span:
+        metadata = self._grpc.invocation_metadata() or ()
+        carrier = {k: v for k, v in metadata if isinstance(v, str)}
+        self._token = otel_context.attach(propagate.extract(carrier))
+        self._cm = self._tracer.start_as_current_span(
+            "ranking.v1.RankingService/Rank", kind=SpanKind.SERVER
+        )
+        span: Span = self._cm.__enter__()
+        span.set_attribute("rpc.system", "grpc")
+        return span
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self._cm.__exit__(et, e, tb)
+        finally:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+
+
+class RankingServicer:
+    """`Rank` over raw bytes: the native codec decodes the request and encodes the response
+    (see `add_ranking_servicer`), so no protobuf message is built on the request path."""
+
     def __init__(self, core: RankingService, budget_s: float) -> None:
         self._core = core
         self._budget_s = budget_s
@@ -36,59 +77,48 @@ class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
         self.inflight = 0
         self.last_arrival_s = 0.0
 
-    async def Rank(
-        self, request: pb.RankRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RankResponse:
+    async def Rank(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         deadline = Deadline.from_budget(self._budget_s, context.time_remaining())
         self.last_arrival_s = deadline.started
         self.inflight += 1
+        tel, core = self._telemetry, self._core
         try:
-            with Stage(self._telemetry, "total", st.I_TOTAL, span=False):
-                if self._telemetry.recording:
-                    return await self._traced(request, context, deadline)
-                return await self._rank(request, context, deadline)
+            with (
+                Stage(tel, "total", st.I_TOTAL, span=False),
+                _RootSpan(tel.tracer, context) if tel.recording else _UNTRACED as span,
+            ):
+                try:
+                    with Stage(tel, "convert", st.I_CONVERT):
+                        query = to_query(request, core.max_candidates, core.max_feature_names)
+                    if span is not None:
+                        span.set_attribute("ranking.candidates", len(query.candidate_ids))
+                    result = await core.rank(query, deadline)
+                    with Stage(tel, "respond", st.I_RESPOND):
+                        body = to_response(result, query.request_id)
+                except BaseException as exc:
+                    if span is not None:
+                        span.set_attribute("rpc.grpc.status_code", status_of(exc).value[0])
+                    await abort(context, exc, tel.stats)
+                if span is not None:
+                    span.set_attribute("ranking.model_version", result.model_version)
+                    span.set_attribute("ranking.degraded_reasons", result.degraded)
+                return body
         finally:
             self.inflight -= 1
 
-    async def _rank(
-        self, request: pb.RankRequest, context: grpc.aio.ServicerContext, deadline: Deadline
-    ) -> pb.RankResponse:
-        tel = self._telemetry
-        try:
-            with Stage(tel, "convert", st.I_CONVERT):
-                query = to_query(request)
-            result = await self._core.rank(query, deadline)
-            with Stage(tel, "respond", st.I_RESPOND):
-                return to_response(result, request.request_id)
-        except BaseException as exc:
-            await abort(context, exc, tel.stats)
 
-    async def _traced(
-        self, request: pb.RankRequest, context: grpc.aio.ServicerContext, deadline: Deadline
-    ) -> pb.RankResponse:
-        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        token = otel_context.attach(propagate.extract(carrier))
-        try:
-            with self._telemetry.tracer.start_as_current_span(
-                "ranking.v1.RankingService/Rank", kind=_SERVER
-            ) as span:
-                span.set_attribute("rpc.system", "grpc")
-                span.set_attribute("ranking.candidates", len(request.candidates))
-                try:
-                    with Stage(self._telemetry, "convert", st.I_CONVERT):
-                        query = to_query(request)
-                    result = await self._core.rank(query, deadline)
-                except BaseException as exc:
-                    span.set_attribute(
-                        "rpc.grpc.status_code", getattr(exc, "code", _INTERNAL).value[0]
-                    )
-                    await abort(context, exc, self._telemetry.stats)
-                span.set_attribute("ranking.model_version", result.model_version)
-                span.set_attribute("ranking.degraded_reasons", result.degraded)
-                with Stage(self._telemetry, "respond", st.I_RESPOND):
-                    return to_response(result, request.request_id)
-        finally:
-            otel_context.detach(token)
+def add_ranking_servicer(servicer: RankingServicer, server: grpc.aio.Server) -> None:
+    """Serve `ranking.v1.RankingService` from `servicer` with bytes in and bytes out: no
+    request deserializer, no response serializer (reflection still describes the messages)."""
+    handlers = {
+        "Rank": grpc.unary_unary_rpc_method_handler(
+            servicer.Rank, request_deserializer=None, response_serializer=None
+        )
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(RANKING_SERVICE, handlers),)
+    )
+    server.add_registered_method_handlers(RANKING_SERVICE, handlers)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
@@ -134,9 +164,3 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             workers=self._workers,
             concurrency_limit=self._core.limiter.limit,
         )
-
-
-from opentelemetry.trace import SpanKind  # noqa: E402
-
-_SERVER = SpanKind.SERVER
-_INTERNAL = grpc.StatusCode.INTERNAL
