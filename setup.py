@@ -4,12 +4,13 @@ import numpy
 from setuptools import Extension, setup
 
 
-def extension(name: str, source: str, *extra: str) -> Extension:
+def extension(name: str, source: str, depends: tuple[str, ...] = ()) -> Extension:
     return Extension(
         name,
         sources=[source],
+        depends=list(depends),
         include_dirs=[numpy.get_include()],
-        extra_compile_args=["-O3", "-std=c11", "-fno-math-errno", *extra],
+        extra_compile_args=["-O3", "-std=c11", "-fno-math-errno"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 
@@ -18,7 +19,9 @@ setup(
     ext_modules=[
         extension("ranking.scoring._quickscorer", "ranking/scoring/_quickscorer.c"),
         # The request codec (decoder + encoder; the wire code is in _wire_core.h).
-        extension("ranking.server._wire", "ranking/server/_wire.c"),
+        extension(
+            "ranking.server._wire", "ranking/server/_wire.c", ("ranking/server/_wire_core.h",)
+        ),
         # Top-k ranking and id uniqueness for the core.
         extension("ranking.core._order", "ranking/core/_order.c"),
     ],

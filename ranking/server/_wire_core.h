@@ -353,6 +353,9 @@ static int wire_candidate(wire_reader *rd, const uint8_t *p, const uint8_t *end,
                 return -1;
             }
             size_t k = s.n / 8;
+            if (k == 0) {
+                continue; /* an empty packed run adds nothing */
+            }
             if (wire_grow((void **)&r->values, &r->values_cap, r->values_len + k, 8) != 0) {
                 wire_fail(rd, at, WIRE_ENOMEM);
                 return -1;
