@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import struct
+from itertools import pairwise
 
 from google.protobuf.message import DecodeError
 
@@ -77,7 +78,7 @@ def check_agrees(body: bytes) -> str:
     assert (rid, uid, top_k, strict) == (want.request_id, want.user_id, want.top_k, want.strict)
     bounds = offsets.tolist()
     assert bounds[0] == 0 and len(bounds) == len(want.candidates) + 1
-    ids = [data[a:b].decode() for a, b in zip(bounds, bounds[1:], strict=False)]
+    ids = [data[a:b].decode() for a, b in pairwise(bounds)]
     assert ids == [c.id for c in want.candidates]
     assert set(context) == set(want.context)
     for key, value in want.context.items():
