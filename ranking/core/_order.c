@@ -7,7 +7,8 @@
  *       k, O(m log k), then the heap sorted. With a priority (partial scoring) the scored rows
  *       are priority[:fit] and the unscored ones follow in priority order, as many as top_k
  *       leaves room for. Identical to the numpy code it replaced (see RankingService._sort).
- *   first_duplicate(data, offsets) -> index of the first id equal to an earlier one, or -1
+ *   check_ids(data, offsets) -> (first_duplicate, first_empty)
+ *       the index of the first id equal to an earlier one and of the first empty id (-1: none):
  *       an open-addressing set over the ids' bytes, hashed with SipHash-1-3 under a key drawn
  *       at import (so a caller cannot choose colliding ids).
  *
@@ -207,7 +208,7 @@ static uint64_t siphash13(const uint8_t *p, size_t n) {
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
-static PyObject *first_duplicate(PyObject *self, PyObject *args) {
+static PyObject *check_ids(PyObject *self, PyObject *args) {
     Py_buffer data;
     PyObject *offsets_obj;
     if (!PyArg_ParseTuple(args, "y*O", &data, &offsets_obj)) {
@@ -224,13 +225,17 @@ static PyObject *first_duplicate(PyObject *self, PyObject *args) {
     const int64_t *off = PyArray_DATA(offsets);
     const uint8_t *buf = data.buf;
     if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "first_duplicate: offsets must not be empty");
+        PyErr_SetString(PyExc_ValueError, "check_ids: offsets must not be empty");
         goto done;
     }
+    npy_intp empty = -1;
     for (npy_intp i = 0; i < n; i++) {
         if (off[i] < 0 || off[i + 1] < off[i] || off[i + 1] > (int64_t)data.len) {
-            PyErr_SetString(PyExc_ValueError, "first_duplicate: offsets out of range");
+            PyErr_SetString(PyExc_ValueError, "check_ids: offsets out of range");
             goto done;
+        }
+        if (off[i + 1] == off[i] && empty < 0) {
+            empty = i;
         }
     }
     size_t cap = 16;
@@ -264,7 +269,7 @@ static PyObject *first_duplicate(PyObject *self, PyObject *args) {
             slot = (slot + 1) & (cap - 1);
         }
     }
-    out = PyLong_FromSsize_t(found);
+    out = Py_BuildValue("(nn)", (Py_ssize_t)found, (Py_ssize_t)empty);
 done:
     if (table != NULL && table != stack_table) {
         PyMem_Free(table);
@@ -277,8 +282,8 @@ done:
 static PyMethodDef order_methods[] = {
     {"rank_order", rank_order, METH_VARARGS,
      "rank_order(scores, priority, fit, top_k, n) -> (order, ranked_scores, unscored)"},
-    {"first_duplicate", first_duplicate, METH_VARARGS,
-     "first_duplicate(data, offsets) -> index of the first repeated id, or -1"},
+    {"check_ids", check_ids, METH_VARARGS,
+     "check_ids(data, offsets) -> (first repeated id, first empty id), -1 for none"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,6 +23,7 @@ def rank_order(
     len(scores) > n (without one).
     """
 
-def first_duplicate(data: bytes, offsets: npt.NDArray[np.int64]) -> int:
-    """The index of the first id (`data[offsets[i]:offsets[i + 1]]`) equal to an earlier one,
-    or -1. Raises ValueError when offsets are empty, decreasing or past `data`."""
+def check_ids(data: bytes, offsets: npt.NDArray[np.int64]) -> tuple[int, int]:
+    """(the index of the first id equal to an earlier one, the index of the first empty id),
+    -1 for none; id i is `data[offsets[i]:offsets[i + 1]]`. Raises ValueError when offsets are
+    empty, decreasing or past `data`."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ranking.core._order import first_duplicate, rank_order
+from ranking.core._order import check_ids, rank_order
 from ranking.core.deadline import Deadline
 from ranking.core.models import ModelHolder, ServingModel
 from ranking.errors import (
@@ -180,10 +180,10 @@ class RankingService:
         if query.top_k < 0:
             raise InvalidRequest("top_k: must be >= 0 (0 returns all candidates)")
         # One native pass over the id bytes (a hash set), no Python string per id.
-        dup = first_duplicate(ids.data, ids.offsets)
+        dup, empty = check_ids(ids.data, ids.offsets)
         if dup >= 0:
             raise InvalidRequest(f"candidates: duplicate id {ids[dup][:64]!r}")
-        if not np.all(ids.offsets[1:] > ids.offsets[:-1]):
+        if empty >= 0:
             raise InvalidRequest("candidates: ids must be non-empty")
         for name, value in query.context.items():
             if math.isinf(value):
