@@ -33,6 +33,8 @@ from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
 from ranking.settings import Settings
 from ranking.telemetry import Stats, Telemetry, build_telemetry
+from ranking.telemetry.endpoint import LocalSource, MetricsServer
+from ranking.telemetry.state import PUBLISH_EVERY_S, publish
 
 __all__ = ["App", "run_worker"]
 
@@ -118,9 +120,15 @@ class App:
         telemetry: Telemetry | None = None,
         stats: Stats | None = None,
         worker: int = 0,
+        serve_metrics: bool = True,
     ) -> None:
+        """`serve_metrics`: serve --metrics-port from this process (False in the workers of a
+        multi-process server, whose parent serves it)."""
         self.settings = settings
         self.worker = worker
+        self._serve_metrics = serve_metrics
+        self.metrics: MetricsServer | None = None
+        self._publisher: asyncio.Task[None] | None = None
         stats = stats or Stats()
         self.telemetry = telemetry or build_telemetry(stats)
         self.port = 0
@@ -146,7 +154,9 @@ class App:
         """Build everything and start serving; returns the bound port."""
         s = self.settings
         loop = asyncio.get_running_loop()
-        # Scoring large batches and building models run off the event loop (STYLE habit 6).
+        # Scoring large batches and building models run off the event loop, so one slow call
+        # never holds every other request (small batches are scored inline: see
+        # inline_max_row_trees in settings.py).
         self._score_executor = ThreadPoolExecutor(1, thread_name_prefix="score")
         self._build_executor = ThreadPoolExecutor(1, thread_name_prefix="model-build")
         self.store = await build_store(s)
@@ -200,6 +210,7 @@ class App:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.bundle is not None and s.reload_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch(s.bundle, s.reload_poll_s))
+        self._start_metrics()
         log.info(
             "worker %d serving model %s (%s) on %s:%d; limiter %s, gRPC backlog %s",
             self.worker,
@@ -211,6 +222,22 @@ class App:
             s.max_pending_calls or "gRPC default",
         )
         return self.port
+
+    def _start_metrics(self) -> None:
+        """Serve /metrics here (one process), or publish this worker's state for the parent."""
+        stats = self.telemetry.stats
+        core = self.core
+        if stats.path is not None and self.settings.metrics_port:
+            self._publisher = asyncio.create_task(self._publish(stats.path))
+        if self._serve_metrics and self.settings.metrics_port:
+            source = LocalSource(stats, lambda: None if core is None else core.state())
+            self.metrics = MetricsServer(self.settings.host, self.settings.metrics_port, source)
+            self.metrics.start()
+
+    async def _publish(self, stats_path: Path) -> None:
+        while self.core is not None:
+            publish(self.core.state(), stats_path, self.worker)
+            await asyncio.sleep(PUBLISH_EVERY_S)
 
     async def _watch(self, folder: Path, every_s: float) -> None:
         """Poll the bundle folder; reload when its files changed and then held still for one
@@ -251,6 +278,14 @@ class App:
             ):
                 await asyncio.sleep(min(quiet / 4, 0.01))
         grace = max(until - time.monotonic(), 0.0)
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+            self._publisher = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -323,7 +358,7 @@ def run_worker(settings: Settings, worker: int = 0, stats_path: Path | None = No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        app = App(settings, stats=stats, worker=worker)
+        app = App(settings, stats=stats, worker=worker, serve_metrics=stats_path is None)
         await app.start()
         await stop.wait()
         log.info("worker %d draining (grace %.1f s)", worker, settings.grace_s)

@@ -1,27 +1,24 @@
-"""gRPC servicers: convert, call the core, convert back. Nothing else happens here."""
+"""gRPC servicers: convert, call the core, convert back; the core counts and times the call.
+
+`Rank` takes and returns raw bytes (`add_ranking_servicer` registers it without a protobuf
+deserializer or serializer): the native codec decodes the request and encodes the response.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import logging
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 import grpc
-from opentelemetry import context as otel_context
-from opentelemetry import propagate
-from opentelemetry.trace import Span, SpanKind, Tracer
 
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc
 from ranking.core.deadline import Deadline
 from ranking.core.service import RankingService
 from ranking.errors import BundleError
 from ranking.server.converters import to_query, to_response
-from ranking.server.errors import abort, status_of
+from ranking.server.errors import abort
 from ranking.telemetry import stats as st
-from ranking.telemetry.stage import Stage
 
 __all__ = ["AdminServicer", "RankingServicer", "add_ranking_servicer"]
 
@@ -29,44 +26,10 @@ log = logging.getLogger(__name__)
 
 RANKING_SERVICE = "ranking.v1.RankingService"
 
-#: The traced and the untraced call run the same code; untraced, the span is None.
-_UNTRACED: contextlib.nullcontext[None] = contextlib.nullcontext()
-
-
-class _RootSpan:
-    """The call's server span, a child of the caller's W3C trace context when it sent one."""
-
-    __slots__ = ("_cm", "_grpc", "_token", "_tracer")
-
-    def __init__(self, tracer: Tracer, context: grpc.aio.ServicerContext) -> None:
-        self._tracer = tracer
-        self._grpc = context
-        self._token: object = None
-        self._cm: Any = None
-
-    def __enter__(self) -> Span:
-        metadata = self._grpc.invocation_metadata() or ()
-        carrier = {k: v for k, v in metadata if isinstance(v, str)}
-        self._token = otel_context.attach(propagate.extract(carrier))
-        self._cm = self._tracer.start_as_current_span(
-            "ranking.v1.RankingService/Rank", kind=SpanKind.SERVER
-        )
-        span: Span = self._cm.__enter__()
-        span.set_attribute("rpc.system", "grpc")
-        return span
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            self._cm.__exit__(et, e, tb)
-        finally:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
-
 
 class RankingServicer:
-    """`Rank` over raw bytes: the native codec decodes the request and encodes the response
-    (see `add_ranking_servicer`), so no protobuf message is built on the request path."""
+    """`Rank` over raw bytes; one code path whether tracing records or not (the call record
+    makes the spans)."""
 
     def __init__(self, core: RankingService, budget_s: float) -> None:
         self._core = core
@@ -78,33 +41,24 @@ class RankingServicer:
         self.last_arrival_s = 0.0
 
     async def Rank(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        core = self._core
+        call = core.begin_call(context.invocation_metadata)
         deadline = Deadline.from_budget(self._budget_s, context.time_remaining())
         self.last_arrival_s = deadline.started
         self.inflight += 1
-        tel, core = self._telemetry, self._core
         try:
-            with (
-                Stage(tel, "total", st.I_TOTAL, span=False),
-                _RootSpan(tel.tracer, context) if tel.recording else _UNTRACED as span,
-            ):
-                try:
-                    with Stage(tel, "convert", st.I_CONVERT):
-                        query = to_query(request, core.max_candidates, core.max_feature_names)
-                    if span is not None:
-                        span.set_attribute("ranking.candidates", len(query.candidate_ids))
-                    result = await core.rank(query, deadline)
-                    with Stage(tel, "respond", st.I_RESPOND):
-                        body = to_response(result, query.request_id)
-                except BaseException as exc:
-                    if span is not None:
-                        span.set_attribute("rpc.grpc.status_code", status_of(exc).value[0])
-                    await abort(context, exc, tel.stats)
-                if span is not None:
-                    span.set_attribute("ranking.model_version", result.model_version)
-                    span.set_attribute("ranking.degraded_reasons", result.degraded)
-                return body
+            query = to_query(request, core.max_candidates, core.max_feature_names)
+            call.lap(st.CONVERT)
+            result = await core.rank(query, deadline, call)
+            response = to_response(result, query.request_id)
+            call.lap(st.RESPOND)
+        except BaseException as exc:
+            call.end(exc)
+            await abort(context, exc)
         finally:
             self.inflight -= 1
+        call.end(None)
+        return response
 
 
 def add_ranking_servicer(servicer: RankingServicer, server: grpc.aio.Server) -> None:
@@ -149,18 +103,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetStatsResponse:
         stats = self._core.telemetry.stats
-        model = self._core.models.current
-        limiter = self._core.limiter
-        counters = stats.totals()
-        # The limiter's own counters are this worker's (each worker admits for itself).
-        for name in ("accepted", "rejected", "dropped", "ignored", "inflight"):
-            counters[f"limiter_{name}"] = float(getattr(limiter, name))
+        state = self._core.state()
+        # Request counters are the whole server's (the shared table); the rest (limiter,
+        # model, feature store) are the answering worker's own.
+        counters = {**stats.totals(), **state.counters()}
         return admin_pb2.GetStatsResponse(
             counters=counters,
             stage_mean_us=stats.stage_means_us(),
             stage_cpu_mean_us=stats.stage_means_us("cpu_ns"),
-            model_version=model.version,
-            engine=model.scorer.name,
+            model_version=state.model_version,
+            engine=state.engine,
             workers=self._workers,
-            concurrency_limit=self._core.limiter.limit,
+            concurrency_limit=int(state.limiter["limit"]),
         )

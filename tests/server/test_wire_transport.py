@@ -154,7 +154,6 @@ async def test_failing_traced_calls_abort_with_a_status_and_mark_the_span(
         roots = [s for s in exporter.get_finished_spans() if s.name.endswith("/Rank")]
         codes = [s.attributes["rpc.grpc.status_code"] for s in roots]
         assert codes == [3, 3, 13]
-        assert roots[0].attributes["ranking.candidates"] == 2
         assert stats.totals()["invalid"] == 2 and stats.totals()["internal"] == 1
     finally:
         await app.stop(0.5)
