@@ -81,7 +81,8 @@ def test_sanitizer_fuzz_finds_nothing(tmp_path: Path, kind: str) -> None:
         path.write_bytes(seed)
         files.append(str(path))
     if kind == "libfuzzer":
-        run = [str(exe), "-max_total_time=12", "-max_len=8192", "-seed=1", str(corpus)]
+        run = [str(exe), "-max_total_time=12", "-max_len=8192", "-seed=1"]
+        run += [f"-artifact_prefix={tmp_path}/", str(corpus)]  # crash files stay in tmp
     else:
         run = [str(exe), "300000", "1", *files]
     done = subprocess.run(run, capture_output=True, text=True, timeout=120)
