@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from ranking.loadgen._config import LoadConfig
 from ranking.loadgen._report import Sample, encode_histogram, new_histogram
+from ranking.tls import channel_credentials
 
 __all__ = ["Recorder", "drive", "open_channels"]
 
@@ -112,17 +113,25 @@ class Recorder:
 
 async def open_channels(cfg: LoadConfig) -> list[grpc.aio.Channel]:
     """`channels_per_process` channels, each its own TCP connection, all connected."""
-    options = [
+    options: list[tuple[str, Any]] = [
         # Channels with equal arguments share one connection through the global subchannel
         # pool; a local pool per channel gives each its own, so SO_REUSEPORT can spread them.
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ]
-    channels = [
-        grpc.aio.insecure_channel(cfg.target, options=options)
-        for _ in range(cfg.channels_per_process)
-    ]
+    if cfg.tls is None:
+        channels = [
+            grpc.aio.insecure_channel(cfg.target, options=options)
+            for _ in range(cfg.channels_per_process)
+        ]
+    else:
+        credentials = channel_credentials(cfg.tls)
+        options += cfg.tls.channel_options()
+        channels = [
+            grpc.aio.secure_channel(cfg.target, credentials, options=options)
+            for _ in range(cfg.channels_per_process)
+        ]
     try:
         await asyncio.wait_for(
             asyncio.gather(*(c.channel_ready() for c in channels)), cfg.connect_timeout_s
