@@ -2,15 +2,20 @@
 
 Built twice: with clang (scripts/test installs it) as libFuzzer, coverage-guided, for 12 s; with
 gcc as a seeded mutation loop over 300,000 inputs (a few seconds). Either way AddressSanitizer
-and UBSan abort on the first bad read, write, leak or undefined operation.
+and UBSan abort on the first bad read, write, leak or undefined operation. A third test builds
+the Python glue (_wire.c) with the same sanitizers and drives it from Python.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
+import numpy
 import pytest
 
 from ranking.api.v1 import ranking_pb2 as pb
@@ -90,3 +95,88 @@ def test_sanitizer_fuzz_finds_nothing(tmp_path: Path, kind: str) -> None:
     assert done.returncode == 0, report
     assert "ERROR: AddressSanitizer" not in report and "runtime error" not in report, report
     assert ("Done" if kind == "libfuzzer" else "no sanitizer report") in report, report
+
+
+GLUE_DRIVER = r"""
+import importlib.util, random, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("ranking.server._wire", sys.argv[1])
+wire = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(wire)
+seeds = [open(p, "rb").read() for p in sys.argv[3:]]
+rnd = random.Random(1)
+decoded = 0
+for _ in range(int(sys.argv[2])):
+    data = bytearray(rnd.choice(seeds))
+    for _ in range(rnd.randint(1, 4)):
+        at = rnd.randrange(len(data) + 1)
+        op = rnd.randrange(4)
+        if op == 0 and at < len(data):
+            data[at] ^= 1 << rnd.randrange(8)
+        elif op == 1:
+            data[at:at] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 3)))
+        elif op == 2:
+            del data[at : at + rnd.randint(1, 4)]
+        else:
+            del data[at:]
+    try:
+        rid, uid, ids, offsets, ctx, top_k, strict, names, values, rows = wire.decode_request(
+            bytes(data), rnd.choice([-1, 0, 3, 1000]), rnd.choice([-1, 0, 2, 100])
+        )
+    except wire.WireError:
+        continue
+    decoded += 1
+    n = len(offsets) - 1
+    order = np.array(rnd.sample(range(n), n), dtype=np.intp)
+    unscored = rnd.randint(0, n)
+    scores = np.linspace(-1, 1, n - unscored)
+    wire.encode_response(ids, offsets, order, scores, unscored, uid, names, rid, b"\x12\x01x")
+print(f"glue: {decoded} decoded, no sanitizer report")
+"""
+
+
+@pytest.mark.slow
+def test_python_glue_under_sanitizers(tmp_path: Path) -> None:
+    """_wire.c itself (objects, arrays, reference counts) built with ASan + UBSan and driven
+    from Python over mutated requests, encoding a response for each one that decodes."""
+    gcc = shutil.which("gcc")
+    runtimes = []
+    for lib in ("libasan.so", "libubsan.so"):
+        found = subprocess.run(
+            [gcc or "gcc", f"-print-file-name={lib}"], capture_output=True, text=True
+        )
+        runtimes.append(found.stdout.strip())
+    if not gcc or not all(Path(r).is_absolute() for r in runtimes):
+        pytest.skip("gcc with the ASan/UBSan runtimes is needed to build the glue under sanitizers")
+    source = Path(__file__).parents[2] / "ranking" / "server" / "_wire.c"
+    module = tmp_path / "_wire_asan.so"
+    includes = [f"-I{numpy.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+    done = subprocess.run(
+        [
+            gcc,
+            "-shared",
+            "-fPIC",
+            *SANITIZE,
+            "-fsanitize=address,undefined",
+            *includes,
+            "-DNPY_NO_DEPRECATED_API=NPY_1_7_API_VERSION",
+            str(source),
+            "-o",
+            str(module),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    files = []
+    for i, seed in enumerate(seeds()):
+        (tmp_path / f"seed{i}").write_bytes(seed)
+        files.append(str(tmp_path / f"seed{i}"))
+    env = {**os.environ, "LD_PRELOAD": " ".join(runtimes), "ASAN_OPTIONS": "detect_leaks=0"}
+    run = [sys.executable, "-c", GLUE_DRIVER, str(module), "20000", *files]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
+    report = (done.stdout + done.stderr)[-4000:]
+    assert done.returncode == 0, report
+    assert "no sanitizer report" in report and "runtime error" not in report, report
+    decoded = int(report.split("glue: ")[1].split()[0])
+    assert decoded > 1000, report  # most mutations of a valid request still decode
