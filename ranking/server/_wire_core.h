@@ -464,8 +464,18 @@ static int wire_decode_request(const uint8_t *body, size_t len, wire_request *r)
     memset(r, 0, sizeof *r);
     wire_reader rd = {body, WIRE_OK, NULL};
     const uint8_t *p = body, *end = body + len;
-    if (wire_grow((void **)&r->count, &r->cand_cap, 16, 8) != 0 ||
-        (r->offsets = malloc(r->cand_cap * 8)) == NULL) {
+    /* Size the arrays from the body once, instead of growing them candidate by candidate: a
+       candidate takes at least 2 bytes on the wire, and the ids at most the whole body. */
+    size_t cands = len / 2 + 2, ids = len;
+    if (cands > 4096) {
+        cands = 4096;
+    }
+    if (ids > 65536) {
+        ids = 65536;
+    }
+    if (wire_grow((void **)&r->count, &r->cand_cap, cands, 8) != 0 ||
+        (r->offsets = malloc(r->cand_cap * 8)) == NULL ||
+        wire_grow((void **)&r->ids, &r->ids_cap, ids ? ids : 1, 1) != 0) {
         return WIRE_ENOMEM;
     }
     r->offsets[0] = 0;

@@ -1,6 +1,6 @@
 """Memory safety of the codec's C core: a sanitizer build of tests/server/fuzz/wire_fuzz.c.
 
-Built twice: with clang (scripts/test installs it) as libFuzzer, coverage-guided, for 12 s; with
+Built twice: with clang (scripts/test installs it) as libFuzzer, coverage-guided, for 10 s; with
 gcc as a seeded mutation loop over 300,000 inputs (a few seconds). Either way AddressSanitizer
 and UBSan abort on the first bad read, write, leak or undefined operation. A third test builds
 the Python glue (_wire.c) with the same sanitizers and drives it from Python.
@@ -86,7 +86,7 @@ def test_sanitizer_fuzz_finds_nothing(tmp_path: Path, kind: str) -> None:
         path.write_bytes(seed)
         files.append(str(path))
     if kind == "libfuzzer":
-        run = [str(exe), "-max_total_time=12", "-max_len=8192", "-seed=1"]
+        run = [str(exe), "-max_total_time=10", "-max_len=8192", "-seed=1"]
         run += [f"-artifact_prefix={tmp_path}/", str(corpus)]  # crash files stay in tmp
     else:
         run = [str(exe), "300000", "1", *files]
