@@ -218,9 +218,11 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        ports = [p for p in (self.port, self.admin_port, self.health_port) if p]
+        ports = [p for p in (self.port, self.admin_port, self.health_port, self.metrics_port) if p]
         if len(ports) != len(set(ports)):
-            raise ValueError("port, admin_port and health_port must differ")
+            raise ValueError("port, admin_port, health_port and metrics_port must differ")
+        if self.effective_workers() > 1 and 0 in (self.admin_port, self.health_port):
+            raise ValueError("admin_port and health_port 0 cannot be shared by several workers")
         return self
 
     def effective_workers(self) -> int:

@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ranking.api.v1 import ranking_pb2, ranking_pb2_grpc
+from ranking.api.v1 import ranking_pb2
 from ranking.core.models import ModelHolder, build_serving_model
 from ranking.core.service import RankingService
 from ranking.errors import BundleError
@@ -193,10 +193,10 @@ class App:
         ops_options = list(options)
         options += backlog_options(s.max_pending_calls)
         server = grpc.aio.server(options=options)
-        from ranking.server.servicer import AdminServicer, RankingServicer
+        from ranking.server.servicer import AdminServicer, RankingServicer, add_ranking_servicer
 
         self._servicer = RankingServicer(self.core, s.budget_ms / 1e3)
-        ranking_pb2_grpc.add_RankingServiceServicer_to_server(self._servicer, server)
+        add_ranking_servicer(self._servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
