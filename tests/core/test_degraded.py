@@ -197,3 +197,29 @@ def test_readme_table_lists_exactly_the_reasons() -> None:
     listed = re.findall(r"^\| `([a-z_.]+)` \|", table, flags=re.M)
     assert sorted(listed) == sorted(r.value for r in Degraded)
     assert {D.STORE_UNAVAILABLE, D.FETCH_TIMEOUT, D.STALE} == OUTAGE
+
+
+async def test_without_a_cache_the_same_reasons_and_the_same_strict_rule(
+    small_world: SmallWorld, redis_server: RedisServer
+) -> None:
+    """No cache: the store's exception, not a cache's report, reaches the core; the reasons and
+    the strict refusal are the same (one rule, `OUTAGE`)."""
+    load(small_world, redis_server)
+    app = await serve(
+        small_world, redis_server, budget_ms=60.0, cache=CacheSettings.defaults(capacity=0)
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            s = Served(app, ranking_pb2_grpc.RankingServiceStub(channel), small_world)
+            assert await s.reasons("u3", [*KNOWN[:5], "i-nope"]) == {D.ITEMS_UNKNOWN}
+            redis_server.pause()
+            try:
+                assert await s.reasons("u3", KNOWN[:5]) == {D.FETCH_TIMEOUT}
+                assert await s.strict_code("u3", KNOWN[:5]) == grpc.StatusCode.UNAVAILABLE
+            finally:
+                redis_server.resume()
+            redis_server.kill()
+            assert await s.reasons("u3", KNOWN[:5]) == {D.STORE_UNAVAILABLE}
+            assert await s.strict_code("u3", KNOWN[:5]) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await app.stop(0.5)
