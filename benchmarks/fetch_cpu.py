@@ -35,6 +35,7 @@ import numpy as np
 
 from benchmarks.redis_server import start_redis
 from ranking.core.assemble import MatrixPlan
+from ranking.degraded import Degraded
 from ranking.features.redis_factory import build_redis_store
 from ranking.features.redis_loader import load_entities
 from ranking.features.store import FetchResult, Gatherer, Lookup
@@ -98,9 +99,9 @@ def degraded_of(results: list[FetchResult]) -> list[str]:
         degraded.extend(x for x in r.degraded if x not in degraded)
     items, user = results
     if not user.found[0]:
-        degraded.append("features.user_unknown")
+        degraded.append(Degraded.USER_UNKNOWN)
     if not items.found.all():
-        degraded.append("features.items_unknown")
+        degraded.append(Degraded.ITEMS_UNKNOWN)
     return degraded
 
 
