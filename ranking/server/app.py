@@ -1,9 +1,13 @@
 """One owner for start-up and shutdown of a server process.
 
 `App` builds, in order: the feature store, the serving model (off the event loop), the limiter,
-the core, and the grpc.aio server with health and reflection; `stop` undoes it in reverse after
-draining in-flight calls. `run_worker` is the process entry: uvloop, signals, serve until
-SIGTERM/SIGINT.
+the core, a warm-up (`warmup.py`), and the grpc.aio server with health and reflection; `stop`
+undoes it in reverse after draining in-flight calls. `run_worker` is the process entry: uvloop,
+signals, serve until SIGTERM/SIGINT.
+
+Readiness: the server binds its port only once a model is loaded and warmed, so nothing
+connects to a worker without a model. Health is SERVING while this process serves and, with
+several workers, every worker does (`roster.py`); NOT_SERVING from the moment a drain starts.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity
 from ranking.features.store import FeatureStore, columns_or_empty
 from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
+from ranking.server.roster import Roster
+from ranking.server.warmup import warm_up
 from ranking.settings import Settings
 from ranking.telemetry import Stats, Telemetry, build_telemetry
 
@@ -118,9 +124,11 @@ class App:
         telemetry: Telemetry | None = None,
         stats: Stats | None = None,
         worker: int = 0,
+        roster: Roster | None = None,
     ) -> None:
         self.settings = settings
         self.worker = worker
+        self.roster = roster
         stats = stats or Stats()
         self.telemetry = telemetry or build_telemetry(stats)
         self.port = 0
@@ -131,6 +139,9 @@ class App:
         self._score_executor: ThreadPoolExecutor | None = None
         self._build_executor: ThreadPoolExecutor | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._readiness: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
+        self._draining = False
         self._servicer: Any = None
 
     async def __aenter__(self) -> App:
@@ -162,6 +173,16 @@ class App:
         bundle: Bundle = await loop.run_in_executor(self._build_executor, load_bundle, bundle_dir)
         model = await loop.run_in_executor(self._build_executor, build, bundle)
         holder = ModelHolder(model, build=build, executor=self._build_executor)
+        await warm_up(
+            models=holder,
+            store=self.store,
+            executor=self._score_executor,
+            inline_max_row_trees=s.inline_max_row_trees,
+            fetch_share=s.fetch_share,
+            budget_s=s.budget_ms / 1e3,
+            rounds=s.warmup_rounds,
+            candidates=min(200, s.max_candidates),
+        )
         limiter = _limiter(s)
         self.core = RankingService(
             models=holder,
@@ -195,9 +216,13 @@ class App:
         if self.port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.port}")
         self._server = server
-        await server.start()
         for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        if self.roster is not None:
+            self.roster.set_ready(self.worker, True)
+        await self._update_health()
+        self._readiness = asyncio.create_task(self._follow_readiness())
         if s.bundle is not None and s.reload_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch(s.bundle, s.reload_poll_s))
         log.info(
@@ -230,6 +255,34 @@ class App:
             with contextlib.suppress(BundleError):
                 await self.core.models.reload(folder)
 
+    def ready(self) -> bool:
+        """SERVING or not: a model is loaded (it is once started), no drain has begun, and
+        every worker of the server is up."""
+        if self.core is None or self._server is None or self._draining:
+            return False
+        return self.roster is None or self.roster.all_ready()
+
+    async def _update_health(self) -> None:
+        serving = self.ready()
+        if serving == self._serving or self._health is None:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
+        if self.roster is not None:
+            log.info("worker %d health: %s", self.worker, "SERVING" if serving else "NOT_SERVING")
+
+    async def _follow_readiness(self, every_s: float = 0.05) -> None:
+        """Keep health in step with the other workers (a sibling died or came back)."""
+        while True:
+            await asyncio.sleep(every_s)
+            await self._update_health()
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain, stop, close: nothing a client already sent is lost if it fits in the grace.
 
@@ -242,6 +295,14 @@ class App:
         """
         grace = self.settings.grace_s if grace_s is None else grace_s
         until = time.monotonic() + grace
+        self._draining = True
+        if self.roster is not None:
+            self.roster.set_ready(self.worker, False)
+        if self._readiness is not None:
+            self._readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness
+            self._readiness = None
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._servicer is not None:
@@ -309,7 +370,12 @@ def _limiter(s: Settings) -> Limiter:
     )
 
 
-def run_worker(settings: Settings, worker: int = 0, stats_path: Path | None = None) -> None:
+def run_worker(
+    settings: Settings,
+    worker: int = 0,
+    stats_path: Path | None = None,
+    roster_path: Path | None = None,
+) -> None:
     """Process entry: serve until SIGTERM or SIGINT, then drain and exit."""
     if settings.uvloop:
         with contextlib.suppress(ImportError):
@@ -317,13 +383,14 @@ def run_worker(settings: Settings, worker: int = 0, stats_path: Path | None = No
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     stats = Stats(settings.effective_workers(), stats_path, worker) if stats_path else Stats()
+    roster = Roster(settings.effective_workers(), roster_path) if roster_path else None
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        app = App(settings, stats=stats, worker=worker)
+        app = App(settings, stats=stats, worker=worker, roster=roster)
         await app.start()
         await stop.wait()
         log.info("worker %d draining (grace %.1f s)", worker, settings.grace_s)

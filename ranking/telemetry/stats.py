@@ -31,6 +31,7 @@ COUNTERS = (
     "unknown_users",
     "unknown_items",
     "store_errors",
+    "worker_restarts",  # workers that died and were restarted (written by the parent)
 )
 STAGES = ("convert", "fetch", "assemble", "score", "sort", "respond", "total")
 # Per stage: wall time, and the event-loop thread's CPU time (they differ while a stage awaits

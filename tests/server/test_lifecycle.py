@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LOGS: dict[int, Path] = {}
 
 
-def start_server(world: SmallWorld, port: int, *extra: str) -> subprocess.Popen[bytes]:
+def start_server(
+    world: SmallWorld, port: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
@@ -41,7 +43,7 @@ def start_server(world: SmallWorld, port: int, *extra: str) -> subprocess.Popen[
         f"item={world.folder / 'items.csv'}",
         *extra,
     ]
-    env = {**os.environ, "RANKING_RELOAD_POLL_S": "0", "RANKING_GRACE_S": "10"}
+    env = {**os.environ, "RANKING_RELOAD_POLL_S": "0", "RANKING_GRACE_S": "10", **(env or {})}
     log = tempfile.NamedTemporaryFile(prefix="ranking-serve-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     log.close()
@@ -202,3 +204,70 @@ async def test_watched_bundle_reloads_under_load(small_world: SmallWorld, tmp_pa
     finally:
         await app.stop(0.5)
     assert seen == {"live-1", "live-2"}
+
+
+async def _status(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        return int(r.status)
+
+
+async def test_health_turns_not_serving_when_a_drain_starts(small_world: SmallWorld) -> None:
+    """Readiness follows the service: SERVING once started, NOT_SERVING from the first moment
+    of a drain while in-flight calls still finish."""
+    from tests.conftest import GatedStore
+
+    app = App(small_settings(small_world, limiter="off"))
+    assert not app.ready()  # no model loaded, nothing listening yet
+    await app.start()
+    port = app.port
+    assert app.core is not None
+    store = GatedStore.of(small_world)
+    app.core.store = store
+    stopping = None
+    try:
+        assert await _status(port) == health_pb2.HealthCheckResponse.SERVING
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = asyncio.ensure_future(
+                ranking_pb2_grpc.RankingServiceStub(ch).Rank(big_request(5), timeout=10)
+            )
+            await asyncio.sleep(0.1)  # the call is in flight, held by the store's gate
+            stopping = asyncio.ensure_future(app.stop(grace_s=5))
+            await asyncio.sleep(0.05)
+            assert await _status(port) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not call.done()
+            store.gate.set()
+            assert len((await call).items) == 5
+        await stopping
+    finally:
+        store.gate.set()
+        if stopping is None:
+            await app.stop(0.5)
+
+
+async def test_health_is_not_serving_while_a_sibling_worker_is_missing(
+    small_world: SmallWorld,
+) -> None:
+    """Two workers sharing a roster (here in one process, on two ports): each says SERVING
+    only while both are up."""
+    from ranking.server.roster import Roster
+
+    roster = Roster(2)
+    first = App(small_settings(small_world), worker=0, roster=roster)
+    second = App(small_settings(small_world), worker=1, roster=roster)
+    await first.start()
+    try:
+        assert await _status(first.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        await second.start()
+        await asyncio.sleep(0.15)  # the readiness loop runs every 50 ms
+        assert await _status(first.port) == health_pb2.HealthCheckResponse.SERVING
+        assert await _status(second.port) == health_pb2.HealthCheckResponse.SERVING
+        roster.clear(1)  # what the parent does when worker 1 dies
+        await asyncio.sleep(0.15)
+        assert await _status(first.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        roster.set_ready(1, True)  # it is back
+        await asyncio.sleep(0.15)
+        assert await _status(first.port) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await second.stop(0.2)
+        await first.stop(0.2)
