@@ -182,3 +182,10 @@ async def test_a_worker_that_never_served_stops_the_server_with_exit_1(
         assert "model text line" in log
     finally:
         stop(proc)
+
+
+def test_restart_back_off_doubles_up_to_its_cap() -> None:
+    from ranking.server.workers import RestartPolicy
+
+    policy = RestartPolicy(first_backoff_s=0.25, max_backoff_s=5.0)
+    assert [policy.backoff_s(k) for k in range(1, 8)] == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
