@@ -206,7 +206,8 @@ def parse_model_text(model_text: str, digest: str | None = None) -> _Model:
     return _parse_cached(digest, model_text)
 
 
-@functools.lru_cache(maxsize=8)
+# Two entries: the serving model and a candidate (a parsed 500-tree model holds ~10 MB).
+@functools.lru_cache(maxsize=2)
 def _parse_cached(digest: str, model_text: str) -> _Model:
     try:
         return _Parser(model_text, digest).parse()
