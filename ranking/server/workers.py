@@ -1,5 +1,6 @@
 """`--workers N`: N server processes on one port (SO_REUSEPORT), each with its own event loop,
-cache and model, under a parent that supervises them as pre-fork servers do.
+cache and model, under a parent that supervises them as pre-fork servers do and serves
+--metrics-port for all of them (ranking/telemetry/endpoint.py).
 
 The parent starts the workers, forwards SIGTERM/SIGINT (each worker drains its own calls), and
 watches them:
@@ -36,6 +37,7 @@ from types import FrameType
 from ranking.server.app import run_worker
 from ranking.server.roster import Roster
 from ranking.settings import Settings
+from ranking.telemetry.endpoint import MetricsServer, SharedSource
 from ranking.telemetry.stats import Stats
 
 __all__ = ["RestartPolicy", "serve"]
@@ -101,6 +103,7 @@ class _Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        metrics = None
         try:
             for slot in self.slots:
                 self._start(slot)
@@ -110,6 +113,11 @@ class _Supervisor:
                 self.settings.host,
                 self.settings.port,
             )
+            if self.settings.metrics_port:  # one /metrics for every worker, served from here
+                source = SharedSource(self.stats_path, len(self.slots))
+                metrics = MetricsServer(
+                    self.settings.host, self.settings.metrics_port, source
+                ).start()
             while not self.stopping or any(s.proc is not None for s in self.slots):
                 self._tick(time.monotonic())
                 time.sleep(_POLL_S)
@@ -118,10 +126,11 @@ class _Supervisor:
                 if slot.proc is not None and slot.proc.is_alive():
                     slot.proc.kill()
                     slot.proc.join(5)
-            for path in (self.stats_path, self.roster_path):
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            if metrics is not None:
+                metrics.stop()
             with contextlib.suppress(OSError):
+                for path in self.folder.iterdir():
+                    path.unlink()
                 self.folder.rmdir()
         return self.code
 

@@ -74,16 +74,18 @@ async def restarted(proc: subprocess.Popen[bytes], port: int, old: set[int], n: 
     return await wait_until(back, 40, "the workers to come back")
 
 
-async def counters(port: int) -> dict[str, float]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+async def counters(admin_port: int) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{admin_port}") as ch:
         got = await admin_pb2_grpc.AdminServiceStub(ch).GetStats(admin_pb2.GetStatsRequest())
     return dict(got.counters)
 
 
 @pytest.mark.timeout(120)
 async def test_a_killed_worker_is_restarted_under_load(small_world: SmallWorld) -> None:
-    port = free_port()
-    proc = start_server(small_world, port, "--workers", "2", "--limiter", "off")
+    port, admin_port = free_port(), free_port()
+    proc = start_server(
+        small_world, port, "--workers", "2", "--limiter", "off", "--admin-port", str(admin_port)
+    )
     try:
         await wait_serving(port, proc)
         pids = worker_pids(proc.pid)
@@ -106,7 +108,7 @@ async def test_a_killed_worker_is_restarted_under_load(small_world: SmallWorld) 
         # Only calls in flight on the killed worker may fail, and only as UNAVAILABLE.
         assert all(e.startswith("UNAVAILABLE") for e in load.errors), load.errors
         assert len(load.errors) <= 8, load.errors
-        assert (await counters(port))["worker_restarts"] == 1
+        assert (await counters(admin_port))["worker_restarts"] == 1
         log = read_log(LOGS[proc.pid])
         assert "worker 0 was killed by SIGKILL; restarting it in 0.25 s" in log or (
             "worker 1 was killed by SIGKILL; restarting it in 0.25 s" in log
