@@ -5,9 +5,10 @@ the core, a warm-up (`warmup.py`), and the grpc.aio server with health and refle
 undoes it in reverse after draining in-flight calls. `run_worker` is the process entry: uvloop,
 signals, serve until SIGTERM/SIGINT.
 
-Readiness: the server binds its port only once a model is loaded and warmed, so nothing
-connects to a worker without a model. Health is SERVING while this process serves and, with
-several workers, every worker does (`roster.py`); NOT_SERVING from the moment a drain starts.
+Health: the server binds its port only once a model is loaded and warmed, so nothing connects
+to a worker without a model. The overall status ("", liveness) is SERVING while this process
+serves; the services' (`ranking.v1.RankingService`, readiness) while it and, with several
+workers, every other worker serve (`roster.py`). Both turn NOT_SERVING when a drain starts.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class App:
         self._build_executor: ThreadPoolExecutor | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._readiness: asyncio.Task[None] | None = None
-        self._serving: bool | None = None
+        self._serving: tuple[bool, bool] | None = None
         self._draining = False
         self._servicer: Any = None
 
@@ -309,27 +310,27 @@ class App:
             with contextlib.suppress(BundleError):
                 await self.core.models.reload(folder)
 
+    def alive(self) -> bool:
+        """This process serves: its model is loaded (it is once started) and no drain has begun.
+        The overall health status ("") says this: a liveness probe."""
+        return self.core is not None and self._server is not None and not self._draining
+
     def ready(self) -> bool:
-        """SERVING or not: a model is loaded (it is once started), no drain has begun, and
-        every worker of the server is up."""
-        if self.core is None or self._server is None or self._draining:
-            return False
-        return self.roster is None or self.roster.all_ready()
+        """Alive, and so is every worker of the server. The services' health status says this
+        (`ranking.v1.RankingService`): readiness probes and client-side health checking."""
+        return self.alive() and (self.roster is None or self.roster.all_ready())
 
     async def _update_health(self) -> None:
-        serving = self.ready()
-        if serving == self._serving or self._health is None:
+        state = (self.alive(), self.ready())
+        if state == self._serving or self._health is None:
             return
-        self._serving = serving
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, status)
+        self._serving = state
+        alive, ready = state
+        await self._health.set("", _status(alive))
+        for name in SERVICE_NAMES:
+            await self._health.set(name, _status(ready))
         if self.roster is not None:
-            log.info("worker %d health: %s", self.worker, "SERVING" if serving else "NOT_SERVING")
+            log.info("worker %d ready: %s", self.worker, ready)
 
     async def _follow_readiness(self, every_s: float = 0.05) -> None:
         """Keep health in step with the other workers (a sibling died or came back)."""
@@ -391,6 +392,12 @@ class App:
                 executor.shutdown(wait=True)
         self._score_executor = self._build_executor = None
         self.telemetry.shutdown()
+
+
+def _status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    if serving:
+        return health_pb2.HealthCheckResponse.SERVING
+    return health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _ops_ports(s: Settings, ports: Listeners) -> str:

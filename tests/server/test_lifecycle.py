@@ -52,7 +52,11 @@ def start_server(
     return proc
 
 
-async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+async def wait_serving(
+    port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60, service: str = ""
+) -> None:
+    """Until health says SERVING: for `service` "" (the default) one worker is up; for
+    "ranking.v1.RankingService" every worker is."""
     deadline = time.monotonic() + timeout_s
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = health_pb2_grpc.HealthStub(ch)
@@ -60,7 +64,7 @@ async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: floa
             if proc.poll() is not None:
                 raise AssertionError(f"server exited: {LOGS[proc.pid].read_text()[-2000:]}")
             try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                r = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=0.5)
                 if r.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:
@@ -210,9 +214,14 @@ async def test_watched_bundle_reloads_under_load(small_world: SmallWorld, tmp_pa
     assert seen == {"live-1", "live-2"}
 
 
-async def _status(port: int) -> int:
+RANKING = "ranking.v1.RankingService"
+
+
+async def _status(port: int, service: str = RANKING) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        r = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
         return int(r.status)
 
 
@@ -239,6 +248,7 @@ async def test_health_turns_not_serving_when_a_drain_starts(small_world: SmallWo
             stopping = asyncio.ensure_future(app.stop(grace_s=5))
             await asyncio.sleep(0.05)
             assert await _status(port) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await _status(port, "") == health_pb2.HealthCheckResponse.NOT_SERVING
             assert not call.done()
             store.gate.set()
             assert len((await call).items) == 5
@@ -252,8 +262,8 @@ async def test_health_turns_not_serving_when_a_drain_starts(small_world: SmallWo
 async def test_health_is_not_serving_while_a_sibling_worker_is_missing(
     small_world: SmallWorld,
 ) -> None:
-    """Two workers sharing a roster (here in one process, on two ports): each says SERVING
-    only while both are up."""
+    """Two workers sharing a roster (here in one process, on two ports): each is ready (the
+    service's status) only while both are up; each is alive ("") while it serves."""
     from ranking.server.roster import Roster
 
     roster = Roster(2)
@@ -269,9 +279,31 @@ async def test_health_is_not_serving_while_a_sibling_worker_is_missing(
         roster.clear(1)  # what the parent does when worker 1 dies
         await asyncio.sleep(0.15)
         assert await _status(first.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _status(first.port, "") == health_pb2.HealthCheckResponse.SERVING
         roster.set_ready(1, True)  # it is back
         await asyncio.sleep(0.15)
         assert await _status(first.port) == health_pb2.HealthCheckResponse.SERVING
     finally:
         await second.stop(0.2)
         await first.stop(0.2)
+
+
+async def test_warm_up_runs_before_serving_and_leaves_no_trace(
+    small_world: SmallWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warm-up's queries go through the core (store, assemble, scorer) before the port is
+    bound, with their own limiter and telemetry: the counters callers see start at zero."""
+    import logging
+
+    app = App(small_settings(small_world, warmup_rounds=3))
+    with caplog.at_level(logging.INFO, logger="ranking.server.warmup"):
+        await app.start()
+    try:
+        assert "warmed up with 3 rounds of 8 queries" in caplog.text
+        assert "(0 failed)" in caplog.text
+        assert app.core is not None
+        assert app.telemetry.stats.totals()["requests"] == 0
+        assert app.core.limiter.accepted == 0
+        assert app.core.models.current.cost.per_row_s > 0
+    finally:
+        await app.stop(0.5)

@@ -41,13 +41,17 @@ def worker_pids(parent: int) -> list[int]:
     return sorted(out)
 
 
-async def health(port: int) -> int:
-    """Health over a fresh connection (lands on any live worker); -1 when none answers."""
+RANKING = "ranking.v1.RankingService"
+
+
+async def health(port: int, service: str = RANKING) -> int:
+    """Readiness (or `service`'s health) over a fresh connection, which lands on any live
+    worker; -1 when none answers."""
     options = [("grpc.use_local_subchannel_pool", 1)]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
         try:
             r = await health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
+                health_pb2.HealthCheckRequest(service=service), timeout=1
             )
         except grpc.aio.AioRpcError:
             return -1
@@ -87,17 +91,19 @@ async def test_a_killed_worker_is_restarted_under_load(small_world: SmallWorld) 
         small_world, port, "--workers", "2", "--limiter", "off", "--admin-port", str(admin_port)
     )
     try:
-        await wait_serving(port, proc)
+        await wait_serving(port, proc, service=RANKING)
         pids = worker_pids(proc.pid)
         assert len(pids) == 2
         load = Load(port, callers=4, pause_s=0.01)
         load.start()
         await asyncio.sleep(0.5)
         os.kill(pids[0], signal.SIGKILL)
-        # The survivor reports NOT_SERVING while its sibling is missing ...
+        # The survivor reports NOT_SERVING (not ready) while its sibling is missing, and is
+        # still alive ("") ...
         await wait_until(
             lambda: _is(health(port), NOT_SERVING), 5, "NOT_SERVING while a worker is missing"
         )
+        assert await health(port, "") == SERVING
         # ... and the parent brings the worker back within seconds.
         took = await restarted(proc, port, {pids[0]}, 2)
         assert took < 20
@@ -130,7 +136,7 @@ async def test_all_workers_dying_together_are_restarted_then_a_stop_exits_0(
     port = free_port()
     proc = start_server(small_world, port, "--workers", "2")
     try:
-        await wait_serving(port, proc)
+        await wait_serving(port, proc, service=RANKING)
         pids = worker_pids(proc.pid)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -150,7 +156,7 @@ async def test_workers_that_keep_dying_stop_the_server_with_exit_1(
     env = {"RANKING_WORKER_MAX_DEATHS": "3"}
     proc = start_server(small_world, port, "--workers", "2", env=env)
     try:
-        await wait_serving(port, proc)
+        await wait_serving(port, proc, service=RANKING)
         killed: set[int] = set()
         for _ in range(2):  # two deaths: restarted
             pids = worker_pids(proc.pid)
