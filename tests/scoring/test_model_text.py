@@ -173,7 +173,7 @@ def test_scorers_refuse_broken_text_before_native_code(corpus: list[tuple[str, s
         assert supports(text) is not None, name
 
 
-def test_parse_is_memoised_by_digest(small_text: str) -> None:
+def test_parse_is_memoised(small_text: str) -> None:
     assert parse_model_text(small_text) is parse_model_text(small_text)
 
 
