@@ -25,6 +25,7 @@ from ranking.core.models import ModelHolder
 from ranking.core.service import RankingService, RankQuery
 from ranking.errors import RankingError
 from ranking.features.store import FeatureStore
+from ranking.ids import Ids
 from ranking.limits import build_limiter
 from ranking.telemetry import Stats, Telemetry
 
@@ -69,7 +70,7 @@ async def warm_up(
     async def one(r: int, k: int) -> None:
         nonlocal failed
         query = RankQuery(
-            candidate_ids=[f"warmup-{r}-{k}-{j}" for j in range(candidates)],
+            candidate_ids=Ids.from_strs(f"warmup-{r}-{k}-{j}" for j in range(candidates)),
             user_id=f"warmup-user-{k}",
         )
         deadline = Deadline.from_budget(budget_s, time_limit_s)
