@@ -56,6 +56,7 @@ COUNTERS = (
     "store_errors",  # answers that met a failing feature store (features.store_unavailable)
     "fetch_timeouts",  # answers whose fetch ran out of its time share (features.fetch_timeout)
     "cpu_sampled",  # OK calls whose stage CPU times were sampled
+    "worker_restarts",  # workers that died and were restarted (written by the parent)
 )
 #: Reasons counted one by one (every `ranking.degraded.Degraded`); anything else is "other".
 DEGRADED_REASONS = (*(r.value for r in Degraded), "other")
