@@ -162,6 +162,7 @@ class CachedFeatureStore:
     async def fetch(
         self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
     ) -> list[FetchResult]:
+        """`gather` into fresh store-order float32 rows (NaN where nothing was found)."""
         targets = []
         for lk in lookups:
             table = self._table(lk.entity_type)
@@ -180,6 +181,8 @@ class CachedFeatureStore:
         *,
         timeout_s: float | None = None,
     ) -> list[Gathered]:
+        """Hits are gathered natively into `targets`; misses are read through (single flight)
+        and scattered in when the read answers within `timeout_s`, else served stale."""
         now = self._clock()
         stats = self.stats
         states: list[npt.NDArray[np.int8]] = []
