@@ -115,16 +115,19 @@ def _client_tls(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ranking.train import TrainParams, train_command
+    from ranking.train import TrainDataError, TrainParams, train_command
 
-    report = train_command(
-        args.data,
-        args.query,
-        args.out,
-        params=TrainParams(trees=args.trees, leaves=args.leaves),
-        group_column=args.group_column,
-        label_column=args.label_column,
-    )
+    try:
+        report = train_command(
+            args.data,
+            args.query,
+            args.out,
+            params=TrainParams(trees=args.trees, leaves=args.leaves),
+            group_column=args.group_column,
+            label_column=args.label_column,
+        )
+    except TrainDataError as exc:  # the message names the file and line, or the argument
+        raise SystemExit(f"ranking train: {exc}") from None
     print(report)
     return 0
 

@@ -19,23 +19,35 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from ranking.core._order import check_ids, rank_order
 from ranking.core.deadline import Deadline
 from ranking.core.models import ModelHolder, ServingModel
+from ranking.degraded import OUTAGE, Degraded
 from ranking.errors import (
     DeadlineExceeded,
+    FeatureStoreTimeout,
     FeatureStoreUnavailable,
     InvalidRequest,
     Overloaded,
     Unavailable,
 )
-from ranking.features.store import FeatureStore, FetchResult, Lookup, columns_or_empty
+from ranking.features.store import (
+    FeatureStore,
+    Gathered,
+    Gatherer,
+    Lookup,
+    Target,
+    columns_or_empty,
+    gather_into,
+)
+from ranking.ids import Ids
 from ranking.limits import Limiter
 from ranking.telemetry import Telemetry
 from ranking.telemetry import stats as st
 from ranking.telemetry.call import CallRecord, Metadata
 from ranking.telemetry.state import ServiceState, service_state
 
-__all__ = ["Degraded", "RankQuery", "RankResult", "RankingService"]
+__all__ = ["Degraded", "RankQuery", "RankResult", "RankingService"]  # Degraded: re-exported
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +55,15 @@ log = logging.getLogger(__name__)
 _CANCEL_SLACK_S = 0.005
 
 
-class Degraded:
-    """The reasons a response may carry in `degraded_reasons`."""
-
-    USER_UNKNOWN = "features.user_unknown"
-    ITEMS_UNKNOWN = "features.items_unknown"
-    STORE_UNAVAILABLE = "features.store_unavailable"
-    PARTIAL_SCORING = "budget.partial_scoring"
-
-
 @dataclass(frozen=True, slots=True)
 class RankQuery:
-    """One Rank call in domain terms. `inline_values` is (len(candidate_ids), len(inline_names))."""
+    """One Rank call in domain terms. `inline_values` is (len(candidate_ids), len(inline_names)).
 
-    candidate_ids: Sequence[str]
+    `candidate_ids` is an `Ids` (the native decoder builds one straight from the wire); any
+    other sequence of str given here is converted to one.
+    """
+
+    candidate_ids: Ids
     user_id: str = ""
     context: Mapping[str, float] = field(default_factory=dict)
     top_k: int = 0
@@ -67,16 +74,35 @@ class RankQuery:
     strict: bool = False
     request_id: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.candidate_ids, Ids):
+            object.__setattr__(self, "candidate_ids", Ids.from_strs(self.candidate_ids))
+
 
 @dataclass(slots=True)
 class RankResult:
-    """Ranked ids, best first; the last `unscored` of them were not scored (score 0)."""
+    """Ranked candidates, best first.
 
-    ids: list[str]
-    scores: list[float]
+    `order` holds rows of `candidates`; the first `len(order) - unscored` of them were scored
+    (`ranked_scores`, aligned with them), the last `unscored` were not (score 0). The transport
+    encodes the response from these arrays; `ids` and `scores` are the same as Python lists.
+    """
+
+    candidates: Ids
+    order: npt.NDArray[np.intp]
+    ranked_scores: npt.NDArray[np.float64]
     unscored: int
     model_version: str
     degraded: list[str]
+
+    @property
+    def ids(self) -> list[str]:
+        strs = self.candidates.tolist()
+        return [strs[i] for i in self.order.tolist()]
+
+    @property
+    def scores(self) -> list[float]:
+        return [*self.ranked_scores.tolist(), *([0.0] * self.unscored)]
 
 
 class RankingService:
@@ -102,10 +128,18 @@ class RankingService:
         self.fetch_share = fetch_share
         self.inline_max_row_trees = inline_max_row_trees
         self._executor = executor
+        # Decided once: a runtime Protocol check costs microseconds.
+        self._gatherer: Gatherer | None = store if isinstance(store, Gatherer) else None
         self._has_users = bool(columns_or_empty(store, "user"))
         self._has_items = bool(columns_or_empty(store, "item"))
         # Time the stages after scoring take; reserved before deciding how many rows fit.
         self._tail_s = 100e-6
+
+    @property
+    def max_feature_names(self) -> int:
+        """The most `feature_names` a request can name and pass `check_names` (unique names
+        the serving model knows): the transport refuses more before allocating for them."""
+        return self.models.current.plan.num_features
 
     def begin_call(self, metadata: Metadata | None = None) -> CallRecord:
         """Start timing a call (the transport does this first thing). `metadata` is called
@@ -168,7 +202,8 @@ class RankingService:
         return service_state(self.models, self.limiter, self.store)
 
     def _validate(self, query: RankQuery) -> None:
-        n = len(query.candidate_ids)
+        ids = query.candidate_ids
+        n = len(ids)
         if n == 0:
             raise InvalidRequest("candidates: at least one candidate is required")
         if n > self.max_candidates:
@@ -177,11 +212,11 @@ class RankingService:
             )
         if query.top_k < 0:
             raise InvalidRequest("top_k: must be >= 0 (0 returns all candidates)")
-        if len(set(query.candidate_ids)) != n:
-            seen: set[str] = set()
-            dup = next(c for c in query.candidate_ids if c in seen or seen.add(c))  # type: ignore[func-returns-value]
-            raise InvalidRequest(f"candidates: duplicate id {dup[:64]!r}")
-        if not all(query.candidate_ids):
+        # One native pass over the id bytes (a hash set), no Python string per id.
+        dup, empty = check_ids(ids.data, ids.offsets)
+        if dup >= 0:
+            raise InvalidRequest(f"candidates: duplicate id {ids[dup][:64]!r}")
+        if empty >= 0:
             raise InvalidRequest("candidates: ids must be non-empty")
         for name, value in query.context.items():
             if math.isinf(value):
@@ -207,15 +242,14 @@ class RankingService:
         model.plan.check_names(query.context, query.inline_names)
         degraded: list[str] = []
 
-        user, items = await self._fetch(query, deadline, degraded)
+        matrix, user_found = await self._fetch(query, deadline, model, degraded)
         call.lap(st.FETCH)
         if deadline.caller_gone():
             raise DeadlineExceeded("the deadline passed while fetching features")
 
-        matrix = model.plan.assemble(
-            user,
-            items,
-            n,
+        model.plan.finish(
+            matrix,
+            user_found,
             query.context,
             query.inline_names,
             query.inline_values,
@@ -229,49 +263,68 @@ class RankingService:
         scores = await self._score(model, matrix, None if priority is None else priority[:fit])
         call.lap(st.SCORE)
 
-        ranked_ids, ranked_scores, unscored = _sort(ids, scores, priority, fit, query.top_k)
+        order, ranked_scores, unscored = _sort(ids, scores, priority, fit, query.top_k)
         call.lap(st.SORT)
         call.ranked(n, fit, degraded, model.version)
-        return RankResult(ranked_ids, ranked_scores, unscored, model.version, degraded)
+        return RankResult(ids, order, ranked_scores, unscored, model.version, degraded)
 
     async def _fetch(
-        self, query: RankQuery, deadline: Deadline, degraded: list[str]
-    ) -> tuple[FetchResult | None, FetchResult | None]:
-        lookups = []
+        self, query: RankQuery, deadline: Deadline, model: ServingModel, degraded: list[str]
+    ) -> tuple[npt.NDArray[np.float64], bool]:
+        """The defaults matrix with the stored rows gathered in, and whether the user was found.
+
+        Degraded reasons are decided here, once: unknown only for ids the store answered as
+        unknown; an outage or a timeout by what the store (or cache) reported; strict requests
+        fail when the answer would carry an `OUTAGE` reason, whichever layer noticed it.
+        """
+        plan = model.plan
+        matrix = plan.new_matrix(len(query.candidate_ids))
+        lookups: list[Lookup] = []
+        targets: list[Target] = []
         if self._has_items:
             lookups.append(Lookup("item", query.candidate_ids))
-        want_user = bool(query.user_id) and self._has_users
+            targets.append(plan.item_target(matrix))
+        want_user = self._has_users and bool(query.user_id)
+        if self._has_users and not query.user_id:
+            degraded.append(Degraded.USER_MISSING)
         if want_user:
-            lookups.append(Lookup("user", (query.user_id,)))
-        if not lookups:
-            return None, None
-        try:
-            results = await self.store.fetch(
-                lookups, timeout_s=max(deadline.remaining_s() * self.fetch_share, 0.0)
-            )
-        except FeatureStoreUnavailable as exc:
-            self.telemetry.stats.add("store_errors")
-            if query.strict:
-                raise Unavailable(
-                    "feature store unavailable and the request is strict; retry later"
-                ) from exc
-            degraded.append(Degraded.STORE_UNAVAILABLE)
-            return None, None
-        items = results[0] if self._has_items else None
-        user = results[-1] if want_user else None
-        for result in results:
+            lookups.append(Lookup("user", [query.user_id]))
+            targets.append(plan.user_target(matrix))
+        got: list[Gathered] = []
+        if lookups:
+            try:
+                timeout_s = max(deadline.remaining_s() * self.fetch_share, 0.0)
+                if self._gatherer is not None:
+                    got = await self._gatherer.gather(lookups, targets, timeout_s=timeout_s)
+                else:
+                    got = await gather_into(self.store, lookups, targets, timeout_s=timeout_s)
+            except FeatureStoreUnavailable as exc:  # no cache in front of the store
+                timeout = isinstance(exc, FeatureStoreTimeout)
+                degraded.append(Degraded.FETCH_TIMEOUT if timeout else Degraded.STORE_UNAVAILABLE)
+        for result in got:
             for reason in result.degraded:
                 if reason not in degraded:
                     degraded.append(reason)
-        if query.strict and Degraded.STORE_UNAVAILABLE in degraded:
+        stats = self.telemetry.stats
+        if Degraded.STORE_UNAVAILABLE in degraded:
+            stats.add("store_errors")
+        if Degraded.FETCH_TIMEOUT in degraded:
+            stats.add("fetch_timeouts")
+        if query.strict and not OUTAGE.isdisjoint(degraded):
             raise Unavailable("feature store unavailable and the request is strict; retry later")
-        if user is not None and not user.found[0]:
-            self.telemetry.stats.add("unknown_users")
-            degraded.append(Degraded.USER_UNKNOWN)
-        if items is not None and not items.found.all():
-            self.telemetry.stats.add("unknown_items", float(np.count_nonzero(~items.found)))
-            degraded.append(Degraded.ITEMS_UNKNOWN)
-        return user, items
+        user_found = False
+        if want_user and got:
+            user = got[-1]
+            user_found = bool(user.found[0])
+            if user.unknown[0]:
+                stats.add("unknown_users")
+                degraded.append(Degraded.USER_UNKNOWN)
+        if self._has_items and got:
+            unknown = int(np.count_nonzero(got[0].unknown))
+            if unknown:
+                stats.add("unknown_items", float(unknown))
+                degraded.append(Degraded.ITEMS_UNKNOWN)
+        return matrix, user_found
 
     def _plan_scoring(
         self, model: ServingModel, matrix: npt.NDArray[np.float64], n: int, deadline: Deadline
@@ -314,23 +367,13 @@ class RankingService:
 
 
 def _sort(
-    ids: Sequence[str],
+    ids: Ids,
     scores: npt.NDArray[np.float64],
     priority: npt.NDArray[np.intp] | None,
     fit: int,
     top_k: int,
-) -> tuple[list[str], list[float], int]:
-    """Best first, ties in caller order; unscored rows follow in priority order."""
-    n = len(ids)
-    limit = top_k if 0 < top_k < n else n
-    order = np.argsort(-scores, kind="stable")[:limit]
-    out_scores = scores[order].tolist()
-    rows = order if priority is None else priority[order]
-    out_ids = [ids[i] for i in rows.tolist()]
-    unscored = 0
-    if priority is not None and len(out_ids) < limit:
-        extra = priority[fit : fit + limit - len(out_ids)].tolist()
-        out_ids += [ids[i] for i in extra]
-        out_scores += [0.0] * len(extra)
-        unscored = len(extra)
-    return out_ids, out_scores, unscored
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64], int]:
+    """Best first, ties in the order scored (the caller's, or the priority order); cut to
+    top_k by partial selection; unscored rows follow in priority order. Returns (rows of
+    `ids`, their scores for the scored ones, how many are unscored): see `_order.rank_order`."""
+    return rank_order(scores, priority, fit, top_k, len(ids))

@@ -21,6 +21,7 @@ import numpy as np
 
 from ranking.errors import BundleError
 from ranking.scoring.lightgbm_scorer import LightGBMScorer
+from ranking.scoring.model_text import parse_model_text
 from ranking.scoring.quickscorer import RANK_MIN_ROWS, QuickScorer
 from ranking.scoring.scorer import ENGINES, Scorer
 
@@ -62,13 +63,15 @@ def build_scorer(model_text: str, engine: str = "auto", *, model_hash: str | Non
     digest = model_hash or hashlib.sha256(model_text.encode("utf-8", "surrogatepass")).hexdigest()
     if engine == "lightgbm":
         return LightGBMScorer(model_text, model_hash=digest)
+    # A malformed text is refused here, not "fallen back" on.
+    parse_model_text(model_text, digest)
     started = time.perf_counter()
     try:
         candidate = QuickScorer.from_model_text(model_text, model_hash=digest)
     except BundleError as exc:
         if engine == "quickscorer":
             raise
-        # Unsupported (linear trees, > 256 leaves) or unreadable; LightGBM decides which.
+        # Unsupported (linear trees, > 256 leaves): the text itself passed the parser above.
         logger.warning("scoring with LightGBM: %s", exc.message)
         return LightGBMScorer(model_text, model_hash=digest)
     reference = LightGBMScorer(model_text, model_hash=digest)
