@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,10 @@ from ranking.limits import Limiter
 from ranking.telemetry import Telemetry
 from ranking.telemetry import stats as st
 from ranking.telemetry.stage import Stage
+
+if TYPE_CHECKING:
+    from ranking.flywheel.explain import Explainer, Explanation
+    from ranking.flywheel.hook import Flywheel
 
 __all__ = ["Degraded", "RankQuery", "RankResult", "RankingService"]
 
@@ -65,6 +70,8 @@ class RankQuery:
     inline_rows: npt.NDArray[np.bool_] | None = None
     strict: bool = False
     request_id: str = ""
+    #: Ask for the best items' feature contributions (ranking/flywheel/explain.py).
+    explain: bool = False
 
 
 @dataclass(slots=True)
@@ -76,6 +83,10 @@ class RankResult:
     unscored: int
     model_version: str
     degraded: list[str]
+    #: The caller's request id, or the one the flywheel generated for a logged request.
+    request_id: str = ""
+    #: With `RankQuery.explain`: for the best scored items, in response order.
+    explanations: list[Explanation] | None = None
 
 
 class RankingService:
@@ -92,6 +103,7 @@ class RankingService:
         fetch_share: float,
         inline_max_row_trees: int,
         executor: Executor | None,
+        flywheel: Flywheel | None = None,
     ) -> None:
         self.models = models
         self.store = store
@@ -101,6 +113,9 @@ class RankingService:
         self.fetch_share = fetch_share
         self.inline_max_row_trees = inline_max_row_trees
         self._executor = executor
+        #: Served-feature log, drift and shadow (ranking/flywheel); None when off.
+        self.flywheel = flywheel
+        self._explainer: Explainer | None = None
         self._has_users = bool(columns_or_empty(store, "user"))
         self._has_items = bool(columns_or_empty(store, "item"))
         # Time the stages after scoring take; reserved before deciding how many rows fit.
@@ -200,7 +215,31 @@ class RankingService:
             scores = await self._score(model, matrix, None if priority is None else priority[:fit])
 
         with Stage(tel, "sort", st.I_SORT):
-            ranked_ids, ranked_scores, unscored = _sort(ids, scores, priority, fit, query.top_k)
+            ranked_ids, ranked_scores, unscored, rows = _sort(
+                ids, scores, priority, fit, query.top_k
+            )
+
+        request_id = query.request_id
+        if self.flywheel is not None:
+            # The one flywheel hook: references only; the matrix is this request's own.
+            request_id = self.flywheel.observe(
+                request_id,
+                query.user_id,
+                model.bundle,
+                matrix,
+                ids,
+                rows,
+                ranked_scores,
+                unscored,
+                degraded,
+                None if priority is None else priority[:fit],
+                scores,
+            )
+        explanations = None
+        if query.explain:
+            explanations = await self._explain(
+                model, matrix, rows, ranked_ids, unscored, deadline, degraded
+            )
 
         row[st.I_OK] += 1
         row[st.I_CANDIDATES] += n
@@ -208,7 +247,29 @@ class RankingService:
         row[st.I_UNSCORED] += n - fit
         if degraded:
             row[st.I_DEGRADED] += 1
-        return RankResult(ranked_ids, ranked_scores, unscored, model.version, degraded)
+        return RankResult(
+            ranked_ids, ranked_scores, unscored, model.version, degraded, request_id, explanations
+        )
+
+    async def _explain(
+        self,
+        model: ServingModel,
+        matrix: npt.NDArray[np.float64],
+        rows: npt.NDArray[np.intp],
+        ranked_ids: list[str],
+        unscored: int,
+        deadline: Deadline,
+        degraded: list[str],
+    ) -> list[Explanation]:
+        from ranking.flywheel.explain import EXPLAIN_PARTIAL, MAX_ITEMS, Explainer
+
+        if self._explainer is None:
+            self._explainer = Explainer(self._executor)
+        wanted = min(len(rows) - unscored, MAX_ITEMS)
+        k = self._explainer.fit(wanted, deadline)
+        if k < wanted:
+            degraded.append(EXPLAIN_PARTIAL)
+        return await self._explainer.explain(model.bundle, matrix, rows[:k], ranked_ids[:k])
 
     async def _fetch(
         self, query: RankQuery, deadline: Deadline, degraded: list[str]
@@ -295,8 +356,11 @@ def _sort(
     priority: npt.NDArray[np.intp] | None,
     fit: int,
     top_k: int,
-) -> tuple[list[str], list[float], int]:
-    """Best first, ties in caller order; unscored rows follow in priority order."""
+) -> tuple[list[str], list[float], int, npt.NDArray[np.intp]]:
+    """Best first, ties in caller order; unscored rows follow in priority order.
+
+    Also returns the matrix rows of the returned ids, in response order.
+    """
     n = len(ids)
     limit = top_k if 0 < top_k < n else n
     order = np.argsort(-scores, kind="stable")[:limit]
@@ -309,4 +373,5 @@ def _sort(
         out_ids += [ids[i] for i in extra]
         out_scores += [0.0] * len(extra)
         unscored = len(extra)
-    return out_ids, out_scores, unscored
+        rows = np.concatenate([rows, priority[fit : fit + len(extra)]])
+    return out_ids, out_scores, unscored, rows

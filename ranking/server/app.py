@@ -29,6 +29,7 @@ from ranking.core.service import RankingService
 from ranking.errors import BundleError
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
 from ranking.features.store import FeatureStore, columns_or_empty
+from ranking.flywheel.hook import Flywheel, build_flywheel
 from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
 from ranking.settings import Settings
@@ -132,6 +133,7 @@ class App:
         self._build_executor: ThreadPoolExecutor | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._servicer: Any = None
+        self.flywheel: Flywheel | None = None
 
     async def __aenter__(self) -> App:
         await self.start()
@@ -163,6 +165,9 @@ class App:
         model = await loop.run_in_executor(self._build_executor, build, bundle)
         holder = ModelHolder(model, build=build, executor=self._build_executor)
         limiter = _limiter(s)
+        self.flywheel = await loop.run_in_executor(
+            self._build_executor, build_flywheel, s, model.bundle, self.worker
+        )
         self.core = RankingService(
             models=holder,
             store=self.store,
@@ -172,6 +177,7 @@ class App:
             fetch_share=s.fetch_share,
             inline_max_row_trees=s.inline_max_row_trees,
             executor=self._score_executor,
+            flywheel=self.flywheel,
         )
         options: list[tuple[str, Any]] = [
             ("grpc.so_reuseport", 1 if s.effective_workers() > 1 else 0),
@@ -259,6 +265,10 @@ class App:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self.flywheel is not None:
+            # After the drain: every answered request is queued; write it all out.
+            await asyncio.get_running_loop().run_in_executor(None, self.flywheel.close)
+            self.flywheel = None
         if self.store is not None:
             await self.store.close()
             self.store = None

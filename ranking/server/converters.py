@@ -7,6 +7,7 @@ import numpy as np
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.core.service import RankQuery, RankResult
 from ranking.errors import InvalidRequest
+from ranking.flywheel.explain import encode_explanations
 
 __all__ = ["to_query", "to_response"]
 
@@ -45,6 +46,7 @@ def to_query(request: pb.RankRequest) -> RankQuery:
         inline_rows=rows,
         strict=request.strict,
         request_id=request.request_id,
+        explain=request.explain,
     )
 
 
@@ -75,7 +77,7 @@ def to_response(result: RankResult, request_id: str) -> pb.RankResponse:
     response = pb.RankResponse(
         model_version=result.model_version,
         degraded_reasons=result.degraded,
-        request_id=request_id,
+        request_id=result.request_id or request_id,
     )
     items = response.items
     add = items.add
@@ -84,4 +86,7 @@ def to_response(result: RankResult, request_id: str) -> pb.RankResponse:
         add(id=item_id, score=score)
     for item_id in result.ids[scored:]:
         add(id=item_id, unscored=True)
+    if result.explanations:
+        # Encoded apart and merged: the same bytes append to a natively encoded response.
+        response.MergeFromString(encode_explanations(result.explanations))
     return response

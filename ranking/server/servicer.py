@@ -125,6 +125,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         # The limiter's own counters are this worker's (each worker admits for itself).
         for name in ("accepted", "rejected", "dropped", "ignored", "inflight"):
             counters[f"limiter_{name}"] = float(getattr(limiter, name))
+        if self._core.flywheel is not None:  # log, drift (PSI per feature), shadow agreement
+            counters.update(self._core.flywheel.metrics())
         return admin_pb2.GetStatsResponse(
             counters=counters,
             stage_mean_us=stats.stage_means_us(),
