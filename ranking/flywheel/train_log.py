@@ -232,7 +232,11 @@ def train_from_log(
         raise TrainDataError("valid_fraction must be in (0, 1)")
     served = read_log(log_dir)
     outcomes = read_labels(labels)
-    table = served.table.join(outcomes, keys=["request_id", "item_id"], join_type="left outer")
+    keep = ["request_id", "timestamp", "item_id", "position", "model_version"]
+    keep += [feature_column(n) for n in served.feature_names]
+    table = served.table.select(keep).join(
+        outcomes, keys=["request_id", "item_id"], join_type="left outer"
+    )
     labelled = int(table.column("label").null_count)
     labelled = table.num_rows - labelled
     table = table.sort_by(
