@@ -6,7 +6,7 @@ trained from the served-feature log always does); a live model without one of th
 hot reload) makes those requests skip the shadow, counted as `shadow_incompatible`.
 
 Scoring runs on the flywheel's background thread, within a CPU budget: a token bucket of CPU
-seconds filled at `cpu_share` seconds per second (up to `burst_s`); a request that finds it
+seconds filled at `cpu_share` seconds per second (up to half a second's worth); a request that finds it
 empty is not shadow-scored (`shadow_skipped_budget`). Every failure (loading, scoring, a
 non-finite score) is caught, logged once and counted; live answers never depend on it.
 
@@ -37,17 +37,37 @@ log = logging.getLogger(__name__)
 TOP_K = 10
 
 
+def _ranks(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Ranks 0..n-1, ties sharing their average rank (so the correlation ignores input order)."""
+    n = x.shape[0]
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    new = np.concatenate(([True], xs[1:] != xs[:-1]))
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], n)
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = ((starts + ends - 1) / 2.0)[np.cumsum(new) - 1]
+    return ranks
+
+
 def rank_agreement(
     live: npt.NDArray[np.float64], shadow: npt.NDArray[np.float64], k: int = TOP_K
 ) -> tuple[float, float]:
-    """(Spearman correlation, top-k overlap) of two score vectors over the same candidates."""
+    """(Spearman correlation, top-k overlap) of two score vectors over the same candidates.
+
+    Spearman is the Pearson correlation of tie-averaged ranks (1.0 when both vectors are
+    constant, 0.0 when only one is); the top k of each break ties by candidate order.
+    """
     n = live.shape[0]
     if n < 2:
         return 1.0, 1.0
-    a = np.argsort(np.argsort(-live, kind="stable"), kind="stable").astype(np.float64)
-    b = np.argsort(np.argsort(-shadow, kind="stable"), kind="stable").astype(np.float64)
-    d = a - b
-    rho = 1.0 - 6.0 * float(d @ d) / (n * (n * n - 1.0))
+    a = _ranks(live) - (n - 1) / 2.0
+    b = _ranks(shadow) - (n - 1) / 2.0
+    denom = math.sqrt(float(a @ a) * float(b @ b))
+    if denom == 0.0:
+        rho = 1.0 if float(a @ a) == float(b @ b) == 0.0 else 0.0
+    else:
+        rho = float(a @ b) / denom
     top = min(k, n)
     live_top = np.argsort(-live, kind="stable")[:top]
     shadow_top = np.argsort(-shadow, kind="stable")[:top]
@@ -63,14 +83,15 @@ class Shadow:
         model: ServingModel,
         *,
         cpu_share: float = 0.1,
-        burst_s: float = 0.05,
+        burst_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
         self.cpu_share = cpu_share
-        self.burst_s = burst_s
+        # Half a second's worth by default: a burst cannot take more than that at once.
+        self.burst_s = cpu_share * 0.5 if burst_s is None else burst_s
         self._clock = clock
-        self._tokens = burst_s
+        self._tokens = self.burst_s
         self._last = clock()
         self._columns: dict[int, npt.NDArray[np.intp] | None] = {}
         self.scored = 0

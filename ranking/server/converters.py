@@ -69,6 +69,7 @@ def _no_inline_values(request: pb.RankRequest, ids: list[str]) -> bool:
         top_k=request.top_k,
         feature_names=request.feature_names,
         strict=request.strict,
+        explain=request.explain,  # every non-candidate field, or the sizes do not add up
     )
     return bool(request.ByteSize() - rest.ByteSize() == sum(lengths) + 4 * len(ids))
 
