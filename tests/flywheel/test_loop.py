@@ -146,14 +146,19 @@ async def test_retrain_from_log_reload_and_catch_drift(
             assert psi[name] == pytest.approx(offline[name], rel=1e-9, abs=1e-12)
 
     # The CLI entries: `ranking drift` exits 1 on the shifted log, 2 without a reference.
-    cmd = [sys.executable, "-m", "ranking.cli", "drift", "--log", str(tmp_path / "log3")]
-    shifted_run = subprocess.run([*cmd, "--bundle", str(live)], cwd=ROOT, capture_output=True)
+    log3 = str(tmp_path / "log3")
+    shifted_run = await asyncio.to_thread(cli, "drift", "--log", log3, "--bundle", str(live))
     assert shifted_run.returncode == 1, shifted_run.stderr
     assert b"c_hour" in shifted_run.stdout.splitlines()[1]  # the largest PSI comes first
-    no_ref = subprocess.run(
-        [*cmd, "--bundle", str(small_world.bundle)], cwd=ROOT, capture_output=True
-    )
+    bundle_dir = str(small_world.bundle)
+    no_ref = await asyncio.to_thread(cli, "drift", "--log", log3, "--bundle", bundle_dir)
     assert no_ref.returncode == 2 and b"reference.json" in no_ref.stderr
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "ranking.cli", *args], cwd=ROOT, capture_output=True
+    )
 
 
 def test_train_from_log_cli(small_world: SmallWorld, tmp_path: Path) -> None:
@@ -162,12 +167,7 @@ def test_train_from_log_cli(small_world: SmallWorld, tmp_path: Path) -> None:
     empty.mkdir()
     labels = tmp_path / "labels.csv"
     labels.write_text("request_id,item_id,label\nr1,i1,2\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "ranking.cli", "train", "--log", str(empty)]
-        + ["--labels", str(labels), "--out", str(tmp_path / "b")],
-        cwd=ROOT,
-        capture_output=True,
-    )
+    run = cli("train", "--log", str(empty), "--labels", str(labels), "--out", str(tmp_path / "b"))
     assert run.returncode != 0
     assert b"no complete log files" in run.stderr
     with pytest.raises(TrainDataError, match="no complete log files"):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2_grpc
+from ranking.api.v1 import ranking_pb2 as pb
 from ranking.flywheel.shadow import rank_agreement
 from ranking.scoring.bundle import FeatureSpec, write_bundle
 from ranking.server.app import App
@@ -28,7 +29,7 @@ def shadow_bundle(folder: Path, seed: int = 42) -> lgb.Booster:
 
 async def serve_and_send(
     world: SmallWorld, n: int, **settings: object
-) -> tuple[list, dict[str, float], App]:  # type: ignore[type-arg]
+) -> tuple[list[tuple[pb.RankRequest, pb.RankResponse]], dict[str, float]]:
     app = App(small_settings(world, **settings))
     await app.start()
     try:
@@ -41,13 +42,13 @@ async def serve_and_send(
             stats = await admin_pb2_grpc.AdminServiceStub(ch).GetStats(admin_pb2.GetStatsRequest())
     finally:
         await app.stop(grace_s=0.5)
-    return list(zip(requests, responses, strict=True)), dict(stats.counters), app
+    return list(zip(requests, responses, strict=True)), dict(stats.counters)
 
 
 async def test_shadow_scores_logged_beside_live(small_world: SmallWorld, tmp_path: Path) -> None:
     shadow = shadow_bundle(tmp_path / "shadow")
     log_dir = tmp_path / "log"
-    pairs, counters, _ = await serve_and_send(
+    pairs, counters = await serve_and_send(
         small_world,
         40,
         log_dir=log_dir,
@@ -61,7 +62,7 @@ async def test_shadow_scores_logged_beside_live(small_world: SmallWorld, tmp_pat
     assert 0.0 <= counters["shadow_top10_overlap_mean"] <= 1.0
     logged = by_request(read_log_rows(log_dir))
     rhos = []
-    for req, resp in pairs:
+    for _, resp in pairs:
         rows = logged[resp.request_id]
         x = np.array([[r[n] for n in NAMES] for r in rows])
         np.testing.assert_array_equal(
@@ -78,7 +79,7 @@ async def test_shadow_scores_logged_beside_live(small_world: SmallWorld, tmp_pat
 
 async def test_shadow_budget_limits_scoring(small_world: SmallWorld, tmp_path: Path) -> None:
     shadow_bundle(tmp_path / "shadow")
-    _, counters, _ = await serve_and_send(
+    _, counters = await serve_and_send(
         small_world, 60, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0,
         shadow_cpu_share=1e-6,  # a burst's worth, then nearly nothing
     )  # fmt: skip
@@ -91,8 +92,8 @@ async def test_broken_shadow_never_affects_live(small_world: SmallWorld, tmp_pat
     broken.mkdir()
     (broken / "model.txt").write_text("not a model\n")
     (broken / "schema.json").write_text("{}")
-    baseline, _, _ = await serve_and_send(small_world, 20)
-    pairs, counters, app = await serve_and_send(
+    baseline, _ = await serve_and_send(small_world, 20)
+    pairs, counters = await serve_and_send(
         small_world, 20, shadow_bundle=broken, shadow_sample=1.0, log_dir=tmp_path / "log"
     )
     assert "shadow_scored" not in counters  # not loaded: no shadow at all
@@ -121,9 +122,7 @@ async def test_shadow_failing_to_score_never_affects_live(
         booster.model_to_string(),
         [FeatureSpec("u_a", "user"), FeatureSpec("not_served", "inline")],
     )
-    pairs, counters, _ = await serve_and_send(
-        small_world, 10, shadow_bundle=other, shadow_sample=1.0
-    )
+    pairs, counters = await serve_and_send(small_world, 10, shadow_bundle=other, shadow_sample=1.0)
     assert counters["shadow_incompatible"] == 10 and counters["shadow_scored"] == 0
 
     class Exploding:
