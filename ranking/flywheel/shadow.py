@@ -6,8 +6,8 @@ trained from the served-feature log always does); a live model without one of th
 hot reload) makes those requests skip the shadow, counted as `shadow_incompatible`.
 
 Scoring runs on the flywheel's background thread, within a CPU budget: a token bucket of CPU
-seconds filled at `cpu_share` seconds per second (up to half a second's worth); a request that finds it
-empty is not shadow-scored (`shadow_skipped_budget`). Every failure (loading, scoring, a
+seconds filled at `cpu_share` seconds per second (up to half a second's worth); a request that
+finds it empty is not shadow-scored (`shadow_skipped_budget`). Every failure (loading, scoring, a
 non-finite score) is caught, logged once and counted; live answers never depend on it.
 
 Agreement per shadow-scored request, over the candidates the live model scored: Spearman rank
