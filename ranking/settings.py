@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     drift_window_s: float = Field(
         600.0, gt=0, le=7 * 86_400, description="Sliding window of the served distributions."
     )
+    drift_sample: float = Field(
+        0.1, ge=0, le=1, description="Share of requests counted into the drift window."
+    )
     shadow_bundle: Path | None = Field(
         None, description="A second model scored off the critical path; never affects answers."
     )

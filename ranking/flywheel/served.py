@@ -38,6 +38,7 @@ class Served:
     scored: npt.NDArray[np.float64]
     log: bool
     shadow: bool
+    drift: bool = True
     #: Filled by the background thread when the shadow model scored this request: its score
     #: for each returned row (NaN where it did not score), and its version.
     shadow_scores: npt.NDArray[np.float64] | None = None

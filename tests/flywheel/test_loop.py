@@ -74,8 +74,7 @@ async def test_retrain_from_log_reload_and_catch_drift(
             rng = np.random.default_rng(5)
             await send(stub, [small_request(rng, k, inline=False) for k in range(400)])
             assert app.flywheel is not None
-            app.flywheel.flush()
-            app.flywheel.writer.roll()  # type: ignore[union-attr]  (no concurrent write: flushed)
+            assert app.flywheel.flush(roll=True)  # the open log file completes
             labels = tmp_path / "labels.csv"
             assert write_labels(small_world, log1, labels) > 100
 
@@ -115,7 +114,7 @@ async def test_retrain_from_log_reload_and_catch_drift(
 
     # Serve the new model: like-for-like traffic shows no drift; a shift in c_hour does.
     for shifted, log_dir in ((False, log2), (True, tmp_path / "log3")):
-        app = App(small_settings(small_world, bundle=live, log_dir=log_dir))
+        app = App(small_settings(small_world, bundle=live, log_dir=log_dir, drift_sample=1.0))
         await app.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
@@ -126,7 +125,7 @@ async def test_retrain_from_log_reload_and_catch_drift(
                     stub, [small_request(rng, k, hour=hour, inline=False) for k in range(300)]
                 )
             assert app.flywheel is not None
-            app.flywheel.flush()
+            assert app.flywheel.flush()
             counters = await stats(app.port)
         finally:
             await app.stop(grace_s=0.5)
