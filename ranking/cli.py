@@ -110,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
 def _drift(args: argparse.Namespace) -> int:
     from ranking.flywheel.drift_report import drift_command
 
-    return drift_command(args.log, args.bundle, args.threshold)
+    return drift_command(args.log, args.bundle, args.threshold, args.all_versions)
 
 
 def _features_load(args: argparse.Namespace) -> int:
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", type=Path, required=True, metavar="DIR")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--threshold", type=float, default=0.2, help="PSI above which to fail")
+    p.add_argument(
+        "--all-versions", action="store_true", help="count rows of every model, not the bundle's"
+    )
     p.set_defaults(func=_drift)
 
     p = sub.add_parser("features", help="feature data")

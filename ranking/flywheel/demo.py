@@ -1,8 +1,13 @@
 """The loop on the demo world: send its traffic, and label what was served from its hidden truth.
 
+    python -m ranking.flywheel.demo tables --out DIR                    # users/items.parquet
     python -m ranking.flywheel.demo traffic --requests 1500            # to 127.0.0.1:50051
     python -m ranking.flywheel.demo outcomes --log DIR --out labels.csv
     python -m ranking.flywheel.demo traffic --requests 300 --shift promo
+
+`tables` writes the world's users and items as Parquet entity tables (`id` + float32 feature
+columns, NaN = missing), so a demo server can serve any bundle folder (`ranking serve --bundle
+DIR --features user=... --features item=...`) and hot-reload it when it changes.
 
 `traffic` draws requests the way the world's retrieval would (`World.sample_queries`: users by
 activity, 200 candidates, a context) and sends them with request ids `{prefix}-{k}`. `--shift`
@@ -125,9 +130,33 @@ def outcomes(
     return len(engaged)
 
 
+def tables(out: Path, *, users: int = 10_000, items: int = 50_000) -> tuple[Path, Path]:
+    """Write the world's entity tables; returns (users.parquet, items.parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    world = _world(users, items)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, ids, columns, matrix in (
+        ("users", world.user_ids, world.user_columns, world.user_matrix),
+        ("items", world.item_ids, world.item_columns, world.item_matrix),
+    ):
+        data = {"id": pa.array(ids, pa.string())}
+        data.update({c: pa.array(matrix[:, j]) for j, c in enumerate(columns)})
+        path = out / f"{name}.parquet"
+        pq.write_table(pa.table(data), path)
+        paths.append(path)
+        print(f"{path}: {len(ids)} rows x {len(columns)} features")
+    return paths[0], paths[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ranking.flywheel.demo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("tables", help="write the world's users and items as Parquet")
+    p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("traffic", help="send demo requests")
     p.add_argument("--target", default="127.0.0.1:50051")
     p.add_argument("--requests", type=int, default=1000)
@@ -138,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "tables":
+        tables(args.out)
+        return 0
     if args.command == "traffic":
         answered = traffic(args.target, args.requests, seed=args.seed, shift=args.shift)
         return 0 if answered == args.requests else 1

@@ -1,8 +1,9 @@
 """`ranking drift --log DIR --bundle BUNDLE`: the served distribution against the reference.
 
-Counts every logged row's features (the log files whose features are the bundle's) into the
-bundle's reference bins and prints, per feature, the population stability index and the
-missing rate served and at training time, largest PSI first. Exit status: 0 when every PSI is
+Counts the features of the rows the bundle's model served (`--all-versions`: every logged
+row of the bundle's features) into the bundle's reference bins and prints, per feature, the
+population stability index and the missing rate served and at training time, largest PSI
+first. Exit status: 0 when every PSI is
 at most the threshold, 1 when one is above it, 2 when the report cannot be made (no
 reference.json in the bundle, no log rows for its features).
 """
@@ -23,8 +24,14 @@ from ranking.train import TrainDataError
 __all__ = ["drift_command", "log_drift"]
 
 
-def log_drift(log_dir: Path, bundle_dir: Path) -> list[FeatureDrift]:
-    """Per-feature drift of a log folder against a bundle's reference; raises ValueError."""
+def log_drift(log_dir: Path, bundle_dir: Path, all_versions: bool = False) -> list[FeatureDrift]:
+    """Per-feature drift of a log folder against a bundle's reference; raises ValueError.
+
+    Counts the rows the bundle's own model served (its `model_version`): what it has met since
+    it went live against what it was trained on. `all_versions` counts every logged row.
+    """
+    import pyarrow.compute as pc
+
     from ranking.flywheel.train_log import read_log
 
     bundle = load_bundle(bundle_dir)
@@ -36,17 +43,27 @@ def log_drift(log_dir: Path, bundle_dir: Path) -> list[FeatureDrift]:
     missing = [n for n in bundle.feature_names if n not in where]
     if missing:
         raise ValueError(f"{log_dir}: the newest log files lack features {missing[:5]}")
-    matrix = served.matrix()[:, [where[n] for n in bundle.feature_names]]
+    table = served.table
+    if not all_versions:
+        table = table.filter(pc.equal(table.column("model_version"), bundle.version))
+        if table.num_rows == 0:
+            raise ValueError(
+                f"{log_dir}: no rows served by model {bundle.version} "
+                "(--all-versions compares every logged row)"
+            )
+    matrix = served.matrix(table)[:, [where[n] for n in bundle.feature_names]]
     counts = np.zeros((len(reference.names), reference.n_bins + 1), dtype=np.int64)
     for start in range(0, matrix.shape[0], 100_000):  # bounded memory for the comparisons
         counts += bin_counts(matrix[start : start + 100_000], reference.edges)
     return drift_report(counts, reference)
 
 
-def drift_command(log_dir: Path, bundle_dir: Path, threshold: float = 0.2) -> int:
+def drift_command(
+    log_dir: Path, bundle_dir: Path, threshold: float = 0.2, all_versions: bool = False
+) -> int:
     """Print the report; the exit status says whether any feature drifted past `threshold`."""
     try:
-        report = log_drift(log_dir, bundle_dir)
+        report = log_drift(log_dir, bundle_dir, all_versions)
     except (ValueError, BundleError, TrainDataError) as exc:
         message = exc.message if isinstance(exc, BundleError) else str(exc)
         print(f"drift: {message}", file=sys.stderr)

@@ -144,6 +144,11 @@ async def test_retrain_from_log_reload_and_catch_drift(
         for name in psi:  # the server's window and the offline report count the same rows
             assert psi[name] == pytest.approx(offline[name], rel=1e-9, abs=1e-12)
 
+    # log1 was served by the old model: the new bundle's report counts only its own rows.
+    with pytest.raises(ValueError, match="no rows served by model"):
+        log_drift(log1, live)
+    assert len(log_drift(log1, live, all_versions=True)) == len(bundle.features)
+
     # The CLI entries: `ranking drift` exits 1 on the shifted log, 2 without a reference.
     log3 = str(tmp_path / "log3")
     shifted_run = await asyncio.to_thread(cli, "drift", "--log", log3, "--bundle", str(live))
