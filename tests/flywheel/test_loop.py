@@ -4,6 +4,7 @@ the new bundle, then catch a distribution shift (GetStats and `ranking drift`)."
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -144,10 +145,16 @@ async def test_retrain_from_log_reload_and_catch_drift(
         for name in psi:  # the server's window and the offline report count the same rows
             assert psi[name] == pytest.approx(offline[name], rel=1e-9, abs=1e-12)
 
-    # log1 was served by the old model: the new bundle's report counts only its own rows.
-    with pytest.raises(ValueError, match="no rows served by model"):
-        log_drift(log1, live)
-    assert len(log_drift(log1, live, all_versions=True)) == len(bundle.features)
+    # log1 was served by the old model but for the last request: the new bundle's report
+    # counts only its own model's rows, unless asked for all of them.
+    assert {f.rows for f in log_drift(log1, live)} == {20}
+    assert {f.rows for f in log_drift(log1, live, all_versions=True)} == {401 * 20}
+    other = tmp_path / "other"
+    shutil.copytree(live, other)
+    schema = json.loads((other / "schema.json").read_text())
+    (other / "schema.json").write_text(json.dumps({**schema, "model_version": "never-served"}))
+    with pytest.raises(ValueError, match="no rows served by model never-served"):
+        log_drift(log1, other)
 
     # The CLI entries: `ranking drift` exits 1 on the shifted log, 2 without a reference.
     log3 = str(tmp_path / "log3")
