@@ -39,9 +39,12 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/overload.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.run import get_stats, log, machine_info, run_async
+from benchmarks.harness import log, machine_info, run_async
+from benchmarks.ports import free_port
+from benchmarks.redis_server import RedisServer, start_redis
 from benchmarks.scenario import find_scenario, load_scenario
-from benchmarks.servers import ManagedProcess, free_port, start_redis, wait_ready
+from benchmarks.servers import ManagedProcess, wait_ready
+from benchmarks.stats import get_stats
 from benchmarks.world import prepare_world
 from ranking.loadgen import LoadConfig, LoadReport, RankPayload, run_load
 
@@ -130,7 +133,9 @@ def run_one(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update({"RANKING_RELOAD_POLL_S": "0", "RANKING_WORKERS": str(args.workers)})
     env.update(env_extra)
+    admin_port = free_port()  # GetStats is on the admin port, never on the serving port
     argv = [sys.executable, "-m", "ranking.cli", "serve", "--port", str(port), *world_args]
+    argv += ["--admin-port", str(admin_port)]
 
     slug = "".join(c if c.isalnum() else "-" for c in name)
     server = ManagedProcess(name, argv, logs / f"{slug}-{int(rate)}.log", env=env, cwd=REPO)
@@ -157,7 +162,7 @@ def run_one(
         if args.server_warmup > 0:
             run_async(run_load(warm))
         report = run_async(run_load(cfg))
-        stats = get_stats(target) or {}
+        stats = get_stats(f"127.0.0.1:{admin_port}") or {}
     finally:
         server.stop()
     return Run(name, rate, report, dict(stats.get("counters", {})))
@@ -206,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc = load_scenario(find_scenario(args.scenario))
     world = prepare_world(sc.world)
     logs = args.out / "logs" / "overload"
-    redis: ManagedProcess | None = None
+    redis: RedisServer | None = None
     if sc.store == "memory":
         world_args = [
             *("--bundle", str(world.bundle)),
@@ -214,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             *("--features", f"item={world.item_features}"),
         ]
     else:
-        redis, redis_port = start_redis(logs)
-        url = f"redis://127.0.0.1:{redis_port}/0"
+        redis = start_redis(logs, log_path=logs / "redis.log")
+        url = redis.url
         for entity, path in (("user", world.user_features), ("item", world.item_features)):
             load = [sys.executable, "-m", "ranking.cli", "features", "load"]
             load += ["--type", entity, "--file", str(path), "--redis", url]

@@ -1,4 +1,10 @@
-"""The `ranking` command: parse flags, build settings, run. Nothing else lives here."""
+"""The `ranking` command: parse flags, build settings, hand off to the module that does the work.
+
+Each subcommand is a few lines here and a call: `serve` to `ranking.server.workers`, `rank` and
+`health` to `ranking.client`, `train` to `ranking.train`, `features load` to the table reader
+and `ranking.features.redis_loader`, `load` to `ranking.loadgen.cli`. Choices and defaults come
+from the modules that own them (limiter kinds, engines, training parameters).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["main"]
 
@@ -37,7 +46,14 @@ def _serve(args: argparse.Namespace) -> int:
             "budget_ms": args.budget_ms,
             "limiter": args.limiter,
             "max_pending_calls": args.max_pending_calls,
+            "metrics_port": args.metrics_port,
             "admin_token": args.admin_token,
+            "admin_host": args.admin_host,
+            "admin_port": args.admin_port,
+            "health_port": args.health_port,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "tls_client_ca": args.tls_client_ca,
             "demo_trees": args.demo_trees,
             "demo_leaves": args.demo_leaves,
             "log_dir": args.log_dir,
@@ -58,8 +74,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise SystemExit(f"bad settings:\n{exc}") from None
     from ranking.server.app import demo_bundle_path
+    from ranking.server.listeners import serving_credentials
     from ranking.server.workers import serve
+    from ranking.tls import TlsError
 
+    try:
+        serving_credentials(settings)  # a bad certificate is an exit message, not a traceback
+    except TlsError as exc:
+        raise SystemExit(f"ranking serve: {exc}") from None
     if settings.bundle is None:
         # Build (or find) the demo bundle once here, before any worker starts.
         demo_bundle_path(settings, progress=True)
@@ -78,28 +100,43 @@ def _rank(args: argparse.Namespace) -> int:
         if args.user:
             request.user_id = args.user
     return rank_command(
-        args.target, request, repeat=args.repeat, deadline_ms=args.deadline_ms, show=args.show
+        args.target,
+        request,
+        repeat=args.repeat,
+        deadline_ms=args.deadline_ms,
+        show=args.show,
+        tls=_client_tls(args),
     )
 
 
+def _client_tls(args: argparse.Namespace) -> Any:
+    from ranking.tls import ClientTls
+
+    try:
+        return ClientTls.from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"ranking {args.command}: {exc}") from None
+
+
 def _train(args: argparse.Namespace) -> int:
+    from ranking.train import TrainParams, train_command
+
     if args.log is not None:
         from ranking.flywheel.train_log import train_from_log
 
         if args.labels is None or args.data is not None:
             raise SystemExit("train --log: give --labels FILE, and no --data")
-        print(train_from_log(args.log, args.labels, args.out, trees=args.trees, leaves=args.leaves))
+        params = TrainParams(trees=args.trees, leaves=args.leaves)
+        print(train_from_log(args.log, args.labels, args.out, params=params))
         return 0
     if args.data is None:
         raise SystemExit("train: give --data FILE (or --log DIR --labels FILE)")
-    from ranking.train import train_command
 
     report = train_command(
         args.data,
         args.query,
         args.out,
-        trees=args.trees,
-        leaves=args.leaves,
+        params=TrainParams(trees=args.trees, leaves=args.leaves),
         group_column=args.group_column,
         label_column=args.label_column,
     )
@@ -151,43 +188,15 @@ def _features_load(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2
 
-    code, status = check_health(args.target, args.service, args.timeout_s)
+    from ranking.client import check_health
+
+    code, status = check_health(args.target, args.service, args.timeout_s, _client_tls(args))
     if status is None:
         print(f"{args.target}: {code}", file=sys.stderr)
         return 1
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
     print(f"{args.target}: {name}")
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def check_health(target: str, service: str, timeout_s: float) -> tuple[str, int | None]:
-    """(status code name, serving status or None) of one health check within `timeout_s`.
-
-    A busy server may refuse the probe (CANCELLED from gRPC's backlog cap, RESOURCE_EXHAUSTED
-    from the limiter): that is retried on the same connection until the timeout, so a live but
-    loaded worker passes and a wedged one, which never takes a call, fails.
-    """
-    import time
-
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    busy = (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    deadline = time.monotonic() + timeout_s
-    pause = 0.01
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=left)
-                return "OK", int(response.status)
-            except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                if code not in busy or deadline - time.monotonic() <= pause:
-                    return str(code.name), None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
 
 
 def _load(args: argparse.Namespace, rest: list[str]) -> int:
@@ -197,6 +206,12 @@ def _load(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `ranking` parser; choices and defaults come from the modules that own them."""
+    from ranking.limits.limiter import LIMITER_KINDS
+    from ranking.scoring.scorer import ENGINES
+    from ranking.tls import add_client_tls_arguments
+    from ranking.train import TrainParams
+
     parser = argparse.ArgumentParser(prog="ranking", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,19 +221,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--host")
     p.add_argument("--workers", type=int, help="server processes; 0 = one per CPU")
-    p.add_argument("--engine", choices=["auto", "quickscorer", "lightgbm"])
+    p.add_argument("--engine", choices=ENGINES)
     p.add_argument("--budget-ms", type=float)
-    p.add_argument("--limiter", choices=["gradient2", "vegas", "aimd", "fixed", "off"])
+    p.add_argument("--limiter", choices=LIMITER_KINDS)
     p.add_argument(
         "--max-pending-calls",
         type=int,
         metavar="N",
         help="calls gRPC may hold for a busy worker; more are refused (0 = gRPC's default)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus /metrics for all workers on this port (0 = off)",
+    )
     p.add_argument("--redis", action="append", metavar="URL", help="Redis replica (repeat)")
     p.add_argument("--redis-cluster", action="store_true")
     p.add_argument("--features", action="append", metavar="TYPE=PATH", help="CSV/Parquet table")
-    p.add_argument("--admin-token")
+    p.add_argument("--admin-token", help="token ReloadModel requires (x-admin-token)")
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        metavar="N",
+        help="serve the admin service (GetStats, ReloadModel) here; it is never on --port",
+    )
+    p.add_argument("--admin-host", help="address of the admin port (default 127.0.0.1)")
+    p.add_argument(
+        "--health-port", type=int, metavar="N", help="plaintext grpc.health.v1 only, for probes"
+    )
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM chain: serve TLS")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA: require client certificates it signed (mutual TLS)",
+    )
     p.add_argument("--demo-trees", type=int)
     p.add_argument("--demo-leaves", type=int)
     p.add_argument("--log-dir", type=Path, help="log served features as Parquet under DIR")
@@ -238,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="send it N times; print latency")
     p.add_argument("--deadline-ms", type=float, default=1000.0)
     p.add_argument("--show", type=int, default=20)
+    add_client_tls_arguments(p)
     p.set_defaults(func=_rank)
 
     p = sub.add_parser("train", help="train a LambdaRank bundle")
@@ -246,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="with --log: outcomes (request_id, item_id, label)")
     p.add_argument("--query", type=Path, help="query/group file for LETOR data")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--trees", type=int, default=100)
-    p.add_argument("--leaves", type=int, default=31)
+    p.add_argument("--trees", type=int, default=TrainParams.trees)
+    p.add_argument("--leaves", type=int, default=TrainParams.leaves)
     p.add_argument("--group-column", default="query_id")
     p.add_argument("--label-column", default="label")
     p.set_defaults(func=_train)
@@ -278,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="127.0.0.1:50051")
     p.add_argument("--service", default="")
     p.add_argument("--timeout-s", type=float, default=2.0)
+    add_client_tls_arguments(p)
     p.set_defaults(func=_health)
 
     p = sub.add_parser(
@@ -289,10 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
     if argv and argv[0] == "load":
         return _load(argparse.Namespace(), argv[1:])
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

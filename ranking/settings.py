@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ranking.demo.sizes import DEMO
+from ranking.limits.limiter import LimiterKind
+from ranking.scoring.scorer import Engine
 
 __all__ = ["Settings", "default_cache_dir"]
 
@@ -50,24 +53,70 @@ class Settings(BaseSettings):
         "bursts; see ranking/limits/README.md. 0 = gRPC's default backlog (1,000 calls).",
     )
     uvloop: bool = Field(True, description="Run the event loop on uvloop when installed.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics for the whole server (all workers) on this port "
+        "of the server's host; 0 = off.",
+    )
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="Close each client connection after about this long (GOAWAY; calls in "
+        "flight finish): clients reconnect, re-resolve DNS (new replicas get traffic) and see a "
+        "rotated certificate. 0 = never.",
+    )
+
+    # --- TLS (README "Deploying it") ---
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate chain; with tls_key the serving port speaks TLS."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle: clients must present a certificate it signed (mutual TLS).",
+    )
+
+    # --- operator ports: never the serving port ---
+    admin_host: str = Field(
+        "127.0.0.1", description="Address of the admin port (loopback: reach it from the host)."
+    )
+    admin_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the admin service (GetStats, ReloadModel) on admin_host, with the "
+        "serving port's TLS settings; unset = no admin service. 0 picks a free one (1 worker).",
+    )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A plaintext port on host serving only grpc.health.v1, for probes that "
+        "cannot speak TLS (Kubernetes' gRPC probes); unset = none.",
+    )
 
     # --- model ---
     bundle: Path | None = Field(None, description="Model bundle folder; None serves the demo.")
-    engine: Literal["auto", "quickscorer", "lightgbm"] = Field(
+    engine: Engine = Field(
         "auto", description="Scoring engine; auto picks the fastest exact one available."
     )
     reload_poll_s: float = Field(
         2.0, ge=0, le=3600, description="How often to check the bundle for changes; 0 = never."
     )
     admin_token: str | None = Field(
-        None, description="Token for the admin ReloadModel RPC; unset disables it."
+        None,
+        description="Token (x-admin-token metadata) the admin ReloadModel RPC requires; unset "
+        "disables that RPC.",
     )
 
     # --- demo ---
-    demo_trees: int = Field(500, ge=1, le=5000)
-    demo_leaves: int = Field(63, ge=2, le=1024)
-    demo_users: int = Field(10_000, ge=1)
-    demo_items: int = Field(50_000, ge=1)
+    demo_trees: int = Field(DEMO.trees, ge=1, le=5000)
+    demo_leaves: int = Field(DEMO.leaves, ge=2, le=1024)
+    demo_users: int = Field(DEMO.n_users, ge=1)
+    demo_items: int = Field(DEMO.n_items, ge=1)
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
     # --- features ---
@@ -104,7 +153,7 @@ class Settings(BaseSettings):
         ge=0,
         description="Score on the event loop when rows x trees is at most this; else in a thread.",
     )
-    limiter: Literal["vegas", "gradient2", "aimd", "fixed", "off"] = Field(
+    limiter: LimiterKind = Field(
         "vegas", description="Concurrency limit algorithm; see ranking/limits/README.md."
     )
     limiter_initial: int = Field(16, ge=1, description="Starting limit per worker.")
@@ -142,6 +191,13 @@ class Settings(BaseSettings):
             raise ValueError("hedge_delay_floor_ms must not exceed hedge_delay_cap_ms")
         if not self.limiter_min <= self.limiter_initial <= self.limiter_max:
             raise ValueError("need limiter_min <= limiter_initial <= limiter_max")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        ports = [p for p in (self.port, self.admin_port, self.health_port) if p]
+        if len(ports) != len(set(ports)):
+            raise ValueError("port, admin_port and health_port must differ")
         return self
 
     def effective_workers(self) -> int:

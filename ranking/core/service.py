@@ -33,7 +33,8 @@ from ranking.features.store import FeatureStore, FetchResult, Lookup, columns_or
 from ranking.limits import Limiter
 from ranking.telemetry import Telemetry
 from ranking.telemetry import stats as st
-from ranking.telemetry.stage import Stage
+from ranking.telemetry.call import CallRecord, Metadata
+from ranking.telemetry.state import ServiceState, service_state
 
 if TYPE_CHECKING:
     from ranking.flywheel.explain import Explainer, Explanation
@@ -121,10 +122,33 @@ class RankingService:
         # Time the stages after scoring take; reserved before deciding how many rows fit.
         self._tail_s = 100e-6
 
-    async def rank(self, query: RankQuery, deadline: Deadline) -> RankResult:
-        """Rank the query's candidates. Raises a `RankingError` subclass on refusal."""
-        row = self.telemetry.stats.row
-        row[st.I_REQUESTS] += 1
+    def begin_call(self, metadata: Metadata | None = None) -> CallRecord:
+        """Start timing a call (the transport does this first thing). `metadata` is called
+        for the caller's W3C trace context only when tracing records."""
+        return CallRecord(self.telemetry, metadata)
+
+    async def rank(
+        self, query: RankQuery, deadline: Deadline, call: CallRecord | None = None
+    ) -> RankResult:
+        """Rank the query's candidates. Raises a `RankingError` subclass on refusal.
+
+        `call` is the transport's record of this call (it laps the stages before and after
+        this one and ends the record); without one, the core keeps and ends its own.
+        """
+        if call is None:
+            call = self.begin_call()
+            try:
+                result = await self._admit_and_rank(query, deadline, call)
+            except BaseException as exc:
+                call.end(exc)
+                raise
+            call.end(None)
+            return result
+        return await self._admit_and_rank(query, deadline, call)
+
+    async def _admit_and_rank(
+        self, query: RankQuery, deadline: Deadline, call: CallRecord
+    ) -> RankResult:
         if deadline.caller_gone():
             raise DeadlineExceeded("the deadline had passed before the request was handled")
         self._validate(query)
@@ -134,8 +158,9 @@ class RankingService:
                 "server overloaded: request shed by the concurrency limiter; retry later",
                 self.limiter.retry_after_ms(),
             )
+        call.lap(st.ADMIT)
         try:
-            result = await self._rank(query, deadline, self.models.current)
+            result = await self._rank(query, deadline, self.models.current, call)
         except DeadlineExceeded:
             token.dropped()
             raise
@@ -151,6 +176,11 @@ class RankingService:
             raise
         token.success()
         return result
+
+    def state(self) -> ServiceState:
+        """This worker's state beyond the shared counters: model, reloads, limiter, the
+        feature store's own counters. Read by GetStats and published for /metrics."""
+        return service_state(self.models, self.limiter, self.store)
 
     def _validate(self, query: RankQuery) -> None:
         n = len(query.candidate_ids)
@@ -184,40 +214,38 @@ class RankingService:
                     "candidates.feature_values: values must be finite or NaN (missing)"
                 )
 
-    async def _rank(self, query: RankQuery, deadline: Deadline, model: ServingModel) -> RankResult:
-        tel = self.telemetry
-        row = tel.stats.row
+    async def _rank(
+        self, query: RankQuery, deadline: Deadline, model: ServingModel, call: CallRecord
+    ) -> RankResult:
         ids = query.candidate_ids
         n = len(ids)
         model.plan.check_names(query.context, query.inline_names)
         degraded: list[str] = []
 
-        with Stage(tel, "fetch", st.I_FETCH):
-            user, items = await self._fetch(query, deadline, degraded)
+        user, items = await self._fetch(query, deadline, degraded)
+        call.lap(st.FETCH)
         if deadline.caller_gone():
             raise DeadlineExceeded("the deadline passed while fetching features")
 
-        with Stage(tel, "assemble", st.I_ASSEMBLE):
-            matrix = model.plan.assemble(
-                user,
-                items,
-                n,
-                query.context,
-                query.inline_names,
-                query.inline_values,
-                query.inline_rows,
-            )
+        matrix = model.plan.assemble(
+            user,
+            items,
+            n,
+            query.context,
+            query.inline_names,
+            query.inline_values,
+            query.inline_rows,
+        )
+        call.lap(st.ASSEMBLE)
 
-        with Stage(tel, "score", st.I_SCORE):
-            priority, fit = self._plan_scoring(model, matrix, n, deadline)
-            if fit < n:
-                degraded.append(Degraded.PARTIAL_SCORING)
-            scores = await self._score(model, matrix, None if priority is None else priority[:fit])
+        priority, fit = self._plan_scoring(model, matrix, n, deadline)
+        if fit < n:
+            degraded.append(Degraded.PARTIAL_SCORING)
+        scores = await self._score(model, matrix, None if priority is None else priority[:fit])
+        call.lap(st.SCORE)
 
-        with Stage(tel, "sort", st.I_SORT):
-            ranked_ids, ranked_scores, unscored, rows = _sort(
-                ids, scores, priority, fit, query.top_k
-            )
+        ranked_ids, ranked_scores, unscored, rows = _sort(ids, scores, priority, fit, query.top_k)
+        call.lap(st.SORT)
 
         request_id = query.request_id
         if self.flywheel is not None:
@@ -240,13 +268,7 @@ class RankingService:
             explanations = await self._explain(
                 model, matrix, rows, ranked_ids, unscored, deadline, degraded
             )
-
-        row[st.I_OK] += 1
-        row[st.I_CANDIDATES] += n
-        row[st.I_SCORED] += fit
-        row[st.I_UNSCORED] += n - fit
-        if degraded:
-            row[st.I_DEGRADED] += 1
+        call.ranked(n, fit, degraded, model.version)
         return RankResult(
             ranked_ids, ranked_scores, unscored, model.version, degraded, request_id, explanations
         )

@@ -31,7 +31,14 @@ from tqdm import tqdm
 from ranking.flywheel.logwriter import FEATURES_KEY, feature_column
 from ranking.flywheel.reference import build_reference, write_reference
 from ranking.scoring.bundle import FeatureSpec, write_bundle
-from ranking.train import MAX_LABEL, RankingData, TqdmCallback, TrainDataError, ndcg_at_k
+from ranking.train import (
+    MAX_LABEL,
+    RankingData,
+    TqdmCallback,
+    TrainDataError,
+    TrainParams,
+    ndcg_at_k,
+)
 
 __all__ = ["LogTrainReport", "ServedLog", "read_log", "train_from_log"]
 
@@ -213,23 +220,23 @@ def train_from_log(
     labels: Path,
     out: Path,
     *,
-    trees: int = 100,
-    leaves: int = 31,
-    learning_rate: float = 0.05,
-    min_data_in_leaf: int = 20,
-    valid_fraction: float = 0.2,
-    seed: int = 0,
+    params: TrainParams | None = None,
     version: str | None = None,
-    num_threads: int = 0,
     progress: bool = True,
 ) -> LogTrainReport:
-    """Train a bundle from a served-feature log and outcome labels (see the module docstring)."""
+    """Train a bundle from a served-feature log and outcome labels (see the module docstring).
+
+    `params` are `ranking.train.TrainParams` (its defaults when None); `valid_fraction` is the
+    share of the latest requests held out.
+    """
     import lightgbm as lgb
     import pyarrow.compute as pc
 
     started = time.perf_counter()
+    p = params or TrainParams()
+    valid_fraction = p.valid_fraction
     if not 0.0 < valid_fraction < 1.0:
-        raise TrainDataError("valid_fraction must be in (0, 1)")
+        raise TrainDataError("valid_fraction must be in (0, 1) for a time-based split")
     served = read_log(log_dir)
     outcomes = read_labels(labels)
     keep = ["request_id", "timestamp", "item_id", "position", "model_version"]
@@ -257,26 +264,29 @@ def train_from_log(
     held_table = table.slice(split_row)
 
     names = list(served.feature_names)
-    params: dict[str, Any] = {
+    # The parameters `ranking.train` trains with (it has no standalone fit function yet).
+    lgb_params: dict[str, Any] = {
         "objective": "lambdarank",
         "metric": "ndcg",
         "eval_at": [10],
-        "num_leaves": leaves,
-        "learning_rate": learning_rate,
-        "min_data_in_leaf": min_data_in_leaf,
+        "num_leaves": p.leaves,
+        "learning_rate": p.learning_rate,
+        "min_data_in_leaf": p.min_data_in_leaf,
         "deterministic": True,
         "force_row_wise": True,
-        "seed": seed,
-        "num_threads": num_threads,
+        "seed": p.seed,
+        "num_threads": p.num_threads,
         "verbosity": -1,
     }
     train_set = lgb.Dataset(
         train.features, train.labels, group=train.group_sizes, feature_name=names
     )
     with tqdm(
-        total=trees, desc="training", unit="tree", file=sys.stderr, disable=not progress
+        total=p.trees, desc="training", unit="tree", file=sys.stderr, disable=not progress
     ) as bar:
-        booster = lgb.train(params, train_set, num_boost_round=trees, callbacks=[TqdmCallback(bar)])
+        booster = lgb.train(
+            lgb_params, train_set, num_boost_round=p.trees, callbacks=[TqdmCallback(bar)]
+        )
     predicted = booster.predict(heldout.features, raw_score=True)
     ndcg_new = ndcg_at_k(predicted, heldout.labels, heldout.group_sizes, 10)
     positions = held_table.column("position").to_numpy(zero_copy_only=False)

@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2, ranking_pb2_grpc
+from ranking.api.v1 import ranking_pb2, ranking_pb2_grpc
 from ranking.core.models import ModelHolder, build_serving_model
 from ranking.core.service import RankingService
 from ranking.errors import BundleError
@@ -32,17 +32,25 @@ from ranking.features.store import FeatureStore, columns_or_empty
 from ranking.flywheel.hook import Flywheel, build_flywheel
 from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
+from ranking.server.listeners import (
+    Listeners,
+    OpsServers,
+    bind,
+    serving_credentials,
+    start_ops_servers,
+)
 from ranking.settings import Settings
 from ranking.telemetry import Stats, Telemetry, build_telemetry
+from ranking.telemetry.endpoint import LocalSource, MetricsServer
+from ranking.telemetry.state import PUBLISH_EVERY_S, publish
+from ranking.tls import CertificateReloader
 
 __all__ = ["App", "run_worker"]
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-)
+# Served (and listed by reflection) on the serving port; the admin service has its own port.
+SERVICE_NAMES = (ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name,)
 
 
 def demo_bundle_path(settings: Settings, progress: bool = True) -> Path:
@@ -119,12 +127,23 @@ class App:
         telemetry: Telemetry | None = None,
         stats: Stats | None = None,
         worker: int = 0,
+        serve_metrics: bool = True,
     ) -> None:
+        """`serve_metrics`: serve --metrics-port from this process (False in the workers of a
+        multi-process server, whose parent serves it)."""
         self.settings = settings
         self.worker = worker
+        self._serve_metrics = serve_metrics
+        self.metrics: MetricsServer | None = None
+        self._publisher: asyncio.Task[None] | None = None
         stats = stats or Stats()
         self.telemetry = telemetry or build_telemetry(stats)
         self.port = 0
+        #: Every port this worker bound (serving, admin, probe; 0 = off).
+        self.listeners = Listeners()
+        #: Re-reads the TLS files on change (None: plaintext).
+        self.tls: CertificateReloader | None = None
+        self._ops = OpsServers()
         self.core: RankingService | None = None
         self.store: FeatureStore | None = None
         self._server: grpc.aio.Server | None = None
@@ -148,7 +167,10 @@ class App:
         """Build everything and start serving; returns the bound port."""
         s = self.settings
         loop = asyncio.get_running_loop()
-        # Scoring large batches and building models run off the event loop (STYLE habit 6).
+        credentials, self.tls = serving_credentials(s)  # TlsError before anything is built
+        # Scoring large batches and building models run off the event loop, so one slow call
+        # never holds every other request (small batches are scored inline: see
+        # inline_max_row_trees in settings.py).
         self._score_executor = ThreadPoolExecutor(1, thread_name_prefix="score")
         self._build_executor = ThreadPoolExecutor(1, thread_name_prefix="model-build")
         self.store = await build_store(s)
@@ -183,40 +205,72 @@ class App:
             ("grpc.so_reuseport", 1 if s.effective_workers() > 1 else 0),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
         ]
+        if s.max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1e3)),
+                ("grpc.max_connection_age_grace_ms", int(s.grace_s * 1e3)),
+            ]
+        ops_options = list(options)
         options += backlog_options(s.max_pending_calls)
         server = grpc.aio.server(options=options)
         from ranking.server.servicer import AdminServicer, RankingServicer
 
         self._servicer = RankingServicer(self.core, s.budget_ms / 1e3)
         ranking_pb2_grpc.add_RankingServiceServicer_to_server(self._servicer, server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.core, s.admin_token, s.effective_workers()), server
-        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {s.host}:{s.port}")
+        self.port = self.listeners.serving = bind(server, s.host, s.port, credentials)
         self._server = server
         await server.start()
+        try:
+            self._ops = await start_ops_servers(
+                s,
+                admin_servicer=AdminServicer(self.core, s.admin_token, s.effective_workers()),
+                health_servicer=self._health,
+                options=ops_options,
+                listeners=self.listeners,
+            )
+        except BaseException:
+            await server.stop(0)
+            self._server = None
+            raise
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.bundle is not None and s.reload_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch(s.bundle, s.reload_poll_s))
+        self._start_metrics()
         log.info(
-            "worker %d serving model %s (%s) on %s:%d; limiter %s, gRPC backlog %s",
+            "worker %d serving model %s (%s) on %s:%d (%s)%s; limiter %s, gRPC backlog %s",
             self.worker,
             model.version,
             model.scorer.name,
             s.host,
             self.port,
+            ("mutual TLS" if s.tls_client_ca else "TLS") if credentials else "plaintext",
+            _ops_ports(s, self.listeners),
             s.limiter,
             s.max_pending_calls or "gRPC default",
         )
         return self.port
+
+    def _start_metrics(self) -> None:
+        """Serve /metrics here (one process), or publish this worker's state for the parent."""
+        stats = self.telemetry.stats
+        core = self.core
+        if stats.path is not None and self.settings.metrics_port:
+            self._publisher = asyncio.create_task(self._publish(stats.path))
+        if self._serve_metrics and self.settings.metrics_port:
+            source = LocalSource(stats, lambda: None if core is None else core.state())
+            self.metrics = MetricsServer(self.settings.host, self.settings.metrics_port, source)
+            self.metrics.start()
+
+    async def _publish(self, stats_path: Path) -> None:
+        while self.core is not None:
+            publish(self.core.state(), stats_path, self.worker)
+            await asyncio.sleep(PUBLISH_EVERY_S)
 
     async def _watch(self, folder: Path, every_s: float) -> None:
         """Poll the bundle folder; reload when its files changed and then held still for one
@@ -257,6 +311,14 @@ class App:
             ):
                 await asyncio.sleep(min(quiet / 4, 0.01))
         grace = max(until - time.monotonic(), 0.0)
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+            self._publisher = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -265,6 +327,7 @@ class App:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        await self._ops.stop(0)
         if self.flywheel is not None:
             # After the drain: every answered request is queued; write it all out.
             await asyncio.get_running_loop().run_in_executor(None, self.flywheel.close)
@@ -277,6 +340,15 @@ class App:
                 executor.shutdown(wait=True)
         self._score_executor = self._build_executor = None
         self.telemetry.shutdown()
+
+
+def _ops_ports(s: Settings, ports: Listeners) -> str:
+    out = ""
+    if ports.admin:
+        out += f", admin on {s.admin_host}:{ports.admin}"
+    if ports.health:
+        out += f", health probes on {s.host}:{ports.health}"
+    return out
 
 
 def _fingerprint(folder: Path) -> tuple[tuple[str, int, int, int], ...]:
@@ -333,7 +405,7 @@ def run_worker(settings: Settings, worker: int = 0, stats_path: Path | None = No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        app = App(settings, stats=stats, worker=worker)
+        app = App(settings, stats=stats, worker=worker, serve_metrics=stats_path is None)
         await app.start()
         await stop.wait()
         log.info("worker %d draining (grace %.1f s)", worker, settings.grace_s)

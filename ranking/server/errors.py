@@ -13,37 +13,23 @@ from typing import NoReturn
 
 import grpc
 
-from ranking.errors import DeadlineExceeded, InvalidRequest, Overloaded, RankingError, Unavailable
-from ranking.telemetry.stats import Stats
+from ranking.errors import Overloaded, RankingError
 
 __all__ = ["abort"]
 
 log = logging.getLogger(__name__)
 
-_COUNTER = {
-    InvalidRequest: "invalid",
-    Overloaded: "shed",
-    DeadlineExceeded: "deadline",
-    Unavailable: "unavailable",
-}
 
-
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException, stats: Stats) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
     """Abort the call for `exc` (always raises, as `context.abort` does).
 
     A cancelled call (the caller cancelled, or its deadline passed while the call ran) has no
-    one to answer: the cancellation is counted and goes on, unlogged.
+    one to answer: the cancellation goes on, unlogged. Outcomes are counted by the core's
+    call record (`CallRecord.end`), not here.
     """
     if isinstance(exc, asyncio.CancelledError):
-        stats.add("cancelled")
         raise exc
     if isinstance(exc, RankingError):
-        for kind, name in _COUNTER.items():
-            if isinstance(exc, kind):
-                stats.add(name)
-                break
-        else:
-            stats.add("internal")
         if isinstance(exc, Overloaded):
             # grpc-retry-pushback-ms is what gRPC clients with a retryPolicy honour.
             hint = str(exc.retry_after_ms)
@@ -51,7 +37,6 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException, stats: St
                 (("retry-after-ms", hint), ("grpc-retry-pushback-ms", hint))
             )
         await context.abort(exc.code, exc.message)
-    stats.add("internal")
     log.error("unexpected error in a call", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
     raise AssertionError("unreachable: context.abort raises")

@@ -1,4 +1,4 @@
-"""gRPC servicers: convert, call the core, convert back. Nothing else happens here."""
+"""gRPC servicers: convert, call the core, convert back; the core counts and times the call."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import logging
 from pathlib import Path
 
 import grpc
-from opentelemetry import context as otel_context
-from opentelemetry import propagate
 
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc
 from ranking.api.v1 import ranking_pb2 as pb
@@ -19,7 +17,6 @@ from ranking.errors import BundleError
 from ranking.server.converters import to_query, to_response
 from ranking.server.errors import abort
 from ranking.telemetry import stats as st
-from ranking.telemetry.stage import Stage
 
 __all__ = ["AdminServicer", "RankingServicer"]
 
@@ -39,56 +36,23 @@ class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
     async def Rank(
         self, request: pb.RankRequest, context: grpc.aio.ServicerContext
     ) -> pb.RankResponse:
+        call = self._core.begin_call(context.invocation_metadata)
         deadline = Deadline.from_budget(self._budget_s, context.time_remaining())
         self.last_arrival_s = deadline.started
         self.inflight += 1
         try:
-            with Stage(self._telemetry, "total", st.I_TOTAL, span=False):
-                if self._telemetry.recording:
-                    return await self._traced(request, context, deadline)
-                return await self._rank(request, context, deadline)
+            query = to_query(request)
+            call.lap(st.CONVERT)
+            result = await self._core.rank(query, deadline, call)
+            response = to_response(result, request.request_id)
+            call.lap(st.RESPOND)
+        except BaseException as exc:
+            call.end(exc)
+            await abort(context, exc)
         finally:
             self.inflight -= 1
-
-    async def _rank(
-        self, request: pb.RankRequest, context: grpc.aio.ServicerContext, deadline: Deadline
-    ) -> pb.RankResponse:
-        tel = self._telemetry
-        try:
-            with Stage(tel, "convert", st.I_CONVERT):
-                query = to_query(request)
-            result = await self._core.rank(query, deadline)
-            with Stage(tel, "respond", st.I_RESPOND):
-                return to_response(result, request.request_id)
-        except BaseException as exc:
-            await abort(context, exc, tel.stats)
-
-    async def _traced(
-        self, request: pb.RankRequest, context: grpc.aio.ServicerContext, deadline: Deadline
-    ) -> pb.RankResponse:
-        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        token = otel_context.attach(propagate.extract(carrier))
-        try:
-            with self._telemetry.tracer.start_as_current_span(
-                "ranking.v1.RankingService/Rank", kind=_SERVER
-            ) as span:
-                span.set_attribute("rpc.system", "grpc")
-                span.set_attribute("ranking.candidates", len(request.candidates))
-                try:
-                    with Stage(self._telemetry, "convert", st.I_CONVERT):
-                        query = to_query(request)
-                    result = await self._core.rank(query, deadline)
-                except BaseException as exc:
-                    span.set_attribute(
-                        "rpc.grpc.status_code", getattr(exc, "code", _INTERNAL).value[0]
-                    )
-                    await abort(context, exc, self._telemetry.stats)
-                span.set_attribute("ranking.model_version", result.model_version)
-                span.set_attribute("ranking.degraded_reasons", result.degraded)
-                with Stage(self._telemetry, "respond", st.I_RESPOND):
-                    return to_response(result, request.request_id)
-        finally:
-            otel_context.detach(token)
+        call.end(None)
+        return response
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
@@ -119,26 +83,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetStatsResponse:
         stats = self._core.telemetry.stats
-        model = self._core.models.current
-        limiter = self._core.limiter
-        counters = stats.totals()
-        # The limiter's own counters are this worker's (each worker admits for itself).
-        for name in ("accepted", "rejected", "dropped", "ignored", "inflight"):
-            counters[f"limiter_{name}"] = float(getattr(limiter, name))
+        state = self._core.state()
+        # Request counters are the whole server's (the shared table); the rest (limiter,
+        # model, feature store) are the answering worker's own.
+        counters = {**stats.totals(), **state.counters()}
         if self._core.flywheel is not None:  # log, drift (PSI per feature), shadow agreement
             counters.update(self._core.flywheel.metrics())
         return admin_pb2.GetStatsResponse(
             counters=counters,
             stage_mean_us=stats.stage_means_us(),
             stage_cpu_mean_us=stats.stage_means_us("cpu_ns"),
-            model_version=model.version,
-            engine=model.scorer.name,
+            model_version=state.model_version,
+            engine=state.engine,
             workers=self._workers,
-            concurrency_limit=self._core.limiter.limit,
+            concurrency_limit=int(state.limiter["limit"]),
         )
-
-
-from opentelemetry.trace import SpanKind  # noqa: E402
-
-_SERVER = SpanKind.SERVER
-_INTERNAL = grpc.StatusCode.INTERNAL

@@ -1,5 +1,6 @@
 """`--workers N`: N server processes on one port (SO_REUSEPORT), each with its own event loop,
-cache and model. The parent only starts them, forwards SIGTERM/SIGINT, and waits.
+cache and model. The parent only starts them, forwards SIGTERM/SIGINT, waits, and serves
+--metrics-port for all of them (ranking/telemetry/endpoint.py).
 
 SO_REUSEPORT spreads connections, not requests: clients need several channels (or a balancer)
 to use every worker.
@@ -18,6 +19,7 @@ from types import FrameType
 
 from ranking.server.app import run_worker
 from ranking.settings import Settings
+from ranking.telemetry.endpoint import MetricsServer, SharedSource
 from ranking.telemetry.stats import Stats
 
 __all__ = ["serve"]
@@ -43,6 +45,10 @@ def serve(settings: Settings) -> int:
     for p in procs:
         p.start()
     log.info("started %d workers on %s:%d", workers, settings.host, settings.port)
+    metrics = None
+    if settings.metrics_port:  # one /metrics for every worker, served by this process
+        source = SharedSource(stats_path, workers)
+        metrics = MetricsServer(settings.host, settings.metrics_port, source).start()
 
     stopping = False
 
@@ -68,8 +74,11 @@ def serve(settings: Settings) -> int:
         for p in procs:
             p.join(timeout=settings.grace_s + 5)
     finally:
+        if metrics is not None:
+            metrics.stop()
         with contextlib.suppress(OSError):
-            stats_path.unlink()
+            for path in folder.iterdir():
+                path.unlink()
             folder.rmdir()
     return code
 

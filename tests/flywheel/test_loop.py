@@ -23,8 +23,8 @@ from ranking.flywheel.reference import REFERENCE_FILE
 from ranking.flywheel.train_log import train_from_log
 from ranking.scoring.bundle import load_bundle
 from ranking.server.app import App
-from ranking.train import TrainDataError
-from tests.conftest import SmallWorld, small_settings
+from ranking.train import TrainDataError, TrainParams
+from tests.conftest import SmallWorld, free_port, small_settings
 from tests.flywheel.helpers import read_log_rows, send, small_request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,8 @@ async def test_retrain_from_log_reload_and_catch_drift(
             labels = tmp_path / "labels.csv"
             assert write_labels(small_world, log1, labels) > 100
 
-            report = train_from_log(log1, labels, live, trees=60, leaves=15, progress=False)
+            params = TrainParams(trees=60, leaves=15)
+            report = train_from_log(log1, labels, live, params=params, progress=False)
             text = str(report)
             assert "NDCG@10" in text and "served" in text
             assert report.n_valid_requests == 80 and report.n_train_requests == 320
@@ -115,7 +116,11 @@ async def test_retrain_from_log_reload_and_catch_drift(
 
     # Serve the new model: like-for-like traffic shows no drift; a shift in c_hour does.
     for shifted, log_dir in ((False, log2), (True, tmp_path / "log3")):
-        app = App(small_settings(small_world, bundle=live, log_dir=log_dir, drift_sample=1.0))
+        app = App(
+            small_settings(
+                small_world, bundle=live, log_dir=log_dir, drift_sample=1.0, admin_port=free_port()
+            )
+        )
         await app.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
@@ -127,7 +132,7 @@ async def test_retrain_from_log_reload_and_catch_drift(
                 )
             assert app.flywheel is not None
             assert app.flywheel.flush()
-            counters = await stats(app.port)
+            counters = await stats(app.listeners.admin)
         finally:
             await app.stop(grace_s=0.5)
         psi = {k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("drift_psi.")}

@@ -15,7 +15,7 @@ from ranking.api.v1 import ranking_pb2 as pb
 from ranking.flywheel.shadow import rank_agreement
 from ranking.scoring.bundle import FeatureSpec, write_bundle
 from ranking.server.app import App
-from tests.conftest import FEATURES, SmallWorld, small_settings, train_small
+from tests.conftest import FEATURES, SmallWorld, free_port, small_settings, train_small
 from tests.flywheel.helpers import by_request, read_log_rows, send, small_request
 
 NAMES = [f.name for f in FEATURES]
@@ -30,7 +30,7 @@ def shadow_bundle(folder: Path, seed: int = 42) -> lgb.Booster:
 async def serve_and_send(
     world: SmallWorld, n: int, **settings: object
 ) -> tuple[list[tuple[pb.RankRequest, pb.RankResponse]], dict[str, float]]:
-    app = App(small_settings(world, **settings))
+    app = App(small_settings(world, admin_port=free_port(), **settings))
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
@@ -39,6 +39,7 @@ async def serve_and_send(
             responses = await send(ranking_pb2_grpc.RankingServiceStub(ch), requests)
             if app.flywheel is not None:
                 app.flywheel.flush()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.listeners.admin}") as ch:
             stats = await admin_pb2_grpc.AdminServiceStub(ch).GetStats(admin_pb2.GetStatsRequest())
     finally:
         await app.stop(grace_s=0.5)
