@@ -1,13 +1,16 @@
 """The loop on the demo world: send its traffic, and label what was served from its hidden truth.
 
-    python -m ranking.flywheel.demo tables --out DIR                    # users/items.parquet
-    python -m ranking.flywheel.demo traffic --requests 1500            # to 127.0.0.1:50051
+    python -m ranking.flywheel.demo bundle --out DIR                  # the demo model
+    python -m ranking.flywheel.demo tables --out DIR                  # users/items.parquet
+    python -m ranking.flywheel.demo traffic --requests 1500           # to 127.0.0.1:50051
     python -m ranking.flywheel.demo outcomes --log DIR --out labels.csv
     python -m ranking.flywheel.demo traffic --requests 300 --shift promo
 
-`tables` writes the world's users and items as Parquet entity tables (`id` + float32 feature
-columns, NaN = missing), so a demo server can serve any bundle folder (`ranking serve --bundle
-DIR --features user=... --features item=...`) and hot-reload it when it changes.
+`bundle` copies the demo bundle (built and cached on first use, like `ranking serve` does)
+into a folder of its own, to serve and replace. `tables` writes the world's users and items as
+Parquet entity tables (`id` + float32 feature columns, NaN = missing), so a demo server can
+serve any bundle folder (`ranking serve --bundle DIR --features user=... --features
+item=...`) and hot-reload it when it changes.
 
 `traffic` draws requests the way the world's retrieval would (`World.sample_queries`: users by
 activity, 200 candidates, a context) and sends them with request ids `{prefix}-{k}`. `--shift`
@@ -130,6 +133,19 @@ def outcomes(
     return len(engaged)
 
 
+def bundle(out: Path) -> Path:
+    """Copy the (cached, else built) demo bundle into folder `out`."""
+    import shutil
+
+    from ranking.server.app import demo_bundle_path
+    from ranking.settings import Settings
+
+    source = demo_bundle_path(Settings(), progress=True)
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    print(f"{out}: demo bundle {source.name}")
+    return Path(out)
+
+
 def tables(out: Path, *, users: int = 10_000, items: int = 50_000) -> tuple[Path, Path]:
     """Write the world's entity tables; returns (users.parquet, items.parquet)."""
     import pyarrow as pa
@@ -155,6 +171,8 @@ def tables(out: Path, *, users: int = 10_000, items: int = 50_000) -> tuple[Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ranking.flywheel.demo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("bundle", help="copy the demo bundle into a folder")
+    p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("tables", help="write the world's users and items as Parquet")
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("traffic", help="send demo requests")
@@ -167,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "bundle":
+        bundle(args.out)
+        return 0
     if args.command == "tables":
         tables(args.out)
         return 0
