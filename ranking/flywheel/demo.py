@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ranking.demo.sizes import DEMO
 from ranking.demo.world import CONTEXT_COLUMNS, World, make_world
 
 __all__ = ["main", "outcomes", "traffic"]
@@ -48,8 +49,8 @@ def traffic(
     seed: int = 0,
     shift: str | None = None,
     prefix: str = "demo",
-    users: int = 10_000,
-    items: int = 50_000,
+    users: int = DEMO.n_users,
+    items: int = DEMO.n_items,
     deadline_s: float = 1.0,
 ) -> int:
     """Send `requests` demo requests one after another; returns how many were answered."""
@@ -94,7 +95,7 @@ def traffic(
 
 
 def outcomes(
-    log_dir: Path, out: Path, *, seed: int = 0, users: int = 10_000, items: int = 50_000
+    log_dir: Path, out: Path, *, seed: int = 0, users: int = DEMO.n_users, items: int = DEMO.n_items
 ) -> int:
     """Grade every logged row from the world's hidden preference; returns engaged rows."""
     import pyarrow as pa
@@ -146,7 +147,7 @@ def bundle(out: Path) -> Path:
     return Path(out)
 
 
-def tables(out: Path, *, users: int = 10_000, items: int = 50_000) -> tuple[Path, Path]:
+def tables(out: Path, *, users: int = DEMO.n_users, items: int = DEMO.n_items) -> tuple[Path, Path]:
     """Write the world's entity tables; returns (users.parquet, items.parquet)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
