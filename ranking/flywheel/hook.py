@@ -6,11 +6,15 @@ any, appends one `Served` record holding references to the request's matrix and 
 bounded deque: no copy, no lock, no wait. When the deque is full the record is dropped and
 counted (`flywheel_dropped`); a request never waits for the log.
 
+A shadow-sampled request is scored by the shadow model first, on the event loop in a
+`call_soon` callback (after the response was handed to gRPC, within the shadow's CPU budget;
+see shadow.py for why not in the thread), and queued after that.
+
 A daemon thread drains the deque every `poll_s` (it is not woken per request: that would
-cost the request path a lock) and, per batch: shadow-scores the sampled requests within the
-shadow's CPU budget, counts the drift-sampled requests' features into the drift monitor of
-their model (a share, `drift_sample`, default 0.1: binning 200 x 64 values costs far more than
-logging them, and a sample describes a distribution as well), and writes the logged ones.
+cost the request path a lock) and, per batch: computes the shadow's agreement, counts the
+drift-sampled requests' features into the drift monitor of their model (a share,
+`drift_sample`, default 0.1: binning 200 x 64 values costs far more than logging them, and a
+sample describes a distribution as well), and writes the logged ones.
 `close` (called by the app after the gRPC server has drained, i.e. on SIGTERM) processes
 everything still queued, completes the open log file and stops the thread: a clean shutdown
 loses nothing that was queued.
@@ -18,6 +22,7 @@ loses nothing that was queued.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -123,27 +128,41 @@ class Flywheel:
         if self._closed or len(self._queue) >= self._cap:
             self.dropped += 1
             return request_id
-        self._queue.append(
-            Served(
-                time.time(),
-                request_id,
-                user_id,
-                bundle,
-                matrix,
-                ids,
-                rows,
-                scores,
-                unscored,
-                degraded,
-                scored_rows,
-                scored,
-                logged,
-                shadowed,
-                drift,
-            )
+        served = Served(
+            time.time(),
+            request_id,
+            user_id,
+            bundle,
+            matrix,
+            ids,
+            rows,
+            scores,
+            unscored,
+            degraded,
+            scored_rows,
+            scored,
+            logged,
+            shadowed,
+            drift,
         )
+        if shadowed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a tool or a test): the thread scores it
+                pass
+            else:
+                # After this request's response is on its way: the shadow never delays it.
+                loop.call_soon(self._shadow_then_queue, served)
+                return request_id
+        self._queue.append(served)
         self.queued += 1
         return request_id
+
+    def _shadow_then_queue(self, served: Served) -> None:
+        if self.shadow is not None:
+            self.shadow.score(served)
+        self._queue.append(served)
+        self.queued += 1
 
     def _drift_on(self, bundle: Bundle) -> bool:
         known = self._has_reference.get(id(bundle))
@@ -238,7 +257,9 @@ class Flywheel:
         if self.shadow is not None:
             for served in batch:
                 if served.shadow:
-                    self.shadow.score(served)
+                    if not served.shadow_tried:
+                        self.shadow.score(served)
+                    self.shadow.finish(served)
         t1 = clock()
         try:
             self._count_drift(batch)

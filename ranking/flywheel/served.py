@@ -43,3 +43,7 @@ class Served:
     #: for each returned row (NaN where it did not score), and its version.
     shadow_scores: npt.NDArray[np.float64] | None = None
     shadow_version: str = ""
+    #: The shadow's raw scores of the scored rows (aligned with `scored_rows`), and whether
+    #: it was tried at all (it may have been refused by its budget or failed).
+    shadow_raw: npt.NDArray[np.float64] | None = None
+    shadow_tried: bool = False

@@ -165,3 +165,31 @@ def test_rank_agreement() -> None:
     rho = rank_agreement(ties, other)[0]
     assert rho == pytest.approx(rank_agreement(ties[perm], other[perm])[0], abs=1e-15)
     assert rho == pytest.approx(0.8660254037844387)  # Pearson of ranks (0.5, 0.5, 2) and (0, 1, 2)
+
+
+def test_without_an_event_loop_the_thread_scores(small_world: SmallWorld, tmp_path: Path) -> None:
+    """A tool calling `observe` outside a loop still gets shadow scores (from the thread)."""
+    from ranking.core.models import build_serving_model
+    from ranking.flywheel.hook import Flywheel
+    from ranking.flywheel.shadow import Shadow
+    from ranking.scoring.bundle import load_bundle
+
+    booster = shadow_bundle(tmp_path / "shadow")
+    model = build_serving_model(load_bundle(tmp_path / "shadow"), (), ())
+    fly = Flywheel(shadow=Shadow(model, cpu_share=1.0), shadow_sample=1.0)
+    fly.start()
+    try:
+        live = load_bundle(small_world.bundle)
+        x = np.random.default_rng(0).normal(size=(6, len(FEATURES)))
+        scores = small_world.booster.predict(x, raw_score=True)
+        rows = np.argsort(-scores, kind="stable").astype(np.intp)
+        fly.observe(
+            "r", "u1", live, x, [f"i{k}" for k in range(6)], rows, scores[rows].tolist(),
+            0, [], None, scores,
+        )  # fmt: skip
+        assert fly.flush()
+        assert fly.shadow is not None and fly.shadow.scored == 1
+        rho, _ = rank_agreement(scores, booster.predict(x, raw_score=True))
+        assert fly.shadow.rho_sum == pytest.approx(rho, abs=1e-12)
+    finally:
+        fly.close()
