@@ -144,6 +144,11 @@ async def main(argv: list[str] | None = None) -> int:
         return LogWriter(tmp / name, roll_s=3600)
 
     variants: dict[str, Any] = {"off": None}
+    # The hook alone, in place: every record dropped at once (a zero-length queue).
+    variants["hook, queue of 0 (drops)"] = Flywheel(writer=logged("drop"), queue_size=0)
+    # Records kept but nothing drained until the round ends: the cost of holding references
+    # without a thread competing for the CPU and the GIL.
+    variants["hook, kept, no thread"] = Flywheel(writer=logged("kept"), queue_size=10**6)
     variants["log (every request)"] = Flywheel(writer=logged("log"))
     if has_reference:
         variants["log + drift"] = Flywheel(writer=logged("log-drift"))
@@ -152,8 +157,8 @@ async def main(argv: list[str] | None = None) -> int:
         shadow=Shadow(shadow_model, cpu_share=1.0),
         shadow_sample=1.0,
     )
-    for fly in variants.values():
-        if fly is not None:
+    for name, fly in variants.items():
+        if fly is not None and not name.startswith("hook,"):
             fly.start()
     cores = {name: core(fly) for name, fly in variants.items()}
     # The log + drift variant is the only one whose model has a reference: the others
@@ -182,7 +187,9 @@ async def main(argv: list[str] | None = None) -> int:
             wall[name].append(w)
             cpu[name].append(c)
             fly = variants[name]
-            if fly is not None:
+            if name == "hook, kept, no thread":
+                fly._queue.clear()  # drop the round's records (no thread to write them)
+            elif fly is not None:
                 fly.flush()
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
 
@@ -200,7 +207,7 @@ async def main(argv: list[str] | None = None) -> int:
         f" us, p90 {hook[int(0.9 * len(hook))] * 1e6:.2f} us per call (batches of 100)"
     )
     for name, fly in variants.items():
-        if fly is not None:
+        if fly is not None and not name.startswith("hook,"):
             m = fly.metrics()
             fly.close()
             print(f"{name}: {m}", file=sys.stderr)
