@@ -119,7 +119,7 @@ def _client_tls(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ranking.train import TrainParams, train_command
+    from ranking.train import TrainDataError, TrainParams, train_command
 
     if args.log is not None:
         from ranking.flywheel.train_log import train_from_log
@@ -132,14 +132,17 @@ def _train(args: argparse.Namespace) -> int:
     if args.data is None:
         raise SystemExit("train: give --data FILE (or --log DIR --labels FILE)")
 
-    report = train_command(
-        args.data,
-        args.query,
-        args.out,
-        params=TrainParams(trees=args.trees, leaves=args.leaves),
-        group_column=args.group_column,
-        label_column=args.label_column,
-    )
+    try:
+        report = train_command(
+            args.data,
+            args.query,
+            args.out,
+            params=TrainParams(trees=args.trees, leaves=args.leaves),
+            group_column=args.group_column,
+            label_column=args.label_column,
+        )
+    except TrainDataError as exc:  # the message names the file and line, or the argument
+        raise SystemExit(f"ranking train: {exc}") from None
     print(report)
     return 0
 

@@ -1,7 +1,7 @@
 """The command-line client: `ranking rank` (send a Rank request, print the ranked list as a
-table), `ranking health` (one gRPC health check, retried while the server is busy) and
-`open_channel`, the channel every `ranking` client command dials (plaintext, or TLS with
-`ClientTls`)."""
+table) and `ranking health` (one gRPC health check, retried while the server is busy); the
+channel they dial (`open_channel`: plaintext, or TLS with `ClientTls`) and the service config
+for clients of several replicas (`SERVICE_CONFIG`)."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def check_health(
     target: str, service: str, timeout_s: float, tls: ClientTls | None = None
 ) -> tuple[str, int | None]:
     """(status code name, serving status or None) of one health check within `timeout_s`,
-    over TLS when `tls` is given.
+    over TLS when `tls` is given (an unreadable TLS file: its message and None).
 
     A busy server may refuse the probe (CANCELLED from gRPC's backlog cap, RESOURCE_EXHAUSTED
     from the limiter): that is retried on the same connection until the timeout, so a live but

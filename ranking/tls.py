@@ -110,6 +110,8 @@ def _load(tls: ServerTls) -> _Material:
                 f"--tls-client-ca {tls.client_ca}: not a CA bundle "
                 f"({getattr(exc, 'reason', None) or exc})"
             ) from None
+    if _fingerprint(paths) != fingerprint:  # what was checked may not be what was read
+        raise TlsError(f"--tls-cert {tls.cert}: the files changed while they were read")
     return _Material(fingerprint, cert, key, client_ca)
 
 

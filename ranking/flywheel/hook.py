@@ -105,7 +105,7 @@ class Flywheel:
         matrix: npt.NDArray[np.float64],
         ids: Sequence[str],
         rows: npt.NDArray[np.intp],
-        scores: list[float],
+        scores: npt.NDArray[np.float64],
         unscored: int,
         degraded: list[str],
         scored_rows: npt.NDArray[np.intp] | None,

@@ -28,13 +28,13 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ranking.flywheel.served import Served
+from ranking.ids import Ids
 from ranking.scoring.bundle import Bundle
 
 __all__ = ["FEATURES_KEY", "META_COLUMNS", "LogWriter", "feature_column", "schema_json"]
@@ -216,13 +216,7 @@ class LogWriter:
         features = np.concatenate([s.matrix[s.rows] for s in group]) if total else None
         positions = np.concatenate([np.arange(k, dtype=np.int32) for k in counts])
         stamps = np.repeat(np.array([int(s.timestamp * 1e6) for s in group], np.int64), counts)
-        item_ids: list[str] = []
-        for s in group:
-            rows = s.rows.tolist()
-            if len(rows) == 1:
-                item_ids.append(s.ids[rows[0]])
-            elif rows:
-                item_ids += itemgetter(*rows)(s.ids)
+        item_ids = pa.concat_arrays([_ids(s) for s in group]).cast(pa.string())
         unscored = np.concatenate(
             [np.arange(k) >= k - s.unscored for k, s in zip(counts, group, strict=True)]
         )
@@ -231,9 +225,9 @@ class LogWriter:
             pa.array(stamps, pa.timestamp("us", tz="UTC")),
             _repeat([s.user_id for s in group], counts),
             _repeat([s.bundle.version for s in group], counts),
-            pa.array(item_ids, pa.string()),
+            item_ids,
             pa.array(positions),
-            pa.array(np.concatenate([np.asarray(s.scores, np.float64) for s in group])),
+            pa.array(np.concatenate([_scores(s) for s in group])),
             pa.array(unscored),
             _repeat([s.degraded for s in group], counts, pa.list_(pa.string())),
         ]
@@ -262,6 +256,28 @@ class LogWriter:
         self.rows_written += table.num_rows
         self._pending = []
         self._pending_rows = 0
+
+
+def _ids(s: Served) -> Any:
+    """The returned items' ids as Arrow strings, taken from the request's id buffer when it
+    has one (no Python string per id)."""
+    import pyarrow as pa
+
+    ids = s.ids
+    if isinstance(ids, Ids):
+        array = pa.LargeStringArray.from_buffers(
+            len(ids), pa.py_buffer(ids.offsets), pa.py_buffer(ids.data)
+        )
+    else:
+        array = pa.array(list(ids), pa.large_string())
+    return array.take(pa.array(s.rows))
+
+
+def _scores(s: Served) -> np.ndarray[Any, np.dtype[np.float64]]:
+    scores = np.asarray(s.scores, dtype=np.float64)
+    if s.unscored:
+        scores = np.concatenate([scores[: len(s.rows) - s.unscored], np.zeros(s.unscored)])
+    return scores
 
 
 def _repeat(values: list[Any], counts: list[int], typ: Any = None) -> Any:

@@ -19,9 +19,11 @@ class Served:
 
     `matrix` is the (n_candidates, n_features) float64 matrix exactly as scored (the core
     allocates a fresh one per request and never touches it again after the hook). `rows` are
-    the matrix rows of the returned items, in response order; `scores` their returned scores
-    (0 for the `unscored` ones at the end). `scored_rows` are the rows that were scored (None:
-    all, in order) and `scored` their raw scores, aligned with `scored_rows`.
+    the matrix rows of the returned items, in response order (unscored ones last); `scores`
+    the returned scores of the scored ones (the `unscored` at the end score 0). `ids` are the
+    candidates' ids (`ranking.ids.Ids`, or any sequence of str). `scored_rows` are the rows
+    that were scored (None: all, in order) and `scored` their raw scores, aligned with
+    `scored_rows`.
     """
 
     timestamp: float
@@ -31,7 +33,7 @@ class Served:
     matrix: npt.NDArray[np.float64]
     ids: Sequence[str]
     rows: npt.NDArray[np.intp]
-    scores: list[float]
+    scores: npt.NDArray[np.float64]
     unscored: int
     degraded: list[str]
     scored_rows: npt.NDArray[np.intp] | None

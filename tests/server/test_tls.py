@@ -13,12 +13,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2_grpc
 from ranking.api.v1 import ranking_pb2 as pb
-from ranking.api.v1 import ranking_pb2_grpc
 from ranking.loadgen import CandidateCount, LoadConfig, RankPayload, RequestMix, run_load
 from ranking.server.app import App
 from ranking.tls import ClientTls, channel_credentials
-from tests.conftest import SmallWorld, small_settings
+from tests.conftest import SmallWorld, free_port, small_settings
 from tests.deploy.certs import CA, Leaf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,3 +251,61 @@ async def test_a_bad_tls_file_at_start_is_an_exit_message_not_a_traceback(
     assert code == 1
     assert expected.format(missing=missing, garbage=garbage) in err
     assert "Traceback" not in err
+
+
+async def test_ranking_serve_with_two_workers_speaks_mutual_tls_on_every_port_but_probes(
+    small_world: SmallWorld, pki: Pki
+) -> None:
+    """The flags through the real `ranking serve`: each of two workers builds its own
+    credentials; the admin port needs the same client certificate, the probe port is plaintext."""
+    port, admin_port, health_port = free_port(), free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "ranking.cli", "serve", "--workers", "2"),
+        *("--port", str(port), "--admin-port", str(admin_port), "--health-port", str(health_port)),
+        *("--bundle", str(small_world.bundle)),
+        *("--features", f"user={small_world.folder / 'users.csv'}"),
+        *("--features", f"item={small_world.folder / 'items.csv'}"),
+        *("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)),
+        *("--tls-client-ca", str(pki.ca.cert)),
+        cwd=ROOT,
+        env={**os.environ, "RANKING_RELOAD_POLL_S": "0"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    mtls = ["--tls-ca", str(pki.ca.cert)]
+    mtls += ["--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)]
+    try:
+        until = asyncio.get_running_loop().time() + 60
+        while True:  # the probe port: plaintext
+            code, out, err = await cli("health", "--target", f"127.0.0.1:{health_port}")
+            if code == 0:
+                break
+            assert proc.returncode is None, "server exited"
+            assert asyncio.get_running_loop().time() < until, err
+            await asyncio.sleep(0.2)
+        code, out, err = await cli("health", "--target", f"127.0.0.1:{port}", *mtls)
+        assert out.strip() == f"127.0.0.1:{port}: SERVING"
+        assert code == 0, err
+        code, _out, err = await cli("health", "--target", f"127.0.0.1:{port}")
+        assert code == 1 and "UNAVAILABLE" in err  # plaintext on the serving port
+        tls = ClientTls(ca=pki.ca.cert, cert=pki.client.cert, key=pki.client.key)
+        for _ in range(4):
+            assert len((await rank(port, tls)).items) == 10
+        target = f"127.0.0.1:{admin_port}"
+        for client, ok in ((tls, True), (ClientTls(ca=pki.ca.cert), False)):
+            channel = grpc.aio.secure_channel(target, channel_credentials(client))
+            async with channel:
+                call = admin_pb2_grpc.AdminServiceStub(channel).GetStats(
+                    admin_pb2.GetStatsRequest(), timeout=5
+                )
+                if ok:
+                    stats = await call
+                    assert stats.workers == 2 and stats.counters["ok"] >= 4
+                else:
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await call
+                    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
