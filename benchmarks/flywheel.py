@@ -1,6 +1,6 @@
 """What the flywheel costs the request path, measured in one process (interleaved rounds).
 
-    python -m benchmarks.flywheel [--bundle DIR] [--rounds 15] [--requests 200]
+    python -m benchmarks.flywheel [--bundle DIR] [--rounds 15] [--requests 200] [--rate 300]
 
 The core (`RankingService.rank`, in-process store with the demo world, 200 candidates x 64
 features) runs the same requests with the flywheel off, with the served-feature log on (every
@@ -36,6 +36,7 @@ from ranking.flywheel.hook import Flywheel
 from ranking.flywheel.logwriter import LogWriter
 from ranking.flywheel.reference import REFERENCE_FILE, build_reference, write_reference
 from ranking.flywheel.shadow import Shadow
+from ranking.ids import Ids
 from ranking.limits import build_limiter
 from ranking.scoring.bundle import load_bundle, write_bundle
 from ranking.telemetry import Stats, build_telemetry
@@ -66,7 +67,7 @@ def _queries(world: World, n: int) -> list[RankQuery]:
         }
         out.append(
             RankQuery(
-                candidate_ids=[world.item_ids[i] for i in sample.item_idx[q]],
+                candidate_ids=Ids.from_strs(world.item_ids[i] for i in sample.item_idx[q]),
                 user_id=world.user_ids[int(sample.user_idx[q])],
                 context=ctx,
             )
@@ -74,13 +75,23 @@ def _queries(world: World, n: int) -> list[RankQuery]:
     return out
 
 
-async def _round(core: RankingService, queries: list[RankQuery]) -> tuple[float, float]:
-    """Mean wall and event-loop-thread CPU seconds per request over `queries`."""
-    wall0, cpu0 = time.perf_counter(), time.thread_time()
-    for q in queries:
+async def _round(
+    core: RankingService, queries: list[RankQuery], rate: float = 0.0
+) -> tuple[float, float]:
+    """Mean wall (time in `rank`) and event-loop-thread CPU seconds per request over
+    `queries`; with `rate`, requests start on a fixed schedule of that many per second (the
+    loop idles between them, as a server below saturation does) instead of back to back."""
+    wall = cpu = 0.0
+    start = time.perf_counter()
+    for k, q in enumerate(queries):
+        if rate > 0:
+            await asyncio.sleep(max(0.0, start + k / rate - time.perf_counter()))
+        w0, c0 = time.perf_counter(), time.thread_time()
         await core.rank(q, Deadline.from_budget(1.0, None))
+        wall += time.perf_counter() - w0
+        cpu += time.thread_time() - c0
     n = len(queries)
-    return (time.perf_counter() - wall0) / n, (time.thread_time() - cpu0) / n
+    return wall / n, cpu / n
 
 
 def _hook_alone(fly: Flywheel, core: RankingService, query: RankQuery, calls: int) -> list[float]:
@@ -109,6 +120,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="requests per second (0: back to back)"
+    )
     args = parser.parse_args(argv)
 
     world = make_world()
@@ -183,7 +197,7 @@ async def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         names = list(cores) if r % 2 == 0 else list(cores)[::-1]
         for name in names:
-            w, c = await _round(cores[name], queries)
+            w, c = await _round(cores[name], queries, args.rate)
             wall[name].append(w)
             cpu[name].append(c)
             fly = variants[name]
