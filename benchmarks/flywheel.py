@@ -164,6 +164,7 @@ async def main(argv: list[str] | None = None) -> int:
     # without a thread competing for the CPU and the GIL.
     variants["hook, kept, no thread"] = Flywheel(writer=logged("kept"), queue_size=10**6)
     variants["log (every request)"] = Flywheel(writer=logged("log"))
+    variants["log, writer polls every 50 ms"] = Flywheel(writer=logged("log50"), poll_s=0.05)
     if has_reference:
         variants["log + drift"] = Flywheel(writer=logged("log-drift"))
     variants["log + shadow (every request)"] = Flywheel(
