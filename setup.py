@@ -24,5 +24,7 @@ setup(
         ),
         # Top-k ranking and id uniqueness for the core.
         extension("ranking.core._order", "ranking/core/_order.c"),
+        # The feature cache's index and the Redis MGET/reply helpers (ranking/features/README.md).
+        extension("ranking.features._index", "ranking/features/_index.c"),
     ],
 )

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking.core.deadline import Deadline
+from ranking.degraded import Degraded
 from ranking.scoring.bundle import Bundle
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 
 MAX_ITEMS = 10
 TOP_FEATURES = 5
-EXPLAIN_PARTIAL = "explain.partial"
+EXPLAIN_PARTIAL = Degraded.EXPLAIN_PARTIAL
 
 
 @dataclass(frozen=True, slots=True)
