@@ -56,6 +56,10 @@ def _serve(args: argparse.Namespace) -> int:
             "tls_client_ca": args.tls_client_ca,
             "demo_trees": args.demo_trees,
             "demo_leaves": args.demo_leaves,
+            "log_dir": args.log_dir,
+            "log_sample": args.log_sample,
+            "shadow_bundle": args.shadow_bundle,
+            "shadow_sample": args.shadow_sample,
         }.items()
         if v is not None
     }
@@ -117,6 +121,17 @@ def _client_tls(args: argparse.Namespace) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from ranking.train import TrainDataError, TrainParams, train_command
 
+    if args.log is not None:
+        from ranking.flywheel.train_log import train_from_log
+
+        if args.labels is None or args.data is not None:
+            raise SystemExit("train --log: give --labels FILE, and no --data")
+        params = TrainParams(trees=args.trees, leaves=args.leaves)
+        print(train_from_log(args.log, args.labels, args.out, params=params))
+        return 0
+    if args.data is None:
+        raise SystemExit("train: give --data FILE (or --log DIR --labels FILE)")
+
     try:
         report = train_command(
             args.data,
@@ -130,6 +145,12 @@ def _train(args: argparse.Namespace) -> int:
         raise SystemExit(f"ranking train: {exc}") from None
     print(report)
     return 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from ranking.flywheel.drift_report import drift_command
+
+    return drift_command(args.log, args.bundle, args.threshold, args.all_versions)
 
 
 def _features_load(args: argparse.Namespace) -> int:
@@ -242,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--demo-trees", type=int)
     p.add_argument("--demo-leaves", type=int)
+    p.add_argument("--log-dir", type=Path, help="log served features as Parquet under DIR")
+    p.add_argument("--log-sample", type=float, metavar="RATIO", help="share of requests logged")
+    p.add_argument("--shadow-bundle", type=Path, help="a second model scored in shadow")
+    p.add_argument("--shadow-sample", type=float, metavar="RATIO", help="share shadow-scored")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("rank", help="send a Rank request and print the ranked list")
@@ -259,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_rank)
 
     p = sub.add_parser("train", help="train a LambdaRank bundle")
-    p.add_argument("--data", type=Path, required=True, help="LETOR/libsvm, CSV or Parquet")
+    p.add_argument("--data", type=Path, help="LETOR/libsvm, CSV or Parquet")
+    p.add_argument("--log", type=Path, metavar="DIR", help="train from a served-feature log")
+    p.add_argument("--labels", type=Path, help="with --log: outcomes (request_id, item_id, label)")
     p.add_argument("--query", type=Path, help="query/group file for LETOR data")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--trees", type=int, default=TrainParams.trees)
@@ -267,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-column", default="query_id")
     p.add_argument("--label-column", default="label")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("drift", help="compare a served-feature log with a bundle's reference")
+    p.add_argument("--log", type=Path, required=True, metavar="DIR")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--threshold", type=float, default=0.2, help="PSI above which to fail")
+    p.add_argument(
+        "--all-versions", action="store_true", help="count rows of every model, not the bundle's"
+    )
+    p.set_defaults(func=_drift)
 
     p = sub.add_parser("features", help="feature data")
     fsub = p.add_subparsers(dest="features_command", required=True)

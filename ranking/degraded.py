@@ -34,6 +34,8 @@ class Degraded(StrEnum):
     SCHEMA_MISMATCH = "features.schema_mismatch"
     #: not every candidate fit in the time left; the rest follow unscored
     PARTIAL_SCORING = "budget.partial_scoring"
+    #: `explain` was asked for, but the caller's deadline left time for fewer explanations
+    EXPLAIN_PARTIAL = "explain.partial"
 
 
 #: Reasons that mean features the request asked for were not read from the store: a strict

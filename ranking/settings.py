@@ -225,6 +225,30 @@ class Settings(BaseSettings):
     limiter_max: int = Field(64, ge=1, description="Adaptive limits never exceed this.")
     limiter_fixed: int = Field(32, ge=1, description="The static cap when limiter=fixed.")
 
+    # --- flywheel: served-feature log, drift, shadow model (ranking/flywheel/README.md) ---
+    log_dir: Path | None = Field(
+        None, description="Write served features to hour-partitioned Parquet files here."
+    )
+    log_sample: float = Field(1.0, ge=0, le=1, description="Share of requests logged.")
+    log_roll_s: float = Field(300.0, gt=0, le=86_400, description="Close a log file this old.")
+    log_roll_rows: int = Field(1_000_000, ge=1, description="Close a log file at this many rows.")
+    log_queue: int = Field(
+        4096, ge=1, le=1_000_000, description="Requests queued for the writer; more are dropped."
+    )
+    drift_window_s: float = Field(
+        600.0, gt=0, le=7 * 86_400, description="Sliding window of the served distributions."
+    )
+    drift_sample: float = Field(
+        0.1, ge=0, le=1, description="Share of requests counted into the drift window."
+    )
+    shadow_bundle: Path | None = Field(
+        None, description="A second model scored off the critical path; never affects answers."
+    )
+    shadow_sample: float = Field(0.1, ge=0, le=1, description="Share of requests shadow-scored.")
+    shadow_cpu_share: float = Field(
+        0.1, gt=0, le=1, description="Share of one core the shadow model may use on average."
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if not self.limiter_min <= self.limiter_initial <= self.limiter_max:

@@ -82,7 +82,8 @@ def test_train_letor(tmp_path: Path) -> None:
     assert (report.n_rows, report.n_features) == (3005, 301)
     assert (report.n_train_queries, report.n_valid_queries) == (161, 40)
     bundle = load_bundle(tmp_path / "bundle")
-    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["model.txt", "schema.json"]
+    names = sorted(p.name for p in (tmp_path / "bundle").iterdir())
+    assert names == ["model.txt", "reference.json", "schema.json"]  # reference: for drift
     assert bundle.feature_names == tuple(f"f{j}" for j in range(301))
     assert {f.source for f in bundle.features} == {"inline"}
     assert report.bundle.model_hash == bundle.model_hash

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +48,10 @@ from ranking.telemetry import stats as st
 from ranking.telemetry.call import CallRecord, Metadata
 from ranking.telemetry.state import ServiceState, service_state
 
+if TYPE_CHECKING:
+    from ranking.flywheel.explain import Explainer, Explanation
+    from ranking.flywheel.hook import Flywheel
+
 __all__ = ["Degraded", "RankQuery", "RankResult", "RankingService"]  # Degraded: re-exported
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,8 @@ class RankQuery:
     inline_rows: npt.NDArray[np.bool_] | None = None
     strict: bool = False
     request_id: str = ""
+    #: Ask for the best items' feature contributions (ranking/flywheel/explain.py).
+    explain: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.candidate_ids, Ids):
@@ -94,6 +101,10 @@ class RankResult:
     unscored: int
     model_version: str
     degraded: list[str]
+    #: The caller's request id, or the one the flywheel generated for a logged request.
+    request_id: str = ""
+    #: With `RankQuery.explain`: for the best scored items, in response order.
+    explanations: list[Explanation] | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -119,6 +130,7 @@ class RankingService:
         fetch_share: float,
         inline_max_row_trees: int,
         executor: Executor | None,
+        flywheel: Flywheel | None = None,
     ) -> None:
         self.models = models
         self.store = store
@@ -128,6 +140,9 @@ class RankingService:
         self.fetch_share = fetch_share
         self.inline_max_row_trees = inline_max_row_trees
         self._executor = executor
+        #: Served-feature log, drift and shadow (ranking/flywheel); None when off.
+        self.flywheel = flywheel
+        self._explainer: Explainer | None = None
         # Decided once: a runtime Protocol check costs microseconds.
         self._gatherer: Gatherer | None = store if isinstance(store, Gatherer) else None
         self._has_users = bool(columns_or_empty(store, "user"))
@@ -265,8 +280,55 @@ class RankingService:
 
         order, ranked_scores, unscored = _sort(ids, scores, priority, fit, query.top_k)
         call.lap(st.SORT)
+
+        request_id = query.request_id
+        if self.flywheel is not None:
+            # The one flywheel hook: references only; the matrix is this request's own.
+            request_id = self.flywheel.observe(
+                request_id,
+                query.user_id,
+                model.bundle,
+                matrix,
+                ids,
+                order,
+                ranked_scores,
+                unscored,
+                degraded,
+                None if priority is None else priority[:fit],
+                scores,
+            )
+        explanations = None
+        if query.explain:
+            explanations = await self._explain(
+                model, matrix, ids, order, unscored, deadline, degraded
+            )
         call.ranked(n, fit, degraded, model.version)
-        return RankResult(ids, order, ranked_scores, unscored, model.version, degraded)
+        return RankResult(
+            ids, order, ranked_scores, unscored, model.version, degraded, request_id, explanations
+        )
+
+    async def _explain(
+        self,
+        model: ServingModel,
+        matrix: npt.NDArray[np.float64],
+        ids: Ids,
+        order: npt.NDArray[np.intp],
+        unscored: int,
+        deadline: Deadline,
+        degraded: list[str],
+    ) -> list[Explanation]:
+        from ranking.flywheel.explain import EXPLAIN_PARTIAL, MAX_ITEMS, Explainer
+
+        if self._explainer is None:
+            self._explainer = Explainer(self._executor)
+        wanted = min(len(order) - unscored, MAX_ITEMS)
+        k = self._explainer.fit(wanted, deadline)
+        if k < wanted:
+            degraded.append(EXPLAIN_PARTIAL)
+        rows = order[:k]
+        return await self._explainer.explain(
+            model.bundle, matrix, rows, [ids[i] for i in rows.tolist()]
+        )
 
     async def _fetch(
         self, query: RankQuery, deadline: Deadline, model: ServingModel, degraded: list[str]

@@ -245,6 +245,15 @@ class World:
         grades = np.searchsorted(self._hidden.thresholds, utility, side="right")
         return QuerySample(users, items, context, grades.astype(np.int8))
 
+    def grade(self, users: I64, items: I64, context: F32, seed: int = 0) -> npt.NDArray[np.int8]:
+        """Graded relevance 0-4 of items[q, j] for users[q] in context[q] (row indices, context
+        in `CONTEXT_COLUMNS` order): the hidden preference plus impression noise, cut as
+        `sample_queries` cuts it. What an outcome log of served requests would record."""
+        rng = np.random.default_rng([self.seed, 0x52, seed])
+        utility = _utility(self, users, items, context)
+        utility += _NOISE_SD * rng.standard_normal(utility.shape)
+        return np.searchsorted(self._hidden.thresholds, utility, side="right").astype(np.int8)
+
     def _draw_requests(
         self, rng: np.random.Generator, n_queries: int, candidates: int
     ) -> tuple[I64, I64, F32]:

@@ -140,9 +140,10 @@ static PyObject *decode_request(PyObject *self, PyObject *args) {
             Py_CLEAR(rows);
         }
     }
-    out = Py_BuildValue("(NNNNNiONOO)", rid, uid, data, (PyObject *)offsets, ctx, (int)r.top_k,
+    out = Py_BuildValue("(NNNNNiONOOO)", rid, uid, data, (PyObject *)offsets, ctx, (int)r.top_k,
                         r.strict ? Py_True : Py_False, names,
-                        values ? (PyObject *)values : Py_None, rows ? (PyObject *)rows : Py_None);
+                        values ? (PyObject *)values : Py_None, rows ? (PyObject *)rows : Py_None,
+                        r.explain ? Py_True : Py_False);
     /* "N" stole rid, uid, data, offsets, ctx and names (also on failure) */
     rid = uid = data = ctx = names = NULL;
     offsets = NULL;
@@ -267,7 +268,7 @@ done:
 static PyMethodDef wire_methods[] = {
     {"decode_request", decode_request, METH_VARARGS,
      "decode_request(body, max_candidates, max_names) -> (request_id, user_id, id_data, "
-     "offsets, context, top_k, strict, feature_names, values, rows); raises WireError"},
+     "offsets, context, top_k, strict, feature_names, values, rows, explain); raises WireError"},
     {"encode_response", encode_response, METH_VARARGS,
      "encode_response(id_data, offsets, order, scores, unscored, model_version, degraded, "
      "request_id, extra=b'') -> bytes"},

@@ -21,14 +21,15 @@ def decode_request(
     list[str],
     npt.NDArray[np.float64] | None,
     npt.NDArray[np.bool_] | None,
+    bool,
 ]:
     """Decode a serialized `ranking.v1.RankRequest` in one pass.
 
     Returns (request_id, user_id, id_data, offsets, context, top_k, strict, feature_names,
-    values, rows): candidate i's id is `id_data[offsets[i]:offsets[i + 1]]` (UTF-8, checked);
-    `values` is (n, len(feature_names)) float64 with NaN rows for candidates that sent none,
-    or None when no feature_names were sent; `rows` marks the candidates that sent values, or is
-    None when all did (or no names were sent).
+    values, rows, explain): candidate i's id is `id_data[offsets[i]:offsets[i + 1]]` (UTF-8,
+    checked); `values` is (n, len(feature_names)) float64 with NaN rows for candidates that sent
+    none, or None when no feature_names were sent; `rows` marks the candidates that sent values,
+    or is None when all did (or no names were sent).
 
     Raises WireError when the body is not a valid RankRequest under protobuf's rules, when a
     candidate sends a number of values other than 0 or len(feature_names), when values come

@@ -11,7 +11,7 @@
  *     wire type; a group (wire type 3) is skipped to its matching end tag, at most
  *     WIRE_MAX_DEPTH deep counting submessages; a stray end-group tag is corrupt;
  *   - scalars: the last occurrence wins; int32 top_k keeps the low 32 bits of its varint
- *     (negative values are 10-byte varints); bool strict is "varint != 0";
+ *     (negative values are 10-byte varints); bools (strict, explain) are "varint != 0";
  *   - repeated doubles are accepted packed (a length that is a multiple of 8) and unpacked,
  *     and concatenate;
  *   - every string (request_id, user_id, ids, feature_names, context keys) must be valid UTF-8
@@ -71,6 +71,7 @@ typedef struct {
     wire_str request_id, user_id;
     int32_t top_k;
     bool strict;
+    bool explain;
     /* candidates: id i is ids[offsets[i]:offsets[i+1]]; its values are count[i] doubles
        starting where candidate i-1's ended in `values`. */
     size_t n;
@@ -516,15 +517,17 @@ static int wire_decode_request(const uint8_t *body, size_t len, wire_request *r)
             if (rc != 0) {
                 break;
             }
-        } else if (wt == 0 && (f == 5 || f == 7)) {
+        } else if (wt == 0 && (f == 5 || f == 7 || f == 8)) {
             p = wire_varint(&rd, p, end, 10, WIRE_BAD_VARINT, &v);
             if (p == NULL) {
                 break;
             }
             if (f == 5) {
                 r->top_k = (int32_t)(uint32_t)(v & 0xffffffffu);
-            } else {
+            } else if (f == 7) {
                 r->strict = v != 0;
+            } else {
+                r->explain = v != 0;
             }
         } else {
             p = wire_skip(&rd, p, end, f, wt, 0);

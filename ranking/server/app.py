@@ -34,6 +34,7 @@ from ranking.core.service import RankingService
 from ranking.errors import BundleError
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
 from ranking.features.store import FeatureStore, columns_or_empty
+from ranking.flywheel.hook import Flywheel, build_flywheel
 from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
 from ranking.server.listeners import (
@@ -149,6 +150,7 @@ class App:
         self._serving: tuple[bool, bool] | None = None
         self._draining = False
         self._servicer: Any = None
+        self.flywheel: Flywheel | None = None
 
     async def __aenter__(self) -> App:
         await self.start()
@@ -193,6 +195,9 @@ class App:
             candidates=min(200, s.max_candidates),
         )
         limiter = _limiter(s)
+        self.flywheel = await loop.run_in_executor(
+            self._build_executor, build_flywheel, s, model.bundle, self.worker
+        )
         self.core = RankingService(
             models=holder,
             store=self.store,
@@ -202,6 +207,7 @@ class App:
             fetch_share=s.fetch_share,
             inline_max_row_trees=s.inline_max_row_trees,
             executor=self._score_executor,
+            flywheel=self.flywheel,
         )
         options: list[tuple[str, Any]] = [
             ("grpc.so_reuseport", 1 if s.effective_workers() > 1 else 0),
@@ -370,6 +376,10 @@ class App:
             await self._server.stop(grace)
             self._server = None
         await self._ops.stop(0)
+        if self.flywheel is not None:
+            # After the drain: every answered request is queued; write it all out.
+            await asyncio.get_running_loop().run_in_executor(None, self.flywheel.close)
+            self.flywheel = None
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ranking.core.service import RankQuery, RankResult
 from ranking.errors import InvalidRequest
+from ranking.flywheel.explain import encode_explanations
 from ranking.ids import Ids
 from ranking.server._wire import WireError, decode_request, encode_response
 
@@ -21,8 +22,8 @@ def to_query(body: bytes, max_candidates: int, max_names: int) -> RankQuery:
     (protobuf's wire rules, value counts per candidate) and the two limits that bound what
     decoding allocates. Raises `InvalidRequest` with a message naming the field."""
     try:
-        rid, uid, data, offsets, context, top_k, strict, names, values, rows = decode_request(
-            body, max_candidates, max_names
+        rid, uid, data, offsets, context, top_k, strict, names, values, rows, explain = (
+            decode_request(body, max_candidates, max_names)
         )
     except WireError as exc:
         # The codec's own caller-facing text; there is no library exception text to hide.
@@ -37,6 +38,7 @@ def to_query(body: bytes, max_candidates: int, max_names: int) -> RankQuery:
         inline_rows=rows,
         strict=strict,
         request_id=rid,
+        explain=explain,
     )
 
 
@@ -44,6 +46,8 @@ def to_response(result: RankResult, request_id: str, extra: bytes = b"") -> byte
     """Encode a serialized RankResponse; `extra` is appended as it is (already-encoded fields
     of RankResponse: protobuf merges concatenated messages)."""
     ids = result.candidates
+    if result.explanations:  # encoded apart, appended: protobuf merges concatenated messages
+        extra += encode_explanations(result.explanations)
     return encode_response(
         ids.data,
         ids.offsets,
@@ -52,6 +56,6 @@ def to_response(result: RankResult, request_id: str, extra: bytes = b"") -> byte
         result.unscored,
         result.model_version,
         result.degraded,
-        request_id,
+        result.request_id or request_id,
         extra,
     )

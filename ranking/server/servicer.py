@@ -107,6 +107,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         # Request counters are the whole server's (the shared table); the rest (limiter,
         # model, feature store) are the answering worker's own.
         counters = {**stats.totals(), **state.counters()}
+        if self._core.flywheel is not None:  # log, drift (PSI per feature), shadow agreement
+            counters.update(self._core.flywheel.metrics())
         return admin_pb2.GetStatsResponse(
             counters=counters,
             stage_mean_us=stats.stage_means_us(),

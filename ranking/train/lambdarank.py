@@ -227,6 +227,11 @@ def train_command(
         predicted = booster.predict(heldout.features, raw_score=True)
         ndcg = ndcg_at_k(predicted, heldout.labels, heldout.group_sizes, 10)
         lgb_ndcg = float(evals["heldout"]["ndcg@10"][-1])
+    from ranking.flywheel.reference import build_reference, write_reference
+
+    # The training rows' distribution, for drift monitoring; written before the model so a
+    # server watching `out` finds it when it reloads.
+    write_reference(out, build_reference(train.features, names))
     bundle = write_bundle(out, booster.model_to_string(), specs, version=version, prior=prior)
     seconds = time.perf_counter() - started
     logger.debug("trained %s in %.1f s (NDCG@10 %s)", out, seconds, ndcg)

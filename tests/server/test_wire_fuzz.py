@@ -120,7 +120,7 @@ for _ in range(int(sys.argv[2])):
         else:
             del data[at:]
     try:
-        rid, uid, ids, offsets, ctx, top_k, strict, names, values, rows = wire.decode_request(
+        rid, uid, ids, offsets, ctx, top_k, strict, names, values, rows, _ = wire.decode_request(
             bytes(data), rnd.choice([-1, 0, 3, 1000]), rnd.choice([-1, 0, 2, 100])
         )
     except wire.WireError:

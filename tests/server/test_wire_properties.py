@@ -113,9 +113,10 @@ def requests(draw: st.DrawFn) -> bytes:
     parts += draw(st.lists(map_entry(keys), max_size=4))
     for field in (1, 2):
         parts += [ld(field, s) for s in draw(st.lists(strings, max_size=2))]
-    for field, values in ((5, st.integers(-(1 << 63), (1 << 64) - 1)), (7, st.integers(0, 3))):
+    bools = st.integers(0, 3) | st.integers(0, (1 << 64) - 1)
+    for field, values in ((5, st.integers(-(1 << 63), (1 << 64) - 1)), (7, bools), (8, bools)):
         parts += [tag(field, 0) + varint(v) for v in draw(st.lists(values, max_size=2))]
-    return sprinkle(draw, parts, frozenset(range(1, 8)))
+    return sprinkle(draw, parts, frozenset(range(1, 9)))
 
 
 @SETTINGS

@@ -74,8 +74,9 @@ def check_agrees(body: bytes) -> str:
         return "refused: corrupt" if "not a valid" in want else "refused: shape"
     assert kind == "ok", f"decoder accepted what protobuf refuses ({want})"
     assert isinstance(want, pb.RankRequest)
-    rid, uid, data, offsets, context, top_k, strict, names, values, rows = got
+    rid, uid, data, offsets, context, top_k, strict, names, values, rows, explain = got
     assert (rid, uid, top_k, strict) == (want.request_id, want.user_id, want.top_k, want.strict)
+    assert explain == want.explain
     bounds = offsets.tolist()
     assert bounds[0] == 0 and len(bounds) == len(want.candidates) + 1
     ids = [data[a:b].decode() for a, b in pairwise(bounds)]

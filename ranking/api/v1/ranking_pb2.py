@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ranking/v1/ranking.proto\x12\nranking.v1\"\xfa\x01\n\x0bRankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12)\n\ncandidates\x18\x03 \x03(\x0b\x32\x15.ranking.v1.Candidate\x12\x35\n\x07\x63ontext\x18\x04 \x03(\x0b\x32$.ranking.v1.RankRequest.ContextEntry\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x15\n\rfeature_names\x18\x06 \x03(\t\x12\x0e\n\x06strict\x18\x07 \x01(\x08\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"/\n\tCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x65\x61ture_values\x18\x02 \x03(\x01\"z\n\x0cRankResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.ranking.v1.RankedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65graded_reasons\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"9\n\nRankedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08unscored\x18\x03 \x01(\x08\x32K\n\x0eRankingService\x12\x39\n\x04Rank\x12\x17.ranking.v1.RankRequest\x1a\x18.ranking.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ranking/v1/ranking.proto\x12\nranking.v1\"\x8b\x02\n\x0bRankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12)\n\ncandidates\x18\x03 \x03(\x0b\x32\x15.ranking.v1.Candidate\x12\x35\n\x07\x63ontext\x18\x04 \x03(\x0b\x32$.ranking.v1.RankRequest.ContextEntry\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x15\n\rfeature_names\x18\x06 \x03(\t\x12\x0e\n\x06strict\x18\x07 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x08 \x01(\x08\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"/\n\tCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x65\x61ture_values\x18\x02 \x03(\x01\"\xa9\x01\n\x0cRankResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.ranking.v1.RankedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65graded_reasons\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12-\n\x0c\x65xplanations\x18\x05 \x03(\x0b\x32\x17.ranking.v1.Explanation\"c\n\x0b\x45xplanation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ias\x18\x02 \x01(\x01\x12,\n\x03top\x18\x03 \x03(\x0b\x32\x1f.ranking.v1.FeatureContribution\x12\x0c\n\x04rest\x18\x04 \x01(\x01\"K\n\x13\x46\x65\x61tureContribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"9\n\nRankedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08unscored\x18\x03 \x01(\x08\x32K\n\x0eRankingService\x12\x39\n\x04Rank\x12\x17.ranking.v1.RankRequest\x1a\x18.ranking.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_RANKREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_RANKREQUEST']._serialized_start=41
-  _globals['_RANKREQUEST']._serialized_end=291
-  _globals['_RANKREQUEST_CONTEXTENTRY']._serialized_start=245
-  _globals['_RANKREQUEST_CONTEXTENTRY']._serialized_end=291
-  _globals['_CANDIDATE']._serialized_start=293
-  _globals['_CANDIDATE']._serialized_end=340
-  _globals['_RANKRESPONSE']._serialized_start=342
-  _globals['_RANKRESPONSE']._serialized_end=464
-  _globals['_RANKEDITEM']._serialized_start=466
-  _globals['_RANKEDITEM']._serialized_end=523
-  _globals['_RANKINGSERVICE']._serialized_start=525
-  _globals['_RANKINGSERVICE']._serialized_end=600
+  _globals['_RANKREQUEST']._serialized_end=308
+  _globals['_RANKREQUEST_CONTEXTENTRY']._serialized_start=262
+  _globals['_RANKREQUEST_CONTEXTENTRY']._serialized_end=308
+  _globals['_CANDIDATE']._serialized_start=310
+  _globals['_CANDIDATE']._serialized_end=357
+  _globals['_RANKRESPONSE']._serialized_start=360
+  _globals['_RANKRESPONSE']._serialized_end=529
+  _globals['_EXPLANATION']._serialized_start=531
+  _globals['_EXPLANATION']._serialized_end=630
+  _globals['_FEATURECONTRIBUTION']._serialized_start=632
+  _globals['_FEATURECONTRIBUTION']._serialized_end=707
+  _globals['_RANKEDITEM']._serialized_start=709
+  _globals['_RANKEDITEM']._serialized_end=766
+  _globals['_RANKINGSERVICE']._serialized_start=768
+  _globals['_RANKINGSERVICE']._serialized_end=843
 # @@protoc_insertion_point(module_scope)

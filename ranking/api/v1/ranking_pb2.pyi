@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RankRequest(_message.Message):
-    __slots__ = ("request_id", "user_id", "candidates", "context", "top_k", "feature_names", "strict")
+    __slots__ = ("request_id", "user_id", "candidates", "context", "top_k", "feature_names", "strict", "explain")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class RankRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
@@ -30,7 +31,8 @@ class RankRequest(_message.Message):
     top_k: int
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     strict: bool
-    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., context: _Optional[_Mapping[str, float]] = ..., top_k: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., strict: _Optional[bool] = ...) -> None: ...
+    explain: bool
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., context: _Optional[_Mapping[str, float]] = ..., top_k: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., strict: _Optional[bool] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("id", "feature_values")
@@ -41,16 +43,40 @@ class Candidate(_message.Message):
     def __init__(self, id: _Optional[str] = ..., feature_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("items", "model_version", "degraded_reasons", "request_id")
+    __slots__ = ("items", "model_version", "degraded_reasons", "request_id", "explanations")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RankedItem]
     model_version: str
     degraded_reasons: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
-    def __init__(self, items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    explanations: _containers.RepeatedCompositeFieldContainer[Explanation]
+    def __init__(self, items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("id", "bias", "top", "rest")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    REST_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    bias: float
+    top: _containers.RepeatedCompositeFieldContainer[FeatureContribution]
+    rest: float
+    def __init__(self, id: _Optional[str] = ..., bias: _Optional[float] = ..., top: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ..., rest: _Optional[float] = ...) -> None: ...
+
+class FeatureContribution(_message.Message):
+    __slots__ = ("feature", "value", "contribution")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    value: float
+    contribution: float
+    def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class RankedItem(_message.Message):
     __slots__ = ("id", "score", "unscored")

@@ -1,0 +1,234 @@
+"""What the flywheel costs the request path, measured in one process (interleaved rounds).
+
+    python -m benchmarks.flywheel [--bundle DIR] [--rounds 15] [--requests 200] [--rate 300]
+
+The core (`RankingService.rank`, in-process store with the demo world, 200 candidates x 64
+features) runs the same requests with the flywheel off, with the served-feature log on (every
+request logged, the writer thread running and writing Parquet), with drift counting as well,
+and with a shadow model scoring every request. Rounds are interleaved so that machine noise
+hits every variant alike; the figures are medians over rounds of the per-request mean. The
+hook itself (`Flywheel.observe`) is also timed alone, with the writer draining behind it.
+
+Without `--bundle` a 100-tree x 31-leaf model is trained on the world (a few seconds): the
+hook's cost does not depend on the model, only on the matrix shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ranking.core.deadline import Deadline
+from ranking.core.models import ModelHolder, build_serving_model
+from ranking.core.service import RankingService, RankQuery
+from ranking.demo.model import demo_feature_specs
+from ranking.demo.world import CONTEXT_COLUMNS, World, make_world
+from ranking.features.memory import EntityTable, MemoryFeatureStore
+from ranking.flywheel.hook import Flywheel
+from ranking.flywheel.logwriter import LogWriter
+from ranking.flywheel.reference import REFERENCE_FILE, build_reference, write_reference
+from ranking.flywheel.shadow import Shadow
+from ranking.ids import Ids
+from ranking.limits import build_limiter
+from ranking.scoring.bundle import load_bundle, write_bundle
+from ranking.telemetry import Stats, build_telemetry
+
+
+def _small_bundle(world: World, folder: Path) -> Path:
+    import lightgbm as lgb
+
+    sample = world.sample_queries(100, 200, seed=1)
+    x = world.feature_matrix(sample).astype(np.float64)
+    booster = lgb.train(
+        {"objective": "lambdarank", "num_leaves": 31, "verbose": -1, "seed": 0},
+        lgb.Dataset(x, sample.relevance.ravel(), group=sample.group_sizes(),
+                    feature_name=list(world.feature_row_order())),
+        num_boost_round=100,
+    )  # fmt: skip
+    write_bundle(folder, booster.model_to_string(), demo_feature_specs(world), version="bench")
+    write_reference(folder, build_reference(x, list(world.feature_row_order())))
+    return folder
+
+
+def _queries(world: World, n: int) -> list[RankQuery]:
+    sample = world.sample_queries(n, 200, seed=7)
+    out = []
+    for q in range(n):
+        ctx = {
+            c: float(v) for c, v in zip(CONTEXT_COLUMNS, sample.context[q], strict=True) if v == v
+        }
+        out.append(
+            RankQuery(
+                candidate_ids=Ids.from_strs(world.item_ids[i] for i in sample.item_idx[q]),
+                user_id=world.user_ids[int(sample.user_idx[q])],
+                context=ctx,
+            )
+        )
+    return out
+
+
+async def _round(
+    core: RankingService, queries: list[RankQuery], rate: float = 0.0
+) -> tuple[float, float]:
+    """Mean wall (time in `rank`) and event-loop-thread CPU seconds per request over
+    `queries`; with `rate`, requests start on a fixed schedule of that many per second (the
+    loop idles between them, as a server below saturation does) instead of back to back."""
+    wall = cpu = 0.0
+    start = time.perf_counter()
+    for k, q in enumerate(queries):
+        if rate > 0:
+            await asyncio.sleep(max(0.0, start + k / rate - time.perf_counter()))
+        w0, c0 = time.perf_counter(), time.thread_time()
+        await core.rank(q, Deadline.from_budget(1.0, None))
+        wall += time.perf_counter() - w0
+        cpu += time.thread_time() - c0
+    n = len(queries)
+    return wall / n, cpu / n
+
+
+def _hook_alone(fly: Flywheel, core: RankingService, query: RankQuery, calls: int) -> list[float]:
+    """Seconds per `observe` call (batches of 100 calls, one figure per batch)."""
+    model = core.models.current
+    n = len(query.candidate_ids)
+    matrix = np.random.default_rng(0).normal(size=(n, len(model.bundle.features)))
+    rows = np.arange(n, dtype=np.intp)
+    scores = np.random.default_rng(1).normal(size=n)
+    listed = scores.tolist()
+    out = []
+    for _ in range(calls // 100):
+        started = time.perf_counter()
+        for _ in range(100):
+            fly.observe(
+                "", query.user_id, model.bundle, matrix, query.candidate_ids, rows, listed,
+                0, [], None, scores,
+            )  # fmt: skip
+        out.append((time.perf_counter() - started) / 100)
+        fly.flush()  # keep the queue short: measure the hook, not a full queue
+    return out
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bundle", type=Path)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="requests per second (0: back to back)"
+    )
+    args = parser.parse_args(argv)
+
+    world = make_world()
+    tmp = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
+    folder = args.bundle or _small_bundle(world, tmp / "bundle")
+    tables = {
+        "user": EntityTable(world.user_ids, tuple(world.user_columns), world.user_matrix),
+        "item": EntityTable(world.item_ids, tuple(world.item_columns), world.item_matrix),
+    }
+    store = MemoryFeatureStore(tables)
+    model = build_serving_model(
+        load_bundle(folder), store.columns("user"), store.columns("item"), engine="auto"
+    )
+    has_reference = (folder / REFERENCE_FILE).is_file()
+    shadow_model = build_serving_model(
+        load_bundle(folder), store.columns("user"), store.columns("item")
+    )
+
+    def core(fly: Flywheel | None) -> RankingService:
+        return RankingService(
+            models=ModelHolder(model, build=lambda b: model),
+            store=store,
+            limiter=build_limiter("off"),
+            telemetry=build_telemetry(Stats()),
+            max_candidates=1000,
+            fetch_share=0.5,
+            inline_max_row_trees=10**9,
+            executor=None,
+            flywheel=fly,
+        )
+
+    def logged(name: str) -> LogWriter:
+        return LogWriter(tmp / name, roll_s=3600)
+
+    variants: dict[str, Any] = {"off": None}
+    # The hook alone, in place: every record dropped at once (a zero-length queue).
+    variants["hook, queue of 0 (drops)"] = Flywheel(writer=logged("drop"), queue_size=0)
+    # Records kept but nothing drained until the round ends: the cost of holding references
+    # without a thread competing for the CPU and the GIL.
+    variants["hook, kept, no thread"] = Flywheel(writer=logged("kept"), queue_size=10**6)
+    variants["log (every request)"] = Flywheel(writer=logged("log"))
+    variants["log, writer polls every 50 ms"] = Flywheel(writer=logged("log50"), poll_s=0.05)
+    if has_reference:
+        variants["log + drift"] = Flywheel(writer=logged("log-drift"))
+    variants["log + shadow (every request)"] = Flywheel(
+        writer=LogWriter(tmp / "log-shadow", roll_s=3600, shadow=True),
+        shadow=Shadow(shadow_model, cpu_share=1.0),
+        shadow_sample=1.0,
+    )
+    for name, fly in variants.items():
+        if fly is not None and not name.startswith("hook,"):
+            fly.start()
+    cores = {name: core(fly) for name, fly in variants.items()}
+    # The log + drift variant is the only one whose model has a reference: the others
+    # must not count drift, so they serve a copy of the bundle without one.
+    if has_reference:
+        bare = tmp / "bare"
+        bare.mkdir()
+        for f in ("model.txt", "schema.json"):
+            (bare / f).write_text((folder / f).read_text())
+        bare_model = build_serving_model(
+            load_bundle(bare), store.columns("user"), store.columns("item")
+        )
+        for name, c in cores.items():
+            if name != "log + drift":
+                c.models = ModelHolder(bare_model, build=lambda b: bare_model)
+
+    queries = _queries(world, args.requests)
+    for c in cores.values():  # warm-up
+        await _round(c, queries[:20])
+    wall: dict[str, list[float]] = {n: [] for n in cores}
+    cpu: dict[str, list[float]] = {n: [] for n in cores}
+    for r in range(args.rounds):
+        names = list(cores) if r % 2 == 0 else list(cores)[::-1]
+        for name in names:
+            w, c = await _round(cores[name], queries, args.rate)
+            wall[name].append(w)
+            cpu[name].append(c)
+            fly = variants[name]
+            if name == "hook, kept, no thread":
+                fly._queue.clear()  # drop the round's records (no thread to write them)
+            elif fly is not None:
+                fly.flush()
+        print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+
+    hook = _hook_alone(variants["log (every request)"], cores["off"], queries[0], 20_000)
+    base_w, base_c = statistics.median(wall["off"]), statistics.median(cpu["off"])
+    print(f"model {model.version}: {model.num_trees} trees, {model.scorer.name}; 200 candidates")
+    print("| variant | wall us/request | loop CPU us/request | CPU over off |")
+    print("|---|---|---|---|")
+    for name in cores:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"| {name} | {w * 1e6:.0f} | {c * 1e6:.0f} | {(c - base_c) * 1e6:+.1f} |")
+    hook.sort()
+    print(
+        f"Flywheel.observe alone (logged, id generated): median {statistics.median(hook) * 1e6:.2f}"
+        f" us, p90 {hook[int(0.9 * len(hook))] * 1e6:.2f} us per call (batches of 100)"
+    )
+    for name, fly in variants.items():
+        if fly is not None and not name.startswith("hook,"):
+            m = fly.metrics()
+            fly.close()
+            print(f"{name}: {m}", file=sys.stderr)
+    _ = base_w
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))

@@ -1,0 +1,195 @@
+"""Shadow models: scored off the critical path, logged beside the live scores, and harmless when
+they fail to load or to score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2_grpc
+from ranking.api.v1 import ranking_pb2 as pb
+from ranking.flywheel.shadow import rank_agreement
+from ranking.scoring.bundle import FeatureSpec, write_bundle
+from ranking.server.app import App
+from tests.conftest import FEATURES, SmallWorld, free_port, small_settings, train_small
+from tests.flywheel.helpers import by_request, read_log_rows, send, small_request
+
+NAMES = [f.name for f in FEATURES]
+
+
+def shadow_bundle(folder: Path, seed: int = 42) -> lgb.Booster:
+    booster = train_small(np.random.default_rng(seed), trees=15, leaves=5)
+    write_bundle(folder, booster.model_to_string(), FEATURES, version="shadow-v1")
+    return booster
+
+
+async def serve_and_send(
+    world: SmallWorld, n: int, **settings: object
+) -> tuple[list[tuple[pb.RankRequest, pb.RankResponse]], dict[str, float]]:
+    app = App(small_settings(world, admin_port=free_port(), **settings))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            rng = np.random.default_rng(8)
+            requests = [small_request(rng, k) for k in range(n)]
+            responses = await send(ranking_pb2_grpc.RankingServiceStub(ch), requests)
+            if app.flywheel is not None:
+                app.flywheel.flush()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.listeners.admin}") as ch:
+            stats = await admin_pb2_grpc.AdminServiceStub(ch).GetStats(admin_pb2.GetStatsRequest())
+    finally:
+        await app.stop(grace_s=0.5)
+    return list(zip(requests, responses, strict=True)), dict(stats.counters)
+
+
+async def test_shadow_scores_logged_beside_live(small_world: SmallWorld, tmp_path: Path) -> None:
+    shadow = shadow_bundle(tmp_path / "shadow")
+    log_dir = tmp_path / "log"
+    pairs, counters = await serve_and_send(
+        small_world,
+        40,
+        log_dir=log_dir,
+        shadow_bundle=tmp_path / "shadow",
+        shadow_sample=1.0,
+        shadow_cpu_share=1.0,
+    )
+    assert counters["shadow_scored"] == 40
+    assert counters["shadow_failed"] == 0
+    assert -1.0 <= counters["shadow_spearman_mean"] <= 1.0
+    assert 0.0 <= counters["shadow_top10_overlap_mean"] <= 1.0
+    logged = by_request(read_log_rows(log_dir))
+    rhos = []
+    for _, resp in pairs:
+        rows = logged[resp.request_id]
+        x = np.array([[r[n] for n in NAMES] for r in rows])
+        np.testing.assert_array_equal(
+            [r["shadow_score"] for r in rows], shadow.predict(x, raw_score=True)
+        )
+        assert {r["shadow_model_version"] for r in rows} == {"shadow-v1"}
+        # Live answers are the live model's, untouched by the shadow.
+        np.testing.assert_array_equal(
+            [it.score for it in resp.items], small_world.booster.predict(x, raw_score=True)
+        )
+        rhos.append(rank_agreement(np.array([r["score"] for r in rows]), shadow.predict(x))[0])
+    assert counters["shadow_spearman_mean"] == pytest.approx(np.mean(rhos), rel=1e-9)
+
+
+async def test_shadow_budget_limits_scoring(small_world: SmallWorld, tmp_path: Path) -> None:
+    shadow_bundle(tmp_path / "shadow")
+    _, counters = await serve_and_send(
+        small_world, 60, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0,
+        shadow_cpu_share=1e-6,  # a burst's worth, then nearly nothing
+    )  # fmt: skip
+    assert counters["shadow_skipped_budget"] > 0
+    assert counters["shadow_scored"] + counters["shadow_skipped_budget"] == 60
+
+
+async def test_broken_shadow_never_affects_live(small_world: SmallWorld, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.txt").write_text("not a model\n")
+    (broken / "schema.json").write_text("{}")
+    baseline, _ = await serve_and_send(small_world, 20)
+    pairs, counters = await serve_and_send(
+        small_world, 20, shadow_bundle=broken, shadow_sample=1.0, log_dir=tmp_path / "log"
+    )
+    assert "shadow_scored" not in counters  # not loaded: no shadow at all
+    for (_, live), (_, base) in zip(pairs, baseline, strict=True):
+        assert [(i.id, i.score) for i in live.items] == [(i.id, i.score) for i in base.items]
+    # The log still works; the shadow columns are null.
+    table = read_log_rows(tmp_path / "log")
+    assert table.column("shadow_score").null_count == table.num_rows
+
+
+async def test_shadow_failing_to_score_never_affects_live(
+    small_world: SmallWorld, tmp_path: Path
+) -> None:
+    """A shadow whose scorer raises (injected fault) and one needing a feature the live model
+    does not serve: both are counted, live answers stay exact."""
+    shadow_bundle(tmp_path / "shadow")
+    other = tmp_path / "other"
+    booster = lgb.train(
+        {"objective": "regression", "verbose": -1, "num_leaves": 4, "min_data_in_leaf": 2},
+        lgb.Dataset(np.random.default_rng(0).normal(size=(50, 2)), np.arange(50.0),
+                    feature_name=["u_a", "not_served"]),
+        num_boost_round=3,
+    )  # fmt: skip
+    write_bundle(
+        other,
+        booster.model_to_string(),
+        [FeatureSpec("u_a", "user"), FeatureSpec("not_served", "inline")],
+    )
+    pairs, counters = await serve_and_send(small_world, 10, shadow_bundle=other, shadow_sample=1.0)
+    assert counters["shadow_incompatible"] == 10 and counters["shadow_scored"] == 0
+
+    class Exploding:
+        name = "exploding"
+        num_features = len(FEATURES)
+
+        def score(self, matrix: np.ndarray) -> np.ndarray:
+            raise RuntimeError("boom")
+
+    app = App(small_settings(small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0))
+    await app.start()
+    try:
+        assert app.flywheel is not None and app.flywheel.shadow is not None
+        app.flywheel.shadow.model.scorer = Exploding()  # type: ignore[assignment]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            rng = np.random.default_rng(8)
+            reqs = [small_request(rng, k) for k in range(10)]
+            responses = await send(ranking_pb2_grpc.RankingServiceStub(ch), reqs)
+        app.flywheel.flush()
+        assert app.flywheel.shadow.failed == 10
+    finally:
+        await app.stop(grace_s=0.5)
+    for (_, base), resp in zip(pairs, responses, strict=True):
+        assert [(i.id, i.score) for i in resp.items] == [(i.id, i.score) for i in base.items]
+
+
+def test_rank_agreement() -> None:
+    a = np.array([3.0, 2.0, 1.0, 0.0])
+    assert rank_agreement(a, a) == (1.0, 1.0)
+    assert rank_agreement(a, -a)[0] == -1.0
+    live = np.arange(20.0)
+    shadow = live.copy()
+    shadow[:5] += 100.0  # the five worst become the five best
+    rho, overlap = rank_agreement(live, shadow)
+    assert overlap == 0.5 and -1 < rho < 1
+    ties = np.array([1.0, 1.0, 2.0])  # tied scores: the order they come in does not matter
+    other = np.array([5.0, 6.0, 7.0])
+    perm = [2, 1, 0]
+    rho = rank_agreement(ties, other)[0]
+    assert rho == pytest.approx(rank_agreement(ties[perm], other[perm])[0], abs=1e-15)
+    assert rho == pytest.approx(0.8660254037844387)  # Pearson of ranks (0.5, 0.5, 2) and (0, 1, 2)
+
+
+def test_without_an_event_loop_the_thread_scores(small_world: SmallWorld, tmp_path: Path) -> None:
+    """A tool calling `observe` outside a loop still gets shadow scores (from the thread)."""
+    from ranking.core.models import build_serving_model
+    from ranking.flywheel.hook import Flywheel
+    from ranking.flywheel.shadow import Shadow
+    from ranking.scoring.bundle import load_bundle
+
+    booster = shadow_bundle(tmp_path / "shadow")
+    model = build_serving_model(load_bundle(tmp_path / "shadow"), (), ())
+    fly = Flywheel(shadow=Shadow(model, cpu_share=1.0), shadow_sample=1.0)
+    fly.start()
+    try:
+        live = load_bundle(small_world.bundle)
+        x = np.random.default_rng(0).normal(size=(6, len(FEATURES)))
+        scores = small_world.booster.predict(x, raw_score=True)
+        rows = np.argsort(-scores, kind="stable").astype(np.intp)
+        fly.observe(
+            "r", "u1", live, x, [f"i{k}" for k in range(6)], rows, scores[rows].tolist(),
+            0, [], None, scores,
+        )  # fmt: skip
+        assert fly.flush()
+        assert fly.shadow is not None and fly.shadow.scored == 1
+        rho, _ = rank_agreement(scores, booster.predict(x, raw_score=True))
+        assert fly.shadow.rho_sum == pytest.approx(rho, abs=1e-12)
+    finally:
+        fly.close()
