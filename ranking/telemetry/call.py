@@ -55,6 +55,10 @@ Metadata = Callable[[], Iterable[tuple[str, Any]] | None]
 
 SPAN_NAME = "ranking.v1.RankingService/Rank"
 
+#: Per stage number: (wall sum index, first bucket index, bucket bounds in ns, CPU sum index),
+#: one tuple so a lap makes one lookup.
+_STAGE = tuple(zip(st.I_WALL, st.I_BUCKET, st.BOUNDS_NS, st.I_CPU, strict=True))
+
 
 def outcome_of(exc: BaseException | None) -> str:
     """The outcome a call ending with `exc` counts as (a key of `stats.OUTCOMES`)."""
@@ -103,11 +107,12 @@ class CallRecord:
         dt = now - self._last
         self._last = now
         row = self._row
-        row[st.I_WALL[stage]] += dt
-        row[st.I_BUCKET[stage] + bisect_left(st.BOUNDS_NS[stage], dt)] += 1
+        wall, bucket, bounds, cpu_index = _STAGE[stage]
+        row[wall] += dt
+        row[bucket + bisect_left(bounds, dt)] += 1
         if self._cpu_last >= 0:
             cpu = _cpu()
-            row[st.I_CPU[stage]] += cpu - self._cpu_last
+            row[cpu_index] += cpu - self._cpu_last
             self._cpu_last = cpu
         if self._span is not None:
             self._stage_span(stage, now - dt, now)
