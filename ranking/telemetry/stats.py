@@ -140,6 +140,11 @@ class Stats:
     def add(self, name: str, value: float = 1.0) -> None:
         self.row[INDEX[name]] += value
 
+    def running(self) -> float:
+        """Calls this process began and has not ended."""
+        row = self.row
+        return row[INDEX["requests"]] - sum(row[INDEX[name]] for name in OUTCOMES)
+
     def summed(self) -> npt.NDArray[np.float64]:
         """Every field summed over the workers (a copy)."""
         return np.asarray(self._table.sum(axis=0), dtype=np.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import json
 import time
 from pathlib import Path
 
@@ -12,7 +13,13 @@ from ranking.api.v1 import ranking_pb2 as pb
 from ranking.api.v1 import ranking_pb2_grpc
 from ranking.telemetry.stats import REQUEST_BUCKETS_S
 from tests.conftest import SmallWorld
-from tests.telemetry.servers import Prometheus, RankingProcess, binary, running
+from tests.telemetry.servers import DASHBOARD, Prometheus, RankingProcess, binary, running
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
+
 
 CHANNELS = 20  # fresh connections: SO_REUSEPORT spreads them over both workers
 CALLS_PER_CHANNEL = 5
@@ -80,4 +87,21 @@ def test_prometheus_counts_every_call_of_both_workers(
             "[1m])) by (le))"
         )
         assert p50 is not None and 0.0 < p50 <= p99
+
+        # Every dashboard query runs on this Prometheus; those for what this server has (no
+        # cache or hedging: the in-process store) return data.
+        answered = {}
+        for title, expr in dashboard_queries():
+            result = prom.query(expr.replace("$__rate_interval", "1m").replace("$job", "ranking"))
+            answered[title] = answered.get(title, False) or bool(result)
+        for title in (
+            "Request rate by status",
+            "Request latency p50 / p99 / p99.9 (server)",
+            "p99 by stage",
+            "p50 by stage",
+            "Shed rate (share of calls)",
+            "Concurrency limit and in flight",
+            "Model version and engine",
+        ):
+            assert answered[title], title
     assert server.proc.returncode == 0
