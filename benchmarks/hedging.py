@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,11 @@ import numpy as np
 import redis
 from hdrh.histogram import HdrHistogram
 
+if __package__ in (None, ""):  # `python benchmarks/hedging.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.ports import free_port, wait_port
+from benchmarks.redis_server import start_redis
 from ranking.features.cache import CachedFeatureStore
 from ranking.features.hedging import HedgedFeatureStore, HedgePolicy, HedgeStats
 from ranking.features.redis_loader import load_entities
@@ -60,22 +64,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # --- processes -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 @contextlib.contextmanager
 def process(args: Sequence[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -89,14 +77,6 @@ def process(args: Sequence[str], port: int) -> Iterator[subprocess.Popen[bytes]]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-
-
-def redis_args(port: int, workdir: str) -> list[str]:
-    return [
-        shutil.which("redis-server") or "/usr/bin/redis-server",
-        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", workdir, "--loglevel", "warning",
-    ]  # fmt: skip
 
 
 # --- the delaying proxy (runs as `hedging.py proxy ...` in its own process) ------------------
@@ -477,36 +457,37 @@ def markdown(res: dict[str, Any]) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as work:
-        pa, pb, xa, xb = (free_port() for _ in range(4))
-        with (
-            process(redis_args(pa, work), pa),
-            process(redis_args(pb, work), pb),
-            process(
-                [
-                    sys.executable,
-                    __file__,
-                    "proxy",
-                    f"{xa}:{pa}:0:0",
-                    f"{xb}:{pb}:{args.tail_p}:{args.tail_ms}",
-                ],
-                xb,
-            ),
-        ):
-            wait_port(xa)
-            m = np.random.default_rng(0).standard_normal((args.entities, 64)).astype(np.float32)
-            cols = [f"f{k}" for k in range(64)]
-            ids = [f"i{k}" for k in range(args.entities)]
-            users = [f"u{k}" for k in range(100)]
-            for port in (pa, pb):
-                url = f"redis://127.0.0.1:{port}"
-                load_entities(url, NS, "item", ids, cols, m, progress=False)
-                load_entities(url, NS, "user", users, cols, m[:100], progress=False)
-            print("tail scenario ...", file=sys.stderr)
-            tail = await tail_scenario(args, [f"redis://127.0.0.1:{xa}", f"redis://127.0.0.1:{xb}"])
-            print("store scenario ...", file=sys.stderr)
-            store = await store_scenario(args, f"redis://127.0.0.1:{pa}")
-            print("feast scenario ...", file=sys.stderr)
-            feast = feast_scenario(args, pa)
+        xa, xb = free_port(), free_port()
+        with start_redis(Path(work)) as replica_a, start_redis(Path(work)) as replica_b:
+            pa, pb = replica_a.port, replica_b.port
+            proxies = [
+                sys.executable,
+                __file__,
+                "proxy",
+                f"{xa}:{pa}:0:0",
+                f"{xb}:{pb}:{args.tail_p}:{args.tail_ms}",
+            ]
+            with process(proxies, xb):
+                wait_port(xa)
+                return await _measure(args, pa, pb, xa, xb)
+
+
+async def _measure(args: argparse.Namespace, pa: int, pb: int, xa: int, xb: int) -> dict[str, Any]:
+    """Load both replicas, then run the three scenarios (replicas and proxies are running)."""
+    m = np.random.default_rng(0).standard_normal((args.entities, 64)).astype(np.float32)
+    cols = [f"f{k}" for k in range(64)]
+    ids = [f"i{k}" for k in range(args.entities)]
+    users = [f"u{k}" for k in range(100)]
+    for port in (pa, pb):
+        url = f"redis://127.0.0.1:{port}"
+        load_entities(url, NS, "item", ids, cols, m, progress=False)
+        load_entities(url, NS, "user", users, cols, m[:100], progress=False)
+    print("tail scenario ...", file=sys.stderr)
+    tail = await tail_scenario(args, [f"redis://127.0.0.1:{xa}", f"redis://127.0.0.1:{xb}"])
+    print("store scenario ...", file=sys.stderr)
+    store = await store_scenario(args, f"redis://127.0.0.1:{pa}")
+    print("feast scenario ...", file=sys.stderr)
+    feast = feast_scenario(args, pa)
     config = {
         k: getattr(args, k)
         for k in (

@@ -6,13 +6,11 @@ import datetime as dt
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from benchmarks.scenario import Scenario
+from benchmarks.steps import Step, SystemResult
 from ranking.loadgen import decode_histogram
-
-if TYPE_CHECKING:
-    from benchmarks.run import Step, SystemResult
-    from benchmarks.scenario import Scenario
 
 __all__ = ["markdown", "write_reports"]
 

@@ -1,4 +1,4 @@
-"""Processes the runner starts: the servers under test and a Redis, each stopped by its own id.
+"""Processes the runner starts: the servers under test, each stopped by its own process group.
 
 Every process is started in a new session (its own process group), so that a server which
 spawns workers (`ranking serve --workers 2`, MLServer's inference pool) is stopped whole: first
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -22,19 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 __all__ = [
     "ManagedProcess",
-    "free_port",
     "process_tree_cpu_s",
     "process_tree_pids",
-    "start_redis",
     "wait_ready",
 ]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class ManagedProcess:
@@ -187,39 +176,3 @@ def process_tree_cpu_s(pid: int) -> float:
         total += cpu.get(p, 0.0)
         stack.extend(children.get(p, ()))
     return total
-
-
-def start_redis(log_dir: Path) -> tuple[ManagedProcess, int]:
-    """A throwaway redis-server on a free loopback port, no persistence."""
-    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    proc = ManagedProcess(
-        "redis",
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-            "--daemonize",
-            "no",
-        ],
-        log_dir / "redis.log",
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as s:
-            s.sendall(b"PING\r\n")
-            if s.recv(16).startswith(b"+PONG"):
-                return proc, port
-        if not proc.alive():
-            break
-        time.sleep(0.05)
-    proc.stop()
-    raise RuntimeError("redis-server did not start:\n" + proc.tail())

@@ -1,4 +1,10 @@
-"""The `ranking` command: parse flags, build settings, run. Nothing else lives here."""
+"""The `ranking` command: parse flags, build settings, hand off to the module that does the work.
+
+Each subcommand is a few lines here and a call: `serve` to `ranking.server.workers`, `rank` and
+`health` to `ranking.client`, `train` to `ranking.train`, `features load` to the table reader
+and `ranking.features.redis_loader`, `load` to `ranking.loadgen.cli`. Choices and defaults come
+from the modules that own them (limiter kinds, engines, training parameters).
+"""
 
 from __future__ import annotations
 
@@ -80,14 +86,13 @@ def _rank(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ranking.train import train_command
+    from ranking.train import TrainParams, train_command
 
     report = train_command(
         args.data,
         args.query,
         args.out,
-        trees=args.trees,
-        leaves=args.leaves,
+        params=TrainParams(trees=args.trees, leaves=args.leaves),
         group_column=args.group_column,
         label_column=args.label_column,
     )
@@ -133,6 +138,8 @@ def _features_load(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2
 
+    from ranking.client import check_health
+
     code, status = check_health(args.target, args.service, args.timeout_s)
     if status is None:
         print(f"{args.target}: {code}", file=sys.stderr)
@@ -142,36 +149,6 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def check_health(target: str, service: str, timeout_s: float) -> tuple[str, int | None]:
-    """(status code name, serving status or None) of one health check within `timeout_s`.
-
-    A busy server may refuse the probe (CANCELLED from gRPC's backlog cap, RESOURCE_EXHAUSTED
-    from the limiter): that is retried on the same connection until the timeout, so a live but
-    loaded worker passes and a wedged one, which never takes a call, fails.
-    """
-    import time
-
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    busy = (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    deadline = time.monotonic() + timeout_s
-    pause = 0.01
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=left)
-                return "OK", int(response.status)
-            except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                if code not in busy or deadline - time.monotonic() <= pause:
-                    return str(code.name), None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
-
-
 def _load(args: argparse.Namespace, rest: list[str]) -> int:
     from ranking.loadgen.cli import main as load_main
 
@@ -179,6 +156,11 @@ def _load(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `ranking` parser; choices and defaults come from the modules that own them."""
+    from ranking.limits.limiter import LIMITER_KINDS
+    from ranking.scoring.scorer import ENGINES
+    from ranking.train import TrainParams
+
     parser = argparse.ArgumentParser(prog="ranking", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--host")
     p.add_argument("--workers", type=int, help="server processes; 0 = one per CPU")
-    p.add_argument("--engine", choices=["auto", "quickscorer", "lightgbm"])
+    p.add_argument("--engine", choices=ENGINES)
     p.add_argument("--budget-ms", type=float)
-    p.add_argument("--limiter", choices=["gradient2", "vegas", "aimd", "fixed", "off"])
+    p.add_argument("--limiter", choices=LIMITER_KINDS)
     p.add_argument(
         "--max-pending-calls",
         type=int,
@@ -228,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="LETOR/libsvm, CSV or Parquet")
     p.add_argument("--query", type=Path, help="query/group file for LETOR data")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--trees", type=int, default=100)
-    p.add_argument("--leaves", type=int, default=31)
+    p.add_argument("--trees", type=int, default=TrainParams.trees)
+    p.add_argument("--leaves", type=int, default=TrainParams.leaves)
     p.add_argument("--group-column", default="query_id")
     p.add_argument("--label-column", default="label")
     p.set_defaults(func=_train)
@@ -262,10 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
     if argv and argv[0] == "load":
         return _load(argparse.Namespace(), argv[1:])
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,4 +1,5 @@
-"""`ranking rank`: send a Rank request and print the ranked list as a table."""
+"""The command-line client: `ranking rank` (send a Rank request, print the ranked list as a
+table) and `ranking health` (one gRPC health check, retried while the server is busy)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import grpc
 
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.api.v1 import ranking_pb2_grpc as pb_grpc
+from ranking.demo.sizes import DEMO
 
-__all__ = ["build_request", "rank_command"]
+__all__ = ["build_request", "check_health", "demo_request", "rank_command"]
 
 
 def build_request(
@@ -32,7 +34,11 @@ def build_request(
 
 
 def demo_request(
-    n_candidates: int, top_k: int, seed: int, n_users: int = 10_000, n_items: int = 50_000
+    n_candidates: int,
+    top_k: int,
+    seed: int,
+    n_users: int = DEMO.n_users,
+    n_items: int = DEMO.n_items,
 ) -> pb.RankRequest:
     """A request for the demo world (same sizes as the server's): a user, items, a context."""
     from ranking.demo.world import example_request, make_world
@@ -83,3 +89,30 @@ def rank_command(
     else:
         print(f"latency {latencies[0]:.3f} ms")
     return 0
+
+
+def check_health(target: str, service: str, timeout_s: float) -> tuple[str, int | None]:
+    """(status code name, serving status or None) of one health check within `timeout_s`.
+
+    A busy server may refuse the probe (CANCELLED from gRPC's backlog cap, RESOURCE_EXHAUSTED
+    from the limiter): that is retried on the same connection until the timeout, so a live but
+    loaded worker passes and a wedged one, which never takes a call, fails.
+    """
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    busy = (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    deadline = time.monotonic() + timeout_s
+    pause = 0.01
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=left)
+                return "OK", int(response.status)
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code not in busy or deadline - time.monotonic() <= pause:
+                    return str(code.name), None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ranking.demo.sizes import DEMO
+from ranking.limits.limiter import LimiterKind
+from ranking.scoring.scorer import Engine
 
 __all__ = ["Settings", "default_cache_dir"]
 
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
 
     # --- model ---
     bundle: Path | None = Field(None, description="Model bundle folder; None serves the demo.")
-    engine: Literal["auto", "quickscorer", "lightgbm"] = Field(
+    engine: Engine = Field(
         "auto", description="Scoring engine; auto picks the fastest exact one available."
     )
     reload_poll_s: float = Field(
@@ -71,10 +74,10 @@ class Settings(BaseSettings):
     )
 
     # --- demo ---
-    demo_trees: int = Field(500, ge=1, le=5000)
-    demo_leaves: int = Field(63, ge=2, le=1024)
-    demo_users: int = Field(10_000, ge=1)
-    demo_items: int = Field(50_000, ge=1)
+    demo_trees: int = Field(DEMO.trees, ge=1, le=5000)
+    demo_leaves: int = Field(DEMO.leaves, ge=2, le=1024)
+    demo_users: int = Field(DEMO.n_users, ge=1)
+    demo_items: int = Field(DEMO.n_items, ge=1)
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
     # --- features ---
@@ -111,7 +114,7 @@ class Settings(BaseSettings):
         ge=0,
         description="Score on the event loop when rows x trees is at most this; else in a thread.",
     )
-    limiter: Literal["vegas", "gradient2", "aimd", "fixed", "off"] = Field(
+    limiter: LimiterKind = Field(
         "vegas", description="Concurrency limit algorithm; see ranking/limits/README.md."
     )
     limiter_initial: int = Field(16, ge=1, description="Starting limit per worker.")

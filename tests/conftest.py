@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from benchmarks.ports import free_port
 from ranking.api.v1 import ranking_pb2_grpc
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
 from ranking.features.store import FetchResult, Lookup
@@ -23,6 +23,9 @@ from ranking.settings import Settings
 from tests.paths import LETOR
 
 pytest_plugins = ["tests.redis_servers"]
+
+#: Re-exported for the tests that take it from here; defined once in benchmarks/ports.py.
+__all__ = ["free_port"]
 
 
 USER_COLS = ("u_a", "u_b", "u_c")
@@ -112,12 +115,6 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> SmallWorld:
     bundle = folder / "bundle"
     write_bundle(bundle, booster.model_to_string(), FEATURES, version="small-v1", prior="i_pop")
     return SmallWorld(folder, bundle, users, items, booster)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def small_settings(world: SmallWorld, **overrides: Any) -> Settings:

@@ -17,6 +17,7 @@ from ranking.demo.world import make_world
 from ranking.scoring.bundle import load_bundle
 from ranking.train import (
     TrainDataError,
+    TrainParams,
     TrainReport,
     load_ranking_data,
     ndcg_at_k,
@@ -271,3 +272,15 @@ def test_bad_arguments(tmp_path: Path) -> None:
     report = train_command(tiny, None, tmp_path / "b", valid_fraction=0.0, **FAST)
     assert report.ndcg_at_10 is None and report.heldout is None
     assert "NDCG" not in str(report)
+
+
+def test_train_params_are_the_one_source_of_defaults() -> None:
+    """The CLI's defaults are TrainParams' own, and a bad value is refused when built."""
+    from ranking.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
+    assert (args.trees, args.leaves) == (TrainParams().trees, TrainParams().leaves)
+    with pytest.raises(TrainDataError, match="learning_rate"):
+        TrainParams(learning_rate=0.0)
+    with pytest.raises(TrainDataError, match="trees >= 1"):
+        TrainParams(trees=0)

@@ -1,7 +1,8 @@
 """MLServer baseline: the same LightGBM model behind the Open Inference Protocol (gRPC).
 
-MLServer lives in its own virtualenv (see `benchmarks/setup_mlserver.sh`); this module only
-writes its model folder and settings, and builds the requests in the service's environment:
+MLServer lives in its own virtualenv (`benchmarks/setup_mlserver.sh`, run by `install_mlserver`
+when it is missing); this module installs it there, writes its model folder and settings, and
+builds the requests in the service's environment:
 each `ModelInferRequest` carries the very feature matrix (candidates x features, FP64) that the
 service would assemble for the same Rank request, so MLServer does strictly less work (no
 feature fetch, no assembly, no sorting).
@@ -13,6 +14,7 @@ generated code, so the service's environment needs no MLServer packages.
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +27,13 @@ from ranking.loadgen import RankPayload
 __all__ = [
     "MODEL_NAME",
     "OipPayload",
+    "install_mlserver",
     "model_ready_request",
     "write_mlserver_folder",
 ]
 
 MODEL_NAME = "ranker"
+SETUP_SCRIPT = Path(__file__).resolve().parents[1] / "setup_mlserver.sh"
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 MODEL_READY_METHOD = "/inference.GRPCInferenceService/ModelReady"
 
@@ -124,3 +128,24 @@ def write_mlserver_folder(
         )
     )
     return folder
+
+
+def install_mlserver(venv: Path, timeout_s: float = 600.0) -> str:
+    """Create MLServer's virtualenv at `venv` unless it has `bin/mlserver`; "" or why not."""
+    exe = venv / "bin" / "mlserver"
+    if exe.exists():
+        return ""
+    try:
+        proc = subprocess.run(
+            ["bash", str(SETUP_SCRIPT), str(venv)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"installing mlserver took over {timeout_s:g} s"
+    if proc.returncode != 0 or not exe.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return "could not install mlserver: " + " | ".join(tail)
+    return ""

@@ -34,10 +34,6 @@ class Deadline:
         """Time left before the earlier of the budget and the caller's deadline."""
         return self._at - time.monotonic()
 
-    def expired(self) -> bool:
-        """The budget (or the caller's deadline) has run out: cut corners from here on."""
-        return time.monotonic() >= self._at
-
     def caller_gone(self, slack_s: float = 0.0) -> bool:
         """The caller's own deadline has passed (or passes within `slack_s`): stop working.
 
@@ -46,6 +42,3 @@ class Deadline:
         (derived from the grpc-timeout the client sent) expires.
         """
         return time.monotonic() + slack_s >= self._hard_at
-
-    def elapsed_s(self) -> float:
-        return time.monotonic() - self.started

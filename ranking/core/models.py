@@ -19,6 +19,8 @@ import numpy as np
 from ranking.core.assemble import MatrixPlan
 from ranking.errors import BundleError
 from ranking.scoring.bundle import Bundle, load_bundle
+from ranking.scoring.load_check import check_in_child
+from ranking.scoring.model_text import parse_model_text
 from ranking.scoring.scorer import Scorer
 
 __all__ = ["ModelHolder", "ScoreCost", "ServingModel", "build_serving_model"]
@@ -79,12 +81,19 @@ def build_serving_model(
     *,
     engine: str = "auto",
     scorer_factory: ScorerFactory = _default_scorer_factory,
+    isolate: bool = True,
 ) -> ServingModel:
     """Build the scorer and plan and smoke-test them; blocking (call it off the event loop).
 
-    The smoke test scores a batch of defaults-and-noise rows and times it, which seeds the cost
-    model. Any failure raises BundleError so a reload can refuse the bundle and keep serving.
+    The model text already passed the strict parser (`parse_bundle`); with `isolate` it is also
+    loaded by LightGBM in a short-lived child process first (`scoring.load_check`), so a text
+    that would still crash LightGBM's native loader kills only that child. The smoke test scores
+    a batch of defaults-and-noise rows and times it, which seeds the cost model. Any failure
+    raises BundleError so a reload can refuse the bundle and keep serving.
     """
+    if isolate:
+        model = parse_model_text(bundle.model_text, bundle.model_hash)  # memoised: no re-parse
+        check_in_child(bundle.model_text, model)
     try:
         scorer = scorer_factory(bundle.model_text, engine)
     except BundleError:
@@ -113,7 +122,7 @@ def build_serving_model(
         raise BundleError(f"{bundle.path}: smoke scoring failed ({type(exc).__name__})") from exc
     if not np.all(np.isfinite(scores)):
         raise BundleError(f"{bundle.path}: smoke scoring produced non-finite scores")
-    num_trees = bundle.model_text.count("\nTree=")
+    num_trees = len(parse_model_text(bundle.model_text, bundle.model_hash).trees)
     log.info(
         "model %s: %d features, %d trees, engine %s, %.0f us per 200 rows",
         bundle.version,

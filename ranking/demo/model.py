@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ranking.demo.sizes import DEMO
 from ranking.demo.world import World, make_world
 from ranking.scoring.bundle import MODEL_FILE, SCHEMA_FILE, FeatureSpec, write_bundle
 from ranking.train import TqdmCallback, ndcg_at_k
@@ -74,10 +75,10 @@ def demo_feature_specs(world: World) -> list[FeatureSpec]:
 def build_demo_bundle(
     cache_dir: Path,
     *,
-    trees: int = 500,
-    leaves: int = 63,
-    n_users: int = 10_000,
-    n_items: int = 50_000,
+    trees: int = DEMO.trees,
+    leaves: int = DEMO.leaves,
+    n_users: int = DEMO.n_users,
+    n_items: int = DEMO.n_items,
     progress: bool = True,
     num_threads: int | None = None,
 ) -> Path:

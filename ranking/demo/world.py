@@ -36,6 +36,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
+from ranking.demo.sizes import DEMO
+
 __all__ = [
     "CONTEXT_COLUMNS",
     "ITEM_COLUMNS",
@@ -342,7 +344,7 @@ def _utility(world: World, users: I64, items: I64, context: F32) -> F64:
     return score
 
 
-def make_world(n_users: int = 10_000, n_items: int = 50_000, seed: int = 0) -> World:
+def make_world(n_users: int = DEMO.n_users, n_items: int = DEMO.n_items, seed: int = 0) -> World:
     """Build the world for `seed`: same arguments, bit-identical arrays (about 0.5 s by default)."""
     if n_users < 1 or n_items < 1:
         raise ValueError("n_users and n_items must be >= 1")

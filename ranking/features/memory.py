@@ -96,26 +96,17 @@ def read_entity_file(
 ) -> EntityTable:
     """Read an entity table from CSV or Parquet: an id column and numeric feature columns.
 
-    Empty cells become NaN (missing). Non-numeric feature columns are refused with a message
-    naming them.
+    Any of `ranking.tables.TABLE_SUFFIXES` (read by `ranking.tables.read_table`; ids stay
+    strings). Empty cells become NaN (missing). Non-numeric feature columns are refused with a
+    message naming them; so is an unsupported suffix (`ranking.tables.TableError`).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from ranking.tables import read_table
+
     file = Path(path)
-    suffix = file.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(file)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        import pyarrow.csv as pcsv
-
-        parse = pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
-        convert = pcsv.ConvertOptions(column_types={id_column: pa.string()})
-        table = pcsv.read_csv(file, parse_options=parse, convert_options=convert)
-    else:
-        raise ValueError(f"{file}: unsupported file type {suffix!r} (use .csv, .tsv or .parquet)")
+    table = read_table(file, string_columns=(id_column,))
     if id_column not in table.column_names:
         raise ValueError(f"{file}: no id column {id_column!r} (columns: {table.column_names[:8]})")
     ids = [str(x) for x in table.column(id_column).to_pylist()]

@@ -10,7 +10,6 @@ from ranking.limits.algorithms import (
     FixedLimit,
     Gradient2Limit,
     Limit,
-    LimitListener,
     VegasLimit,
 )
 from ranking.limits.limiter import (
@@ -19,7 +18,6 @@ from ranking.limits.limiter import (
     Token,
     build_limit,
     build_limiter,
-    limit_parameters,
 )
 
 __all__ = [
@@ -28,11 +26,9 @@ __all__ = [
     "FixedLimit",
     "Gradient2Limit",
     "Limit",
-    "LimitListener",
     "Limiter",
     "Token",
     "VegasLimit",
     "build_limit",
     "build_limiter",
-    "limit_parameters",
 ]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 __all__ = [
@@ -32,12 +31,8 @@ __all__ = [
     "FixedLimit",
     "Gradient2Limit",
     "Limit",
-    "LimitListener",
     "VegasLimit",
 ]
-
-#: Called with the new integer limit whenever it changes (for logs and metrics).
-LimitListener = Callable[[int], None]
 
 
 @runtime_checkable
@@ -90,10 +85,10 @@ def _check_bounds(min_limit: int, initial_limit: int, max_limit: int) -> None:
 
 
 class _LimitBase:
-    """Shared plumbing: a float estimate clamped to [min_limit, max_limit], an int view of
-    it, and change listeners. Subclasses implement `_update` and return the new estimate."""
+    """Shared plumbing: a float estimate clamped to [min_limit, max_limit] and an int view of
+    it. Subclasses implement `_update` and return the new estimate."""
 
-    __slots__ = ("_estimate", "_limit", "_listeners", "max_limit", "min_limit")
+    __slots__ = ("_estimate", "_limit", "max_limit", "min_limit")
 
     def __init__(self, initial_limit: int, min_limit: int, max_limit: int) -> None:
         _check_bounds(min_limit, initial_limit, max_limit)
@@ -101,15 +96,10 @@ class _LimitBase:
         self.max_limit = max_limit
         self._estimate = float(initial_limit)
         self._limit = initial_limit
-        self._listeners: list[LimitListener] = []
 
     @property
     def limit(self) -> int:
         return self._limit
-
-    def add_listener(self, listener: LimitListener) -> None:
-        """Call `listener(new_limit)` after every change of the integer limit."""
-        self._listeners.append(listener)
 
     def on_sample(self, start_ns: int, rtt_ns: int, inflight: int, dropped: bool) -> None:
         # A coarse or fake clock can report 0; one nanosecond keeps the ratios finite.
@@ -119,11 +109,7 @@ class _LimitBase:
         elif estimate > self.max_limit:
             estimate = float(self.max_limit)
         self._estimate = estimate
-        new = int(estimate)
-        if new != self._limit:
-            self._limit = new
-            for listener in self._listeners:
-                listener(new)
+        self._limit = int(estimate)
 
     def _update(self, rtt_ns: int, inflight: int, dropped: bool) -> float:
         raise NotImplementedError

@@ -33,19 +33,26 @@ Counters are plain ints, for metrics to read at any time:
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from ranking.limits.algorithms import AIMDLimit, FixedLimit, Gradient2Limit, Limit, VegasLimit
 
-__all__ = ["LIMITER_KINDS", "Limiter", "Token", "build_limit", "build_limiter", "limit_parameters"]
+__all__ = [
+    "LIMITER_KINDS",
+    "Limiter",
+    "LimiterKind",
+    "Token",
+    "build_limit",
+    "build_limiter",
+]
 
-#: Names accepted by `build_limiter` (and the RANKING_LIMITER setting).
-LIMITER_KINDS: Final = ("off", "fixed", "vegas", "gradient2", "aimd")
+#: Names accepted by `build_limiter` (and the RANKING_LIMITER setting, and `--limiter`).
+LimiterKind = Literal["off", "fixed", "vegas", "gradient2", "aimd"]
+LIMITER_KINDS: Final[tuple[LimiterKind, ...]] = get_args(LimiterKind)
 
 _UNLIMITED: Final = sys.maxsize
 
@@ -237,19 +244,6 @@ _LIMIT_CLASSES: Final[dict[str, type[Limit]]] = {
 }
 
 
-def limit_parameters(kind: str) -> tuple[str, ...]:
-    """The keyword parameters `build_limit(kind, ...)` accepts, so a settings layer holding
-    parameters for every kind can pass on just the ones this kind takes."""
-    if kind == "off":
-        return ()
-    if kind not in _LIMIT_CLASSES:
-        raise ValueError(
-            f"unknown limiter kind {kind!r}; expected one of {', '.join(LIMITER_KINDS)}"
-        )
-    signature = inspect.signature(_LIMIT_CLASSES[kind])
-    return tuple(name for name in signature.parameters if name != "rng")
-
-
 def build_limit(kind: str, **params: Any) -> Limit | None:
     """The `Limit` named by `kind` (one of `LIMITER_KINDS`), built from `params`; None for
     "off". Parameters are the constructor's keywords (`initial_limit`, `min_limit`, ...);
@@ -274,7 +268,8 @@ def build_limiter(
     retry_after_rtt_multiple: float = 2.0,
     **params: Any,
 ) -> Limiter:
-    """A `Limiter` over `build_limit(kind, **params)`; the lead's settings call this once."""
+    """A `Limiter` over `build_limit(kind, **params)`; the server builds one per worker at
+    start-up from its settings (`ranking.server.app`)."""
     return Limiter(
         build_limit(kind, **params),
         clock=clock,

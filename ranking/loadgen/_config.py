@@ -36,7 +36,6 @@ class LoadConfig:
     min_rate_ratio / max_send_lag_p99_ms: a run whose achieved send rate is below this share of
         the scheduled rate, or whose sends lag the schedule more than this at p99, fell behind:
         its figures are reported but it does not count.
-    server_timing_every: read the `server-timing` trailer of every N-th response (0: never).
     """
 
     target: str = "127.0.0.1:50051"
@@ -55,7 +54,6 @@ class LoadConfig:
     timer_slack_ms: float = 1.0
     min_rate_ratio: float = 0.95
     max_send_lag_p99_ms: float = 2.0
-    server_timing_every: int = 10
     connect_timeout_s: float = 10.0
     seed: int = 1
     uvloop: bool = True
@@ -91,8 +89,6 @@ class LoadConfig:
             raise ValueError("min_rate_ratio must be in (0, 1]")
         if self.max_send_lag_p99_ms <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("max_send_lag_p99_ms and connect_timeout_s must be > 0")
-        if self.server_timing_every < 0:
-            raise ValueError("server_timing_every must be >= 0")
         if not isinstance(self.payload, Payload):
             raise TypeError("payload must provide method, build() and degraded_reasons()")
 

@@ -20,7 +20,6 @@ times such a request from its real, earlier send: never an understatement.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -34,25 +33,12 @@ import numpy.typing as npt
 from ranking.loadgen._config import LoadConfig
 from ranking.loadgen._report import Sample, encode_histogram, new_histogram
 
-__all__ = ["Recorder", "drive", "open_channels", "parse_server_timing"]
+__all__ = ["Recorder", "drive", "open_channels"]
 
 Clock = Callable[[], float]
 _MAX_ERROR_SAMPLES = 5
 #: Fire at most this many overdue requests before yielding to the loop once.
 _BURST = 32
-
-
-def parse_server_timing(value: str) -> dict[str, float]:
-    """`features;dur=0.41, score;dur=2.1` (W3C Server-Timing) -> {stage: milliseconds}."""
-    out: dict[str, float] = {}
-    for part in value.split(","):
-        name, _, params = part.strip().partition(";")
-        for param in params.split(";"):
-            key, _, val = param.strip().partition("=")
-            if key == "dur" and name:
-                with contextlib.suppress(ValueError):
-                    out[name.strip()] = float(val)
-    return out
 
 
 class Recorder:
@@ -66,7 +52,6 @@ class Recorder:
         self.latency_ok = new_histogram()
         self.service = new_histogram()
         self.send_lag = new_histogram()
-        self.stages: dict[str, Any] = {}
         self.s = Sample()
         self._first_send = -1.0
 
@@ -113,13 +98,6 @@ class Recorder:
         elif len(s.errors) < _MAX_ERROR_SAMPLES:
             s.errors.append(f"{code}: {detail}"[:300])
 
-    def on_stages(self, stages: dict[str, float]) -> None:
-        for name, ms in stages.items():
-            h = self.stages.get(name)
-            if h is None:
-                h = self.stages[name] = new_histogram()
-            h.record_value(max(1, int(ms * 1000)))
-
     def sample(self, window_s: float, cpu_s: float) -> Sample:
         s = self.s
         s.first_send_s = self._first_send - self._t0 if self._first_send >= 0 else 0.0
@@ -129,7 +107,6 @@ class Recorder:
         s.latency_ok = encode_histogram(self.latency_ok)
         s.service = encode_histogram(self.service)
         s.send_lag = encode_histogram(self.send_lag)
-        s.stages = {k: encode_histogram(v) for k, v in self.stages.items()}
         return s
 
 
@@ -177,7 +154,6 @@ async def drive(
     rec = Recorder(cfg, t0)
     calls = [c.unary_unary(cfg.payload.method, None, None) for c in channels]
     timeout = None if cfg.deadline_ms is None else cfg.deadline_ms / 1000.0
-    timing_every = cfg.server_timing_every
     counter = itertools.count()
 
     async def one(i: int, intended: float, sent: float) -> None:
@@ -191,11 +167,6 @@ async def drive(
             call.cancel()
             raise
         rec.on_done(intended, sent, clock(), "OK", response)
-        if timing_every and i % timing_every == 0 and rec.measured(intended):
-            trailers = await call.trailing_metadata()
-            for key, value in trailers or ():
-                if key == "server-timing":
-                    rec.on_stages(parse_server_timing(str(value)))
 
     cpu0 = time.process_time()
     if cfg.mode == "open":

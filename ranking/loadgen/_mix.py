@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking.api.v1 import ranking_pb2
+from ranking.demo.sizes import DEMO
 
 __all__ = ["RANK_METHOD", "CandidateCount", "Payload", "RankPayload", "RequestMix"]
 
@@ -115,8 +116,8 @@ class RequestMix:
     pool_size: distinct prebuilt requests per client process, cycled.
     """
 
-    n_users: int = 10_000
-    n_items: int = 50_000
+    n_users: int = DEMO.n_users
+    n_items: int = DEMO.n_items
     user_prefix: str = "u"
     item_prefix: str = "i"
     candidates: CandidateCount = field(default_factory=lambda: CandidateCount.fixed(200))

@@ -108,7 +108,6 @@ class Sample:
     latency_ok: str = ""  # latency of OK answers only (shed calls are fast; this is the rest)
     service: str = ""
     send_lag: str = ""
-    stages: dict[str, str] = field(default_factory=dict)  # server-timing, us
     errors: list[str] = field(default_factory=list)  # first few error details, for diagnosis
 
 
@@ -136,7 +135,6 @@ class LoadReport:
     latency_ok: LatencySummary  # OK answers only
     service_time: LatencySummary
     send_lag: LatencySummary
-    server_stages: dict[str, LatencySummary]
     client_cpu_ms_per_request: float
     processes: int
     valid: bool
@@ -174,7 +172,6 @@ class LoadReport:
             "latency_ok": self.latency_ok.as_dict(),
             "service_time": self.service_time.as_dict(),
             "send_lag": self.send_lag.as_dict(),
-            "server_stages": {k: v.as_dict() for k, v in self.server_stages.items()},
             "client_cpu_ms_per_request": self.client_cpu_ms_per_request,
             "processes": self.processes,
             "valid": self.valid,
@@ -219,8 +216,6 @@ class LoadReport:
                 "degraded: "
                 + ", ".join(f"{k} {v}" for k, v in sorted(self.degraded_counts.items()))
             )
-        for stage, s in sorted(self.server_stages.items()):
-            lines.append(f"server {stage}: mean {s.mean_ms:.3f} ms, p99 {s.p99_ms:.3f} ms")
         lines.append("VALID" if self.valid else "NOT VALID: " + "; ".join(self.problems))
         return "\n".join(lines)
 
@@ -239,7 +234,6 @@ def merge(
     """Merge per-process samples and judge whether the run counts."""
     lat, svc, lag = new_histogram(), new_histogram(), new_histogram()
     lat_ok = new_histogram()
-    stages: dict[str, HdrHistogram] = {}
     status: Counter[str] = Counter()
     degraded: Counter[str] = Counter()
     errors: list[str] = []
@@ -248,8 +242,6 @@ def merge(
         lat_ok.add(decode_histogram(s.latency_ok))
         svc.add(decode_histogram(s.service))
         lag.add(decode_histogram(s.send_lag))
-        for name, enc in s.stages.items():
-            stages.setdefault(name, new_histogram()).add(decode_histogram(enc))
         status.update(s.status)
         degraded.update(s.degraded)
         errors.extend(s.errors)
@@ -315,7 +307,6 @@ def merge(
         latency_ok=summarize(lat_ok),
         service_time=summarize(svc),
         send_lag=lag_summary,
-        server_stages={k: summarize(v) for k, v in stages.items()},
         client_cpu_ms_per_request=1000.0 * cpu / (sent + sum(s.warmup_sent for s in samples))
         if sent
         else 0.0,

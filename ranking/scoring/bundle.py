@@ -18,6 +18,10 @@ A bundle is a folder:
 features may be sent inline too, and inline values win. `default` (a number, or null for NaN,
 the default) fills a value whose entity is unknown or that the request did not send: NaN lets
 LightGBM apply the missing-value branch it learned, so nothing is silently zero.
+
+The schema is validated by pydantic models (`_Schema`, `_FeatureEntry`); a refusal names the
+field (`features[3] (u_age): source must be one of ...`). The model text is parsed in full by
+`model_text.parse_model_text` and hashed once per load (`Bundle.model_hash`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,23 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import ErrorDetails
 
 from ranking.errors import BundleError
+from ranking.scoring.model_text import parse_model_text
 
 __all__ = ["SOURCES", "Bundle", "FeatureSpec", "load_bundle", "write_bundle"]
 
@@ -77,61 +92,88 @@ class Bundle:
         return [i for i, f in enumerate(self.features) if f.source == source]
 
 
-def _model_header(model_text: str) -> dict[str, str]:
-    header: dict[str, str] = {}
-    for line in model_text.splitlines():
-        if line.startswith("Tree="):
-            break
-        key, sep, value = line.partition("=")
-        if sep:
-            header[key.strip()] = value.strip()
-    return header
+class _FeatureEntry(BaseModel):
+    """One entry of schema.json's `features`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: StrictStr
+    source: Literal["user", "item", "context", "inline"]
+    default: float = math.nan
+    column: StrictStr = ""
+
+    @field_validator("default", mode="before")
+    @classmethod
+    def _number_or_null(cls, raw: Any) -> float:
+        if raw is None or raw == "NaN" or raw == "nan":
+            return math.nan
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ValueError(f"default must be a number or null, got {raw!r}")
+        if math.isinf(raw) or (isinstance(raw, int) and abs(raw) > 1e308):
+            raise ValueError("default must be finite or null (NaN)")
+        return float(raw)
 
 
-def _parse_default(raw: Any, where: str) -> float:
-    if raw is None or raw == "NaN" or raw == "nan":
-        return math.nan
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise BundleError(f"{where}: default must be a number or null, got {raw!r}")
-    value = float(raw)
-    if math.isinf(value):
-        raise BundleError(f"{where}: default must be finite or null (NaN)")
-    return value
+class _Schema(BaseModel):
+    """schema.json. Keys beside these are ignored (room for notes); a feature's are not."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    format: Literal[1] = 1
+    model_version: StrictStr | None = None
+    features: list[_FeatureEntry] = Field(min_length=1)
+    prior: StrictStr | None = None
+    output_index: StrictInt = Field(default=0, ge=0)
+
+
+def _schema_problem(error: ErrorDetails, schema: Any) -> str:
+    """One pydantic error as a sentence naming the field, e.g. `features[3] (u_age): source
+    must be one of user, item, context, inline`."""
+    loc = error["loc"]
+    where = ""
+    for part in loc:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    if len(loc) >= 2 and loc[0] == "features" and isinstance(loc[1], int):
+        raw = schema.get("features", [])[loc[1]] if isinstance(schema, dict) else None
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            where = f"features[{loc[1]}] ({raw['name']})" + where[len(f"features[{loc[1]}]") :]
+    kind, field = error["type"], loc[-1] if loc else ""
+    if kind == "extra_forbidden":
+        return f"{where.rsplit('.', 1)[0]}: unknown keys [{field!r}]"
+    if kind == "missing":
+        return f"{where}: required"
+    if kind == "literal_error" and field == "source":
+        return f"{where}: source must be one of {', '.join(SOURCES)}"
+    if kind == "literal_error" and field == "format":
+        return f"{where}: unsupported format {error.get('input')!r}"
+    if kind == "too_short" and field == "features":
+        return "'features' must be a non-empty list"
+    if kind == "model_type" and not loc:
+        return "must be a JSON object"
+    if kind == "value_error":
+        return f"{where}: {error['ctx']['error']}"
+    return f"{where}: {error['msg']}"
 
 
 def parse_bundle(model_text: str, schema: Any, path: Path | None = None) -> Bundle:
-    """Validate a model text and a parsed schema; raise BundleError naming what is wrong."""
+    """Validate a model text and a parsed schema; raise BundleError naming what is wrong.
+
+    The model text is parsed in full (`model_text.parse_model_text`), so a Bundle only ever
+    holds text that LightGBM's native loader can be given safely.
+    """
     where = str(path) if path else "bundle"
-    header = _model_header(model_text)
-    if header.get("version") is None or "Tree=0" not in model_text:
-        raise BundleError(f"{where}/{MODEL_FILE}: not a LightGBM text model (no trees)")
-    model_names = header.get("feature_names", "").split()
-    if not model_names:
-        raise BundleError(f"{where}/{MODEL_FILE}: the model has no feature_names line")
-    if not isinstance(schema, dict):
-        raise BundleError(f"{where}/{SCHEMA_FILE}: must be a JSON object")
-    if schema.get("format", FORMAT) != FORMAT:
-        raise BundleError(f"{where}/{SCHEMA_FILE}: unsupported format {schema.get('format')!r}")
-    raw_features = schema.get("features")
-    if not isinstance(raw_features, list) or not raw_features:
-        raise BundleError(f"{where}/{SCHEMA_FILE}: 'features' must be a non-empty list")
-    specs: list[FeatureSpec] = []
-    for i, raw in enumerate(raw_features):
-        fw = f"{where}/{SCHEMA_FILE}: features[{i}]"
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise BundleError(f"{fw}: each feature needs a string 'name'")
-        unknown = set(raw) - {"name", "source", "default", "column"}
-        if unknown:
-            raise BundleError(f"{fw} ({raw['name']}): unknown keys {sorted(unknown)}")
-        source = raw.get("source")
-        if source not in SOURCES:
-            raise BundleError(f"{fw} ({raw['name']}): source must be one of {', '.join(SOURCES)}")
-        column = raw.get("column", "")
-        if not isinstance(column, str):
-            raise BundleError(f"{fw} ({raw['name']}): column must be a string")
-        specs.append(
-            FeatureSpec(raw["name"], source, _parse_default(raw.get("default"), fw), column)
-        )
+    model_hash = hashlib.sha256(model_text.encode("utf-8", "surrogatepass")).hexdigest()
+    try:
+        model = parse_model_text(model_text, model_hash)
+    except BundleError as exc:
+        raise BundleError(f"{where}/{MODEL_FILE}: {exc.message}") from None
+    model_names = list(model.feature_names)
+    try:
+        parsed = _Schema.model_validate(schema)
+    except ValidationError as exc:
+        problem = _schema_problem(exc.errors()[0], schema)
+        raise BundleError(f"{where}/{SCHEMA_FILE}: {problem}") from None
+    specs = [FeatureSpec(f.name, f.source, f.default, f.column) for f in parsed.features]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -146,18 +188,14 @@ def parse_bundle(model_text: str, schema: Any, path: Path | None = None) -> Bund
             f"{where}: feature {first} is {names[first]!r} in the schema but "
             f"{model_names[first]!r} in the model; list features in model order"
         )
-    prior = schema.get("prior")
+    prior = parsed.prior
     if prior is not None and not any(s.name == prior and s.source == "item" for s in specs):
         raise BundleError(f"{where}/{SCHEMA_FILE}: prior {prior!r} is not an item feature")
-    num_class = int(header.get("num_class", "1") or 1)
-    output_index = schema.get("output_index", 0)
-    if not isinstance(output_index, int) or not 0 <= output_index < max(num_class, 1):
+    num_class = model.num_class
+    if parsed.output_index >= num_class:
         raise BundleError(f"{where}/{SCHEMA_FILE}: output_index must be in [0, {num_class})")
-    model_hash = hashlib.sha256(model_text.encode()).hexdigest()
-    version = schema.get("model_version") or f"sha256:{model_hash[:12]}"
-    if not isinstance(version, str):
-        raise BundleError(f"{where}/{SCHEMA_FILE}: model_version must be a string")
-    return Bundle(path, model_text, model_hash, version, tuple(specs), prior, output_index)
+    version = parsed.model_version or f"sha256:{model_hash[:12]}"
+    return Bundle(path, model_text, model_hash, version, tuple(specs), prior, parsed.output_index)
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -21,13 +21,12 @@ import numpy as np
 from ranking.errors import BundleError
 from ranking.scoring.lightgbm_scorer import LightGBMScorer
 from ranking.scoring.quickscorer import QuickScorer
-from ranking.scoring.scorer import Scorer
+from ranking.scoring.scorer import ENGINES, Scorer
 
 __all__ = ["ENGINES", "PARITY_TOLERANCE", "build_scorer", "parity_gap"]
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("auto", "quickscorer", "lightgbm")
 #: Largest |QuickScorer - LightGBM| accepted by the parity check (in practice it is 0.0).
 PARITY_TOLERANCE = 1e-9
 _PROBE_ROWS = 256

@@ -2,17 +2,19 @@
 
 Used when QuickScorer cannot take a model (linear trees, more than 256 leaves) or fails its
 parity check, and as the reference every other scorer is held to.
+
+LightGBM's loader trusts its input (a malformed file can abort or crash the process), so the
+text is parsed and checked in full by `model_text.parse_model_text` before LightGBM sees it.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
 from ranking.errors import BundleError
+from ranking.scoring.model_text import parse_model_text
 
 __all__ = ["LightGBMScorer", "check_matrix"]
 
@@ -45,11 +47,12 @@ class LightGBMScorer:
     def __init__(self, model_text: str, *, num_threads: int = 1) -> None:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        model = parse_model_text(model_text)  # BundleError unless well-formed: never crash
         try:
             self._booster = lgb.Booster(model_str=model_text)
         except lgb.basic.LightGBMError as exc:
             raise BundleError("LightGBM could not load the model text") from exc
-        self.model_hash = hashlib.sha256(model_text.encode()).hexdigest()
+        self.model_hash = model.digest
         self.num_threads = num_threads
         self.num_features: int = self._booster.num_feature()
         self.num_outputs: int = self._booster.num_model_per_iteration()

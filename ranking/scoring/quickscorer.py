@@ -1,6 +1,7 @@
 """QuickScorer: exact LightGBM raw scores from a compiled kernel, built from the model text.
 
-`QuickScorer.from_model_text(text)` parses a LightGBM text model, turns every tree into
+`QuickScorer.from_model_text(text)` parses a LightGBM text model (strictly, with
+`model_text.parse_model_text`), turns every tree into
 QuickScorer's arrays (per-feature node lists sorted by threshold, one 64-bit leaf mask per node,
 leaf values in left-to-right order) and hands them to the C kernel in `_quickscorer.c`.
 Building takes tens of milliseconds for a 500-tree model, so a hot reload just builds again;
@@ -21,13 +22,13 @@ import functools
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from ranking.errors import BundleError
 from ranking.scoring import _quickscorer
+from ranking.scoring.model_text import _Model, _Tree, parse_model_text
 
 __all__ = ["MAX_LEAVES", "QuickScorer", "available_kernels", "supports"]
 
@@ -42,109 +43,22 @@ _MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
 _ALL_ONES = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
-class _Tree:
-    num_leaves: int
-    split_feature: list[int]
-    threshold: list[float]
-    decision_type: list[int]
-    left_child: list[int]
-    right_child: list[int]
-    leaf_value: list[float]
-    cat_boundaries: list[int]
-    cat_threshold: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class _Model:
-    num_features: int
-    num_outputs: int
-    average_output: bool
-    trees: list[_Tree]
-
-
 class _Unsupported(Exception):
     """The model is valid LightGBM but outside what the kernel handles."""
 
 
-def _ints(fields: dict[str, str], key: str) -> list[int]:
-    raw = fields.get(key, "").split()
-    return [int(v) for v in raw]
-
-
-def _floats(fields: dict[str, str], key: str) -> list[float]:
-    return [float(v) for v in fields.get(key, "").split()]
-
-
-def _parse_tree(index: int, fields: dict[str, str]) -> _Tree:
-    if fields.get("is_linear", "0").strip() not in ("0", ""):
-        raise _Unsupported(f"tree {index} is a linear tree (linear_tree=true)")
-    num_leaves = int(fields["num_leaves"])
-    if num_leaves > MAX_LEAVES:
-        raise _Unsupported(
-            f"tree {index} has {num_leaves} leaves; the kernel handles <= {MAX_LEAVES}"
-        )
-    tree = _Tree(
-        num_leaves=num_leaves,
-        split_feature=_ints(fields, "split_feature"),
-        threshold=_floats(fields, "threshold"),
-        decision_type=_ints(fields, "decision_type"),
-        left_child=_ints(fields, "left_child"),
-        right_child=_ints(fields, "right_child"),
-        leaf_value=_floats(fields, "leaf_value"),
-        cat_boundaries=_ints(fields, "cat_boundaries"),
-        cat_threshold=_ints(fields, "cat_threshold"),
-    )
-    internal = num_leaves - 1
-    lengths = {
-        len(tree.split_feature),
-        len(tree.threshold),
-        len(tree.decision_type),
-        len(tree.left_child),
-        len(tree.right_child),
-    }
-    if num_leaves < 1 or lengths != {internal} or len(tree.leaf_value) != num_leaves:
-        raise ValueError(f"tree {index}: node arrays do not match num_leaves={num_leaves}")
-    return tree
-
-
 def _parse_model(text: str) -> _Model:
-    """Parses the parts of a LightGBM text model that prediction needs."""
-    if not text.startswith("tree"):
-        raise ValueError("not a LightGBM text model (it must start with 'tree')")
-    header: dict[str, str] = {}
-    flags: set[str] = set()
-    trees: list[_Tree] = []
-    blocks = text.split("\nTree=")
-    for line in blocks[0].splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            header[key.strip()] = value.strip()
-        elif line.strip():
-            flags.add(line.strip())
-    for n, block in enumerate(blocks[1:]):
-        body = block.split("end of trees", 1)[0]
-        lines = body.splitlines()
-        fields: dict[str, str] = {}
-        for line in lines[1:]:
-            key, sep, value = line.partition("=")
-            if sep:
-                fields[key.strip()] = value
-        if int(lines[0].strip()) != n:
-            raise ValueError(f"trees are out of order at Tree={lines[0].strip()}")
-        trees.append(_parse_tree(n, fields))
-    if "end of trees" not in text:
-        raise ValueError("model text is truncated ('end of trees' is missing)")
-    try:
-        num_features = int(header["max_feature_idx"]) + 1
-        num_outputs = int(header.get("num_tree_per_iteration", header.get("num_class", "1")))
-    except (KeyError, ValueError) as exc:
-        raise ValueError("model header lacks max_feature_idx / num_tree_per_iteration") from exc
-    if not trees:
-        raise _Unsupported("the model has no trees")
-    if len(trees) % num_outputs:
-        raise ValueError(f"{len(trees)} trees is not a multiple of {num_outputs} per iteration")
-    return _Model(num_features, num_outputs, "average_output" in flags, trees)
+    """The model, parsed and checked in full by `model_text` (BundleError when malformed);
+    _Unsupported when the kernel cannot score it."""
+    model = parse_model_text(text)
+    for index, tree in enumerate(model.trees):
+        if tree.is_linear:
+            raise _Unsupported(f"tree {index} is a linear tree (linear_tree=true)")
+        if tree.num_leaves > MAX_LEAVES:
+            raise _Unsupported(
+                f"tree {index} has {tree.num_leaves} leaves; the kernel handles <= {MAX_LEAVES}"
+            )
+    return model
 
 
 def _leaf_order(tree: _Tree) -> tuple[list[int], list[int], list[int]]:
@@ -436,6 +350,8 @@ def supports(model_text: str) -> str | None:
         _parse_model(model_text)
     except _Unsupported as exc:
         return str(exc)
+    except BundleError as exc:
+        return f"the model text could not be parsed: {exc.message}"
     except (ValueError, KeyError, IndexError) as exc:
         return f"the model text could not be parsed: {exc}"
     return None

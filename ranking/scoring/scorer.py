@@ -6,12 +6,17 @@ the same float64 matrix; the parity tests hold each one to that.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Scorer"]
+__all__ = ["ENGINES", "Engine", "Scorer"]
+
+#: Scoring engines a server can be told to use (RANKING_ENGINE, `--engine`); see
+#: `ranking.scoring.engines.build_scorer` for what each means.
+Engine = Literal["auto", "quickscorer", "lightgbm"]
+ENGINES: Final[tuple[Engine, ...]] = get_args(Engine)
 
 
 @runtime_checkable

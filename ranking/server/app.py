@@ -156,7 +156,9 @@ class App:
         """Build everything and start serving; returns the bound port."""
         s = self.settings
         loop = asyncio.get_running_loop()
-        # Scoring large batches and building models run off the event loop (STYLE habit 6).
+        # Scoring large batches and building models run off the event loop, so one slow call
+        # never holds every other request (small batches are scored inline: see
+        # inline_max_row_trees in settings.py).
         self._score_executor = ThreadPoolExecutor(1, thread_name_prefix="score")
         self._build_executor = ThreadPoolExecutor(1, thread_name_prefix="model-build")
         self.store = await build_store(s)

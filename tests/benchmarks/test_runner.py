@@ -10,8 +10,10 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from benchmarks.baselines.mlserver import infer_request, model_ready_request
 from benchmarks.profile import classify
-from benchmarks.run import Step, SystemResult, evaluate, search_max_rate
+from benchmarks.runner import search_max_rate
 from benchmarks.scenario import SCENARIO_DIR, find_scenario, load_scenario
+from benchmarks.slo import evaluate
+from benchmarks.steps import Step, SystemResult
 from ranking.loadgen import LatencySummary, LoadReport
 
 
@@ -38,7 +40,6 @@ def _report(p99_ms: float, valid: bool = True, errors: float = 0.0) -> LoadRepor
         latency_ok=lat,
         service_time=lat,
         send_lag=lat,
-        server_stages={},
         client_cpu_ms_per_request=0.1,
         processes=1,
         valid=valid,

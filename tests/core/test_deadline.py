@@ -12,7 +12,7 @@ def test_budget_is_the_earlier_end_and_only_the_caller_deadline_is_hard() -> Non
     assert 0.0 < d.remaining_s() <= 0.008
     assert not d.caller_gone()
     late = Deadline.from_budget(60.0, caller_remaining_s=0.0)
-    assert late.expired() and late.caller_gone()
+    assert late.remaining_s() <= 0.0 and late.caller_gone()
     assert not Deadline.from_budget(0.0, caller_remaining_s=None).caller_gone()
 
 

@@ -24,8 +24,8 @@ def make_matrix(n: int, width: int = len(COLUMNS), seed: int = 0) -> npt.NDArray
 
 
 class FakeStore:
-    """An inner store with a delay, a failure switch and counters (the lead's memory store is
-    not used here so that these tests stand alone)."""
+    """An inner store with a delay, a failure switch and counters: what the cache and hedging
+    tests need to control, which the in-process store (`MemoryFeatureStore`) does not offer."""
 
     def __init__(
         self,

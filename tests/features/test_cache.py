@@ -9,8 +9,9 @@ import pytest
 
 from ranking.errors import FeatureStoreUnavailable
 from ranking.features.cache import STALE, STORE_UNAVAILABLE, CachedFeatureStore
-from ranking.features.store import FeatureStore, Lookup
+from ranking.features.store import Lookup
 from tests.features.conftest import FakeStore
+from tests.features.contract import check_feature_store
 
 
 class Clock:
@@ -49,10 +50,8 @@ def cache_of(inner: FakeStore, clock: Clock, **kw: object) -> CachedFeatureStore
 
 async def test_wears_feature_store(inner: FakeStore, clock: Clock) -> None:
     cache = cache_of(inner, clock)
-    assert isinstance(cache, FeatureStore)
     assert cache.columns("item") == inner.columns("item")
-    await cache.close()
-    await cache.close()
+    await check_feature_store(cache, {"item": {"i3": inner.data["item"]["i3"]}, "user": {}})
     assert inner.closed
 
 

@@ -18,8 +18,9 @@ from ranking.features.hedging import (
 )
 from ranking.features.redis_factory import CacheParams, build_redis_store
 from ranking.features.redis_loader import load_entities
-from ranking.features.store import FeatureStore, Lookup
+from ranking.features.store import Lookup
 from tests.features.conftest import COLUMNS, FakeStore, make_matrix
+from tests.features.contract import check_feature_store
 from tests.redis_servers import RedisServer
 
 ITEMS = [Lookup("item", ["i1", "i2"])]
@@ -62,12 +63,11 @@ def test_budget_token_bucket() -> None:
 async def test_fast_primary_no_hedge(item_data) -> None:
     a, b = FakeStore(item_data), FakeStore(item_data)
     store = HedgedFeatureStore([a, b], policy=HedgePolicy(initial_ms=20.0, floor_ms=5.0))
-    assert isinstance(store, FeatureStore)
     for _ in range(10):
         (r,) = await store.fetch(ITEMS)
         assert r.found.all()
     assert store.stats.hedges_sent == 0 and a.calls == 5 and b.calls == 5  # round-robin
-    await store.close()
+    await check_feature_store(store, {"item": {"i4": item_data["item"]["i4"]}})
     assert a.closed and b.closed
 
 

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
-from ranking.features.store import FeatureStore, Lookup
+from ranking.features.store import Lookup
+from tests.features.contract import check_feature_store
 
 
 def test_csv_and_parquet_read_alike(tmp_path: Path) -> None:
@@ -48,7 +49,7 @@ def test_bad_files_are_named(tmp_path: Path, name: str, text: str, needle: str) 
 async def test_fetch_gathers_rows_and_flags_unknown() -> None:
     matrix = np.arange(12, dtype=np.float32).reshape(4, 3)
     store = MemoryFeatureStore({"item": EntityTable(["a", "b", "c", "d"], ("x", "y", "z"), matrix)})
-    assert isinstance(store, FeatureStore)
+    await check_feature_store(store, {"item": {"c": matrix[2], "a": matrix[0]}}, close=False)
     [result] = await store.fetch([Lookup("item", ["c", "nope", "a"])])
     np.testing.assert_array_equal(result.found, [True, False, True])
     np.testing.assert_array_equal(result.rows[[0, 2]], matrix[[2, 0]])

@@ -21,8 +21,9 @@ from ranking.features.redis_store import (
     header_for,
     schema_id,
 )
-from ranking.features.store import FeatureStore, Lookup
+from ranking.features.store import Lookup
 from tests.features.conftest import COLUMNS, make_matrix
+from tests.features.contract import check_feature_store
 from tests.redis_servers import RedisCluster, RedisServer
 
 NS = "t"
@@ -81,7 +82,6 @@ async def test_round_trip_one_mget(redis_server: RedisServer) -> None:
     m = load(redis_server.url)
     users = make_matrix(3, seed=1)
     store = await started(redis_server.url)
-    assert isinstance(store, FeatureStore)
     assert store.columns("item") == COLUMNS
     before = mget_calls(redis_server)
     ids = [f"i{k}" for k in range(0, 400, 2)]  # 200 ids, the last 50 unknown
@@ -94,8 +94,7 @@ async def test_round_trip_one_mget(redis_server: RedisServer) -> None:
     assert np.isnan(items.rows[150:]).all()
     assert items.rows.dtype == np.float32 and items.degraded == ()
     assert await store.fetch([Lookup("item", [])]) != []
-    await store.close()
-    await store.close()
+    await check_feature_store(store, {"user": {"u1": users[1]}, "item": {"i0": m[0], "i8": m[8]}})
 
 
 async def test_schema_mismatch_detected(redis_server: RedisServer) -> None:

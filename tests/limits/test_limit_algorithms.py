@@ -196,13 +196,12 @@ def test_limit_stays_within_bounds_under_erratic_samples(make: Callable[[], Limi
     assert {3, 40} & seen, "erratic samples should push the limit to a bound at least once"
 
 
-def test_listener_hears_each_change_of_the_integer_limit() -> None:
+def test_integer_limit_follows_each_sample_within_bounds() -> None:
     limit = AIMDLimit(initial_limit=10, min_limit=2, max_limit=12)
-    heard: list[int] = []
-    limit.add_listener(heard.append)
-    saturated(limit, BASE_RTT, 5)  # 11, 12, then held at max: no more calls
+    seen = [limit.limit, *saturated(limit, BASE_RTT, 5)]  # 11, 12, then held at max
     limit.on_sample(0, BASE_RTT, 12, True)
-    assert heard == [11, 12, 10]
+    seen.append(limit.limit)
+    assert seen == [10, 11, 12, 12, 12, 12, 10]
 
 
 @pytest.mark.parametrize(
@@ -233,6 +232,17 @@ def test_constructors_reject_out_of_range_parameters(
         make()
 
 
-def test_every_algorithm_wears_the_limit_protocol() -> None:
+def test_every_algorithm_keeps_the_limit_protocol() -> None:
+    """By behaviour, not attribute names: `limit` is an int >= 1 that a drop never raises, and
+    `on_sample` takes the protocol's four arguments by keyword."""
     for limit in (FixedLimit(), AIMDLimit(), VegasLimit(), Gradient2Limit()):
-        assert isinstance(limit, Limit)
+        before = limit.limit
+        assert isinstance(before, int) and not isinstance(before, bool) and before >= 1
+        limit.on_sample(start_ns=0, rtt_ns=BASE_RTT, inflight=before, dropped=True)
+        assert isinstance(limit.limit, int) and 1 <= limit.limit <= before
+        saturated(limit, BASE_RTT, 50)
+        assert isinstance(limit.limit, int) and limit.limit >= 1
+    fixed = FixedLimit(7)
+    saturated(fixed, BASE_RTT, 10)
+    fixed.on_sample(0, 50 * BASE_RTT, 7, True)
+    assert fixed.limit == 7

@@ -20,7 +20,6 @@ from ranking.limits import (
     VegasLimit,
     build_limit,
     build_limiter,
-    limit_parameters,
 )
 
 MS = 1_000_000
@@ -272,20 +271,3 @@ def test_build_limit_rejects_bad_settings_at_build_time() -> None:
         build_limit("vegas", queue_size=4)  # a Gradient2 parameter
     with pytest.raises(ValueError):
         build_limiter("aimd", retry_after_min_ms=10, retry_after_max_ms=5)
-
-
-def test_limit_parameters_names_exactly_what_each_kind_accepts() -> None:
-    assert limit_parameters("off") == ()
-    assert limit_parameters("fixed") == ("limit",)
-    common = {"initial_limit", "min_limit", "max_limit", "smoothing"}
-    assert common <= set(limit_parameters("vegas")) & set(limit_parameters("gradient2"))
-    assert "queue_size" in limit_parameters("gradient2")
-    assert "queue_size" not in limit_parameters("vegas")
-    assert "backoff_ratio" in limit_parameters("aimd")
-    settings = {"initial_limit": 5, "min_limit": 2, "max_limit": 9, "queue_size": 3, "limit": 4}
-    for kind in LIMITER_KINDS:
-        params: dict[str, Any] = {k: v for k, v in settings.items() if k in limit_parameters(kind)}
-        limiter = build_limiter(kind, **params)
-        assert limiter.limit == {"off": 0, "fixed": 4}.get(kind, 5)
-    with pytest.raises(ValueError, match="unknown limiter kind"):
-        limit_parameters("gradient")

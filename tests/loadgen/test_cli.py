@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.servers import ManagedProcess, free_port, wait_ready
+from benchmarks.ports import free_port
+from benchmarks.servers import ManagedProcess, wait_ready
 from ranking.loadgen import CandidateCount
 from ranking.loadgen.cli import build_parser, config_from_args, main
 

@@ -20,7 +20,7 @@ from ranking.loadgen import (
     decode_histogram,
     run_load,
 )
-from ranking.loadgen._engine import Recorder, parse_server_timing
+from ranking.loadgen._engine import Recorder
 
 SMALL = RankPayload(
     RequestMix(n_users=50, n_items=500, candidates=CandidateCount.fixed(20), pool_size=64)
@@ -111,13 +111,6 @@ def test_recorder_times_from_the_intended_send() -> None:
     assert service.get_max_value() == pytest.approx(2_000, rel=0.001)
     assert latency.get_min_value() == pytest.approx(2_000, rel=0.001)
     assert decode_histogram(sample.send_lag).get_max_value() == pytest.approx(300_000, rel=0.001)
-
-
-def test_server_timing_header_parses() -> None:
-    assert parse_server_timing("features;dur=0.41, score;desc=x;dur=2.5,bad;dur=x") == {
-        "features": 0.41,
-        "score": 2.5,
-    }
 
 
 class _StallingServicer(ranking_pb2_grpc.RankingServiceServicer):

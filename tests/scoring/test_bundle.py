@@ -69,3 +69,51 @@ def test_bad_files(small_world: SmallWorld, tmp_path: Path) -> None:
     (bad / "schema.json").unlink()
     with pytest.raises(BundleError, match=r"schema\.json: cannot read"):
         load_bundle(bad)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda s: s["features"][2].update(source="cookie"),
+            r"schema\.json: features\[2\] \(u_c\)\.source: source must be one of user, item",
+        ),
+        (lambda s: s["features"][4].pop("source"), r"features\[4\] \(i_x\)\.source: required"),
+        (
+            lambda s: s["features"][1].update(name=7),
+            r"features\[1\]\.name: Input should be a valid string",
+        ),
+        (lambda s: s.update(output_index="0"), r"output_index: Input should be a valid integer"),
+        (lambda s: s.update(model_version=3), r"model_version: Input should be a valid string"),
+        (
+            lambda s: s["features"][0].update(default=True),
+            r"features\[0\] \(u_a\)\.default: .*number or null",
+        ),
+    ],
+)
+def test_schema_errors_name_the_field(
+    small_world: SmallWorld, tmp_path: Path, edit: Any, message: str
+) -> None:
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy_with(small_world, tmp_path, edit))
+
+
+def test_schema_not_an_object(small_world: SmallWorld, tmp_path: Path) -> None:
+    folder = copy_with(small_world, tmp_path)
+    (folder / "schema.json").write_text("[1, 2]")
+    with pytest.raises(BundleError, match=r"schema\.json: must be a JSON object"):
+        load_bundle(folder)
+
+
+def test_broken_model_text_is_named_with_its_line(small_world: SmallWorld, tmp_path: Path) -> None:
+    text = (small_world.bundle / "model.txt").read_text()
+    folder = copy_with(small_world, tmp_path, model=text[: len(text) // 3])
+    with pytest.raises(BundleError, match=r"b/model\.txt: model text line \d+: "):
+        load_bundle(folder)
+
+
+def test_bundle_holds_one_hash_of_its_text(small_world: SmallWorld) -> None:
+    import hashlib
+
+    b = load_bundle(small_world.bundle)
+    assert b.model_hash == hashlib.sha256(b.model_text.encode()).hexdigest()

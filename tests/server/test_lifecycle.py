@@ -15,11 +15,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.ports import free_port
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2_grpc
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.scoring.bundle import write_bundle
 from ranking.server.app import App
-from tests.conftest import FEATURES, SmallWorld, free_port, small_settings, train_small
+from tests.conftest import FEATURES, SmallWorld, small_settings, train_small
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS: dict[int, Path] = {}

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2_grpc
 from ranking.api.v1 import ranking_pb2 as pb
-from ranking.cli import check_health
+from ranking.client import check_health
 from ranking.features.store import FetchResult, Lookup
 from ranking.server.app import App
 from tests.conftest import GatedStore, SmallWorld, small_settings
