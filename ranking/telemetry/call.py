@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -60,8 +62,44 @@ SPAN_NAME = "ranking.v1.RankingService/Rank"
 #: one tuple so a stage makes one lookup.
 _STAGE = tuple(zip(st.I_WALL, st.I_BUCKET, st.BOUNDS_NS, st.I_CPU, strict=True))
 I_OUTCOME = st.I_OUTCOME
-I_TOTAL_WALL, I_TOTAL_BUCKET = st.I_WALL[st.TOTAL], st.I_BUCKET[st.TOTAL]
-TOTAL_BOUNDS = st.BOUNDS_NS[st.TOTAL]
+LAYOUT = st.COUNT_LAYOUT
+
+
+def count_call_py(
+    row: memoryview[float],
+    layout: npt.NDArray[np.int64],
+    marks: list[int],
+    start: int,
+    now: int,
+    outcome: int,
+    candidates: int,
+    scored: int,
+) -> None:
+    """`_counting.count_call` in Python: the reference its tests compare against, and the
+    fallback when the extension is not built. `layout` is unused (the stats tables are read)."""
+    row[outcome] += 1
+    if candidates >= 0:
+        row[st.I_CANDIDATES] += candidates
+        row[st.I_SCORED] += scored
+        row[st.I_UNSCORED] += candidates - scored
+    prev = start
+    for stage in range(st.TOTAL):  # stages run in order; the ones that did not are 0
+        mark = marks[stage]
+        if mark:
+            wall, bucket, bounds, _ = _STAGE[stage]
+            dt = mark - prev
+            row[wall] += dt
+            row[bucket + bisect_left(bounds, dt)] += 1
+            prev = mark
+    wall, bucket, bounds, _ = _STAGE[st.TOTAL]
+    row[wall] += now - start
+    row[bucket + bisect_left(bounds, now - start)] += 1
+
+
+try:
+    from ranking.telemetry._counting import count_call
+except ImportError:  # not built (python setup.py build_ext --inplace): the same, slower
+    count_call = count_call_py
 
 
 def outcome_of(exc: BaseException | None) -> str:
@@ -138,31 +176,20 @@ class CallRecord:
         """The call ended (answered if `exc` is None): counts its outcome, what it carried,
         each stage that ran and its whole time. Only the first call counts; returns the
         outcome."""
-        outcome = outcome_of(exc)
+        outcome = "ok" if exc is None else outcome_of(exc)
         if self._ended:
             return outcome
         self._ended = True
         now = _perf()
         row = self._row
-        row[I_OUTCOME[outcome]] += 1
-        prev = self._start
-        marks = self._marks
-        for stage in range(st.TOTAL):  # stages run in order; the ones that did not are 0
-            mark = marks[stage]
-            if mark:
-                wall, bucket, bounds, _ = _STAGE[stage]
-                dt = mark - prev
-                row[wall] += dt
-                row[bucket + bisect_left(bounds, dt)] += 1
-                prev = mark
-        dt = now - self._start
-        row[I_TOTAL_WALL] += dt
-        row[I_TOTAL_BUCKET + bisect_left(TOTAL_BOUNDS, dt)] += 1
-        if self._ranked is not None:
-            candidates, scored, degraded = self._ranked
-            row[st.I_CANDIDATES] += candidates
-            row[st.I_SCORED] += scored
-            row[st.I_UNSCORED] += candidates - scored
+        ranked = self._ranked
+        if ranked is None:
+            count_call(row, LAYOUT, self._marks, self._start, now, I_OUTCOME[outcome], -1, 0)
+        else:
+            candidates, scored, degraded = ranked
+            count_call(
+                row, LAYOUT, self._marks, self._start, now, I_OUTCOME[outcome], candidates, scored
+            )
             if degraded:
                 row[st.I_DEGRADED] += 1
                 for reason in degraded:
@@ -170,7 +197,7 @@ class CallRecord:
         if self._cpu is not None:
             self._count_cpu(outcome == "ok")
         if self._span is not None:
-            self._end_spans(exc, outcome, dt)
+            self._end_spans(exc, outcome, now - self._start)
         return outcome
 
     def _count_cpu(self, ok: bool) -> None:
