@@ -3,20 +3,28 @@
 import numpy
 from setuptools import Extension, setup
 
+
+def extension(name: str, source: str, depends: tuple[str, ...] = ()) -> Extension:
+    return Extension(
+        name,
+        sources=[source],
+        depends=list(depends),
+        include_dirs=[numpy.get_include()],
+        extra_compile_args=["-O3", "-std=c11", "-fno-math-errno"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+
+
 setup(
     ext_modules=[
-        Extension(
-            "ranking.scoring._quickscorer",
-            sources=["ranking/scoring/_quickscorer.c"],
-            include_dirs=[numpy.get_include()],
-            extra_compile_args=["-O3", "-std=c11", "-fno-math-errno"],
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extension("ranking.scoring._quickscorer", "ranking/scoring/_quickscorer.c"),
+        # The request codec (decoder + encoder; the wire code is in _wire_core.h).
+        extension(
+            "ranking.server._wire", "ranking/server/_wire.c", ("ranking/server/_wire_core.h",)
         ),
+        # Top-k ranking and id uniqueness for the core.
+        extension("ranking.core._order", "ranking/core/_order.c"),
         # Counting a finished call into the stats row (ranking/telemetry/call.py).
-        Extension(
-            "ranking.telemetry._counting",
-            sources=["ranking/telemetry/_counting.c"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
-        ),
+        extension("ranking.telemetry._counting", "ranking/telemetry/_counting.c"),
     ],
 )

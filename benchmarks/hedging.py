@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ if __package__ in (None, ""):  # `python benchmarks/hedging.py`: make the reposi
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ports import free_port, wait_port
-from benchmarks.redis_server import start_redis
+from benchmarks.redis_server import redis_binary, start_redis
 from ranking.features.cache import CachedFeatureStore
 from ranking.features.hedging import HedgedFeatureStore, HedgePolicy, HedgeStats
 from ranking.features.redis_loader import load_entities
@@ -370,7 +369,7 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     server = subprocess.run(
-        [shutil.which("redis-server") or "redis-server", "--version"],
+        [redis_binary(), "--version"],
         capture_output=True,
         text=True,
     ).stdout.split()

@@ -133,7 +133,9 @@ def run_one(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update({"RANKING_RELOAD_POLL_S": "0", "RANKING_WORKERS": str(args.workers)})
     env.update(env_extra)
+    admin_port = free_port()  # GetStats is on the admin port, never on the serving port
     argv = [sys.executable, "-m", "ranking.cli", "serve", "--port", str(port), *world_args]
+    argv += ["--admin-port", str(admin_port)]
 
     slug = "".join(c if c.isalnum() else "-" for c in name)
     server = ManagedProcess(name, argv, logs / f"{slug}-{int(rate)}.log", env=env, cwd=REPO)
@@ -160,7 +162,7 @@ def run_one(
         if args.server_warmup > 0:
             run_async(run_load(warm))
         report = run_async(run_load(cfg))
-        stats = get_stats(target) or {}
+        stats = get_stats(f"127.0.0.1:{admin_port}") or {}
     finally:
         server.stop()
     return Run(name, rate, report, dict(stats.get("counters", {})))

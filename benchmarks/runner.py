@@ -55,6 +55,8 @@ class Runner:
         self.logs = out / "logs" / scenario.name.lower()
         self.redis: RedisServer | None = None
         self.redis_port = 0
+        self.admin_port = 0  # the system under test's admin port (GetStats), per system
+        self.stats_target = ""
         self.world: BenchWorld | None = None
 
     # --- orchestration ---------------------------------------------------------------------
@@ -89,6 +91,7 @@ class Runner:
         values.update(
             python=sys.executable,
             port=str(port),
+            admin_port=str(self.admin_port),
             redis_url=f"redis://127.0.0.1:{self.redis_port}/0",
             naive_redis_url=f"redis://127.0.0.1:{self.redis_port}/1",
             mlserver_dir=str(self.workdir / "mlserver"),
@@ -100,6 +103,9 @@ class Runner:
         spec = self._spec(name)
         result = SystemResult(name, spec.get("label", name))
         port = free_port()
+        # GetStats is on the admin port (loopback), never on the serving port.
+        self.admin_port = free_port()
+        self.stats_target = f"127.0.0.1:{self.admin_port}"
         values = self._placeholders(port)
 
         def fmt(argv: Sequence[str]) -> list[str]:
@@ -221,7 +227,7 @@ class Runner:
         step: Step | None = None
         for attempt in range(attempts):
             _wait_idle(server)
-            before_stats = get_stats(target) if stats else None
+            before_stats = get_stats(self.stats_target) if stats else None
             cpu0 = process_tree_cpu_s(server.pid)
             cfg = self._config(target, payload, rate, plan.duration_s, plan.warmup_s)
             spies = (
@@ -237,7 +243,7 @@ class Runner:
                 except subprocess.TimeoutExpired:
                     spy.kill()
                     spy.wait()
-            after_stats = get_stats(target) if stats else None
+            after_stats = get_stats(self.stats_target) if stats else None
             passed, why = judge(self.sc, report)
             sent = report.sent + report.warmup_sent
             step = Step(
@@ -273,7 +279,7 @@ class Runner:
                 )
             )
             if stats:
-                info = get_stats(target)
+                info = get_stats(self.stats_target)
                 if info:
                     result.server_info = {
                         k: info[k] for k in ("engine", "workers", "model_version") if k in info

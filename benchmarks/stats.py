@@ -8,7 +8,8 @@ __all__ = ["get_stats", "stage_delta"]
 
 
 def get_stats(target: str) -> dict[str, Any] | None:
-    """The service's GetStats (counters and stage means), or None when it has none."""
+    """The service's GetStats (counters and stage means) from its admin port `target`, or
+    None when it has none."""
     import grpc
 
     try:

@@ -29,6 +29,8 @@ DEFAULT_SYSTEMS: dict[str, dict[str, Any]] = {
             "serve",
             "--port",
             "{port}",
+            "--admin-port",
+            "{admin_port}",
             "--bundle",
             "{bundle}",
         ],

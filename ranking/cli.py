@@ -12,7 +12,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["main"]
 
@@ -45,6 +48,12 @@ def _serve(args: argparse.Namespace) -> int:
             "max_pending_calls": args.max_pending_calls,
             "metrics_port": args.metrics_port,
             "admin_token": args.admin_token,
+            "admin_host": args.admin_host,
+            "admin_port": args.admin_port,
+            "health_port": args.health_port,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "tls_client_ca": args.tls_client_ca,
             "demo_trees": args.demo_trees,
             "demo_leaves": args.demo_leaves,
         }.items()
@@ -61,8 +70,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise SystemExit(f"bad settings:\n{exc}") from None
     from ranking.server.app import demo_bundle_path
+    from ranking.server.listeners import serving_credentials
     from ranking.server.workers import serve
+    from ranking.tls import TlsError
 
+    try:
+        serving_credentials(settings)  # a bad certificate is an exit message, not a traceback
+    except TlsError as exc:
+        raise SystemExit(f"ranking serve: {exc}") from None
     if settings.bundle is None:
         # Build (or find) the demo bundle once here, before any worker starts.
         demo_bundle_path(settings, progress=True)
@@ -81,21 +96,38 @@ def _rank(args: argparse.Namespace) -> int:
         if args.user:
             request.user_id = args.user
     return rank_command(
-        args.target, request, repeat=args.repeat, deadline_ms=args.deadline_ms, show=args.show
+        args.target,
+        request,
+        repeat=args.repeat,
+        deadline_ms=args.deadline_ms,
+        show=args.show,
+        tls=_client_tls(args),
     )
+
+
+def _client_tls(args: argparse.Namespace) -> Any:
+    from ranking.tls import ClientTls
+
+    try:
+        return ClientTls.from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"ranking {args.command}: {exc}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ranking.train import TrainParams, train_command
+    from ranking.train import TrainDataError, TrainParams, train_command
 
-    report = train_command(
-        args.data,
-        args.query,
-        args.out,
-        params=TrainParams(trees=args.trees, leaves=args.leaves),
-        group_column=args.group_column,
-        label_column=args.label_column,
-    )
+    try:
+        report = train_command(
+            args.data,
+            args.query,
+            args.out,
+            params=TrainParams(trees=args.trees, leaves=args.leaves),
+            group_column=args.group_column,
+            label_column=args.label_column,
+        )
+    except TrainDataError as exc:  # the message names the file and line, or the argument
+        raise SystemExit(f"ranking train: {exc}") from None
     print(report)
     return 0
 
@@ -140,7 +172,7 @@ def _health(args: argparse.Namespace) -> int:
 
     from ranking.client import check_health
 
-    code, status = check_health(args.target, args.service, args.timeout_s)
+    code, status = check_health(args.target, args.service, args.timeout_s, _client_tls(args))
     if status is None:
         print(f"{args.target}: {code}", file=sys.stderr)
         return 1
@@ -159,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `ranking` parser; choices and defaults come from the modules that own them."""
     from ranking.limits.limiter import LIMITER_KINDS
     from ranking.scoring.scorer import ENGINES
+    from ranking.tls import add_client_tls_arguments
     from ranking.train import TrainParams
 
     parser = argparse.ArgumentParser(prog="ranking", description=__doc__)
@@ -188,7 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", action="append", metavar="URL", help="Redis replica (repeat)")
     p.add_argument("--redis-cluster", action="store_true")
     p.add_argument("--features", action="append", metavar="TYPE=PATH", help="CSV/Parquet table")
-    p.add_argument("--admin-token")
+    p.add_argument("--admin-token", help="token ReloadModel requires (x-admin-token)")
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        metavar="N",
+        help="serve the admin service (GetStats, ReloadModel) here; it is never on --port",
+    )
+    p.add_argument("--admin-host", help="address of the admin port (default 127.0.0.1)")
+    p.add_argument(
+        "--health-port", type=int, metavar="N", help="plaintext grpc.health.v1 only, for probes"
+    )
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM chain: serve TLS")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA: require client certificates it signed (mutual TLS)",
+    )
     p.add_argument("--demo-trees", type=int)
     p.add_argument("--demo-leaves", type=int)
     p.set_defaults(func=_serve)
@@ -204,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="send it N times; print latency")
     p.add_argument("--deadline-ms", type=float, default=1000.0)
     p.add_argument("--show", type=int, default=20)
+    add_client_tls_arguments(p)
     p.set_defaults(func=_rank)
 
     p = sub.add_parser("train", help="train a LambdaRank bundle")
@@ -233,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="127.0.0.1:50051")
     p.add_argument("--service", default="")
     p.add_argument("--timeout-s", type=float, default=2.0)
+    add_client_tls_arguments(p)
     p.set_defaults(func=_health)
 
     p = sub.add_parser(

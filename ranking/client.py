@@ -1,20 +1,73 @@
 """The command-line client: `ranking rank` (send a Rank request, print the ranked list as a
-table) and `ranking health` (one gRPC health check, retried while the server is busy)."""
+table) and `ranking health` (one gRPC health check, retried while the server is busy); the
+channel they dial (`open_channel`: plaintext, or TLS with `ClientTls`) and the service config
+for clients of several replicas (`SERVICE_CONFIG`)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.api.v1 import ranking_pb2_grpc as pb_grpc
 from ranking.demo.sizes import DEMO
+from ranking.tls import ClientTls, TlsError, channel_credentials
 
-__all__ = ["build_request", "check_health", "demo_request", "rank_command"]
+__all__ = [
+    "SERVICE_CONFIG",
+    "balanced_options",
+    "build_request",
+    "check_health",
+    "demo_request",
+    "open_channel",
+    "rank_command",
+]
+
+#: gRPC service config for a client of several replicas (README "Deploying it"): round_robin
+#: over every address the target resolves to (a headless Service's DNS name lists every ready
+#: pod), client-side health checking so a replica that starts draining (NOT_SERVING) gets no new
+#: calls, and one retry, on another replica, of a call refused before it ran (UNAVAILABLE; or
+#: CANCELLED by a busy worker's backlog cap), throttled so retries cannot pile onto an overload.
+SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": "ranking.v1.RankingService"},
+    "methodConfig": [
+        {
+            "name": [{"service": "ranking.v1.RankingService"}],
+            "retryPolicy": {
+                "maxAttempts": 2,
+                "initialBackoff": "0.001s",
+                "maxBackoff": "0.005s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
+            },
+        }
+    ],
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+}
+
+
+def balanced_options() -> list[tuple[str, Any]]:
+    """Channel options that apply `SERVICE_CONFIG` (for a target such as
+    `dns:///ranking-headless.NAMESPACE.svc.cluster.local:50051`)."""
+    return [("grpc.service_config", json.dumps(SERVICE_CONFIG)), ("grpc.enable_retries", 1)]
+
+
+def open_channel(
+    target: str, tls: ClientTls | None = None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A blocking channel to `target`: plaintext, or TLS with `tls` (raises TlsError naming a
+    file it cannot read)."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=list(options))
+    opts = [*options, *tls.channel_options()]
+    return grpc.secure_channel(target, channel_credentials(tls), options=opts)
 
 
 def build_request(
@@ -54,9 +107,15 @@ def rank_command(
     repeat: int = 1,
     deadline_ms: float = 1000.0,
     show: int = 20,
+    tls: ClientTls | None = None,
 ) -> int:
     """Send `request` (`repeat` times on one channel); print the list and the latency."""
-    with grpc.insecure_channel(target) as channel:
+    try:
+        channel = open_channel(target, tls)
+    except TlsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with channel:
         stub = pb_grpc.RankingServiceStub(channel)
         latencies = []
         response = None
@@ -91,8 +150,11 @@ def rank_command(
     return 0
 
 
-def check_health(target: str, service: str, timeout_s: float) -> tuple[str, int | None]:
-    """(status code name, serving status or None) of one health check within `timeout_s`.
+def check_health(
+    target: str, service: str, timeout_s: float, tls: ClientTls | None = None
+) -> tuple[str, int | None]:
+    """(status code name, serving status or None) of one health check within `timeout_s`,
+    over TLS when `tls` is given (an unreadable TLS file: its message and None).
 
     A busy server may refuse the probe (CANCELLED from gRPC's backlog cap, RESOURCE_EXHAUSTED
     from the limiter): that is retried on the same connection until the timeout, so a live but
@@ -100,10 +162,14 @@ def check_health(target: str, service: str, timeout_s: float) -> tuple[str, int 
     """
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    try:
+        channel = open_channel(target, tls)
+    except TlsError as exc:
+        return str(exc), None
     busy = (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
     deadline = time.monotonic() + timeout_s
     pause = 0.01
-    with grpc.insecure_channel(target) as channel:
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             left = deadline - time.monotonic()

@@ -60,6 +60,43 @@ class Settings(BaseSettings):
         description="Serve Prometheus /metrics for the whole server (all workers) on this port "
         "of the server's host; 0 = off.",
     )
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="Close each client connection after about this long (GOAWAY; calls in "
+        "flight finish): clients reconnect, re-resolve DNS (new replicas get traffic) and see a "
+        "rotated certificate. 0 = never.",
+    )
+
+    # --- TLS (README "Deploying it") ---
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate chain; with tls_key the serving port speaks TLS."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle: clients must present a certificate it signed (mutual TLS).",
+    )
+
+    # --- operator ports: never the serving port ---
+    admin_host: str = Field(
+        "127.0.0.1", description="Address of the admin port (loopback: reach it from the host)."
+    )
+    admin_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the admin service (GetStats, ReloadModel) on admin_host, with the "
+        "serving port's TLS settings; unset = no admin service. 0 picks a free one (1 worker).",
+    )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A plaintext port on host serving only grpc.health.v1, for probes that "
+        "cannot speak TLS (Kubernetes' gRPC probes); unset = none.",
+    )
 
     # --- model ---
     bundle: Path | None = Field(None, description="Model bundle folder; None serves the demo.")
@@ -70,7 +107,9 @@ class Settings(BaseSettings):
         2.0, ge=0, le=3600, description="How often to check the bundle for changes; 0 = never."
     )
     admin_token: str | None = Field(
-        None, description="Token for the admin ReloadModel RPC; unset disables it."
+        None,
+        description="Token (x-admin-token metadata) the admin ReloadModel RPC requires; unset "
+        "disables that RPC.",
     )
 
     # --- demo ---
@@ -128,6 +167,15 @@ class Settings(BaseSettings):
             raise ValueError("hedge_delay_floor_ms must not exceed hedge_delay_cap_ms")
         if not self.limiter_min <= self.limiter_initial <= self.limiter_max:
             raise ValueError("need limiter_min <= limiter_initial <= limiter_max")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        ports = [p for p in (self.port, self.admin_port, self.health_port, self.metrics_port) if p]
+        if len(ports) != len(set(ports)):
+            raise ValueError("port, admin_port, health_port and metrics_port must differ")
+        if self.effective_workers() > 1 and 0 in (self.admin_port, self.health_port):
+            raise ValueError("admin_port and health_port 0 cannot be shared by several workers")
         return self
 
     def effective_workers(self) -> int:

@@ -284,3 +284,12 @@ def test_train_params_are_the_one_source_of_defaults() -> None:
         TrainParams(learning_rate=0.0)
     with pytest.raises(TrainDataError, match="trees >= 1"):
         TrainParams(trees=0)
+
+
+def test_cli_names_a_bad_input_without_a_traceback(tmp_path: Path) -> None:
+    from ranking.cli import main
+
+    with pytest.raises(SystemExit, match=r"ranking train: .*nope\.txt: file not found"):
+        main(["train", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="ranking train: need trees >= 1"):
+        main(["train", "--data", str(TRAIN), "--out", str(tmp_path / "b"), "--trees", "0"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from ranking.core._order import check_ids, rank_order
 from ranking.core.deadline import Deadline
 from ranking.core.models import ModelHolder, ServingModel
 from ranking.errors import (
@@ -29,6 +30,7 @@ from ranking.errors import (
     Unavailable,
 )
 from ranking.features.store import FeatureStore, FetchResult, Lookup, columns_or_empty
+from ranking.ids import Ids
 from ranking.limits import Limiter
 from ranking.telemetry import Telemetry
 from ranking.telemetry import stats as st
@@ -54,9 +56,13 @@ class Degraded:
 
 @dataclass(frozen=True, slots=True)
 class RankQuery:
-    """One Rank call in domain terms. `inline_values` is (len(candidate_ids), len(inline_names))."""
+    """One Rank call in domain terms. `inline_values` is (len(candidate_ids), len(inline_names)).
 
-    candidate_ids: Sequence[str]
+    `candidate_ids` is an `Ids` (the native decoder builds one straight from the wire); any
+    other sequence of str given here is converted to one.
+    """
+
+    candidate_ids: Ids
     user_id: str = ""
     context: Mapping[str, float] = field(default_factory=dict)
     top_k: int = 0
@@ -67,16 +73,35 @@ class RankQuery:
     strict: bool = False
     request_id: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.candidate_ids, Ids):
+            object.__setattr__(self, "candidate_ids", Ids.from_strs(self.candidate_ids))
+
 
 @dataclass(slots=True)
 class RankResult:
-    """Ranked ids, best first; the last `unscored` of them were not scored (score 0)."""
+    """Ranked candidates, best first.
 
-    ids: list[str]
-    scores: list[float]
+    `order` holds rows of `candidates`; the first `len(order) - unscored` of them were scored
+    (`ranked_scores`, aligned with them), the last `unscored` were not (score 0). The transport
+    encodes the response from these arrays; `ids` and `scores` are the same as Python lists.
+    """
+
+    candidates: Ids
+    order: npt.NDArray[np.intp]
+    ranked_scores: npt.NDArray[np.float64]
     unscored: int
     model_version: str
     degraded: list[str]
+
+    @property
+    def ids(self) -> list[str]:
+        strs = self.candidates.tolist()
+        return [strs[i] for i in self.order.tolist()]
+
+    @property
+    def scores(self) -> list[float]:
+        return [*self.ranked_scores.tolist(), *([0.0] * self.unscored)]
 
 
 class RankingService:
@@ -106,6 +131,12 @@ class RankingService:
         self._has_items = bool(columns_or_empty(store, "item"))
         # Time the stages after scoring take; reserved before deciding how many rows fit.
         self._tail_s = 100e-6
+
+    @property
+    def max_feature_names(self) -> int:
+        """The most `feature_names` a request can name and pass `check_names` (unique names
+        the serving model knows): the transport refuses more before allocating for them."""
+        return self.models.current.plan.num_features
 
     def begin_call(self, metadata: Metadata | None = None) -> CallRecord:
         """Start timing a call (the transport does this first thing). `metadata` is called
@@ -168,7 +199,8 @@ class RankingService:
         return service_state(self.models, self.limiter, self.store)
 
     def _validate(self, query: RankQuery) -> None:
-        n = len(query.candidate_ids)
+        ids = query.candidate_ids
+        n = len(ids)
         if n == 0:
             raise InvalidRequest("candidates: at least one candidate is required")
         if n > self.max_candidates:
@@ -177,11 +209,11 @@ class RankingService:
             )
         if query.top_k < 0:
             raise InvalidRequest("top_k: must be >= 0 (0 returns all candidates)")
-        if len(set(query.candidate_ids)) != n:
-            seen: set[str] = set()
-            dup = next(c for c in query.candidate_ids if c in seen or seen.add(c))  # type: ignore[func-returns-value]
-            raise InvalidRequest(f"candidates: duplicate id {dup[:64]!r}")
-        if not all(query.candidate_ids):
+        # One native pass over the id bytes (a hash set), no Python string per id.
+        dup, empty = check_ids(ids.data, ids.offsets)
+        if dup >= 0:
+            raise InvalidRequest(f"candidates: duplicate id {ids[dup][:64]!r}")
+        if empty >= 0:
             raise InvalidRequest("candidates: ids must be non-empty")
         for name, value in query.context.items():
             if math.isinf(value):
@@ -229,10 +261,10 @@ class RankingService:
         scores = await self._score(model, matrix, None if priority is None else priority[:fit])
         call.lap(st.SCORE)
 
-        ranked_ids, ranked_scores, unscored = _sort(ids, scores, priority, fit, query.top_k)
+        order, ranked_scores, unscored = _sort(ids, scores, priority, fit, query.top_k)
         call.lap(st.SORT)
         call.ranked(n, fit, degraded, model.version)
-        return RankResult(ranked_ids, ranked_scores, unscored, model.version, degraded)
+        return RankResult(ids, order, ranked_scores, unscored, model.version, degraded)
 
     async def _fetch(
         self, query: RankQuery, deadline: Deadline, degraded: list[str]
@@ -314,23 +346,13 @@ class RankingService:
 
 
 def _sort(
-    ids: Sequence[str],
+    ids: Ids,
     scores: npt.NDArray[np.float64],
     priority: npt.NDArray[np.intp] | None,
     fit: int,
     top_k: int,
-) -> tuple[list[str], list[float], int]:
-    """Best first, ties in caller order; unscored rows follow in priority order."""
-    n = len(ids)
-    limit = top_k if 0 < top_k < n else n
-    order = np.argsort(-scores, kind="stable")[:limit]
-    out_scores = scores[order].tolist()
-    rows = order if priority is None else priority[order]
-    out_ids = [ids[i] for i in rows.tolist()]
-    unscored = 0
-    if priority is not None and len(out_ids) < limit:
-        extra = priority[fit : fit + limit - len(out_ids)].tolist()
-        out_ids += [ids[i] for i in extra]
-        out_scores += [0.0] * len(extra)
-        unscored = len(extra)
-    return out_ids, out_scores, unscored
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64], int]:
+    """Best first, ties in the order scored (the caller's, or the priority order); cut to
+    top_k by partial selection; unscored rows follow in priority order. Returns (rows of
+    `ids`, their scores for the scored ones, how many are unscored): see `_order.rank_order`."""
+    return rank_order(scores, priority, fit, top_k, len(ids))

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from ranking.loadgen._mix import Payload, RankPayload
 from ranking.loadgen._schedule import Arrivals
+from ranking.tls import ClientTls
 
 __all__ = ["LoadConfig", "Mode"]
 
@@ -36,6 +37,7 @@ class LoadConfig:
     min_rate_ratio / max_send_lag_p99_ms: a run whose achieved send rate is below this share of
         the scheduled rate, or whose sends lag the schedule more than this at p99, fell behind:
         its figures are reported but it does not count.
+    tls: dial with TLS (roots, client certificate, server name); None: plaintext.
     """
 
     target: str = "127.0.0.1:50051"
@@ -57,6 +59,7 @@ class LoadConfig:
     connect_timeout_s: float = 10.0
     seed: int = 1
     uvloop: bool = True
+    tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("open", "closed"):

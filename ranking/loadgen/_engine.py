@@ -31,7 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking.loadgen._config import LoadConfig
-from ranking.loadgen._report import Sample, encode_histogram, new_histogram
+from ranking.loadgen._report import BulkHistogram, Sample, encode_histogram
+from ranking.tls import channel_credentials
 
 __all__ = ["Recorder", "drive", "open_channels"]
 
@@ -48,10 +49,10 @@ class Recorder:
         self._cfg = cfg
         self._t0 = t0
         self._warm_until = t0 + cfg.warmup_s
-        self.latency = new_histogram()
-        self.latency_ok = new_histogram()
-        self.service = new_histogram()
-        self.send_lag = new_histogram()
+        self.latency = BulkHistogram()
+        self.latency_ok = BulkHistogram()
+        self.service = BulkHistogram()
+        self.send_lag = BulkHistogram()
         self.s = Sample()
         self._first_send = -1.0
 
@@ -66,7 +67,7 @@ class Recorder:
         if self._first_send < 0:
             self._first_send = sent
         self.s.last_send_s = sent - self._t0
-        self.send_lag.record_value(max(1, int((sent - intended) * 1e6)))
+        self.send_lag.add(max(1, int((sent - intended) * 1e6)))
 
     def on_done(
         self,
@@ -84,10 +85,10 @@ class Recorder:
         s.last_done_s = max(s.last_done_s, done - self._t0)
         s.status[code] += 1
         latency_us = max(1, int((done - min(intended, sent)) * 1e6))
-        self.latency.record_value(latency_us)
+        self.latency.add(latency_us)
         if code == "OK":
-            self.latency_ok.record_value(latency_us)
-        self.service.record_value(max(1, int((done - sent) * 1e6)))
+            self.latency_ok.add(latency_us)
+        self.service.add(max(1, int((done - sent) * 1e6)))
         if response is not None:
             reasons = self._cfg.payload.degraded_reasons(response)
             if reasons:
@@ -103,26 +104,38 @@ class Recorder:
         s.first_send_s = self._first_send - self._t0 if self._first_send >= 0 else 0.0
         s.window_s = window_s
         s.client_cpu_s = cpu_s
-        s.latency = encode_histogram(self.latency)
-        s.latency_ok = encode_histogram(self.latency_ok)
-        s.service = encode_histogram(self.service)
-        s.send_lag = encode_histogram(self.send_lag)
+        s.latency = encode_histogram(self.latency.histogram())
+        s.latency_ok = encode_histogram(self.latency_ok.histogram())
+        s.service = encode_histogram(self.service.histogram())
+        s.send_lag = encode_histogram(self.send_lag.histogram())
         return s
 
 
 async def open_channels(cfg: LoadConfig) -> list[grpc.aio.Channel]:
     """`channels_per_process` channels, each its own TCP connection, all connected."""
-    options = [
+    options: list[tuple[str, Any]] = [
         # Channels with equal arguments share one connection through the global subchannel
         # pool; a local pool per channel gives each its own, so SO_REUSEPORT can spread them.
         ("grpc.use_local_subchannel_pool", 1),
+        # The load generator never retries (no retry policy), so gRPC's retry filter only adds
+        # per-call bookkeeping: off, the client measured 6-13 % less CPU per request (medians of
+        # interleaved rounds at 400 req/s on a shared 2-core machine; noisy).
+        ("grpc.enable_retries", 0),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ]
-    channels = [
-        grpc.aio.insecure_channel(cfg.target, options=options)
-        for _ in range(cfg.channels_per_process)
-    ]
+    if cfg.tls is None:
+        channels = [
+            grpc.aio.insecure_channel(cfg.target, options=options)
+            for _ in range(cfg.channels_per_process)
+        ]
+    else:
+        credentials = channel_credentials(cfg.tls)
+        options += cfg.tls.channel_options()
+        channels = [
+            grpc.aio.secure_channel(cfg.target, credentials, options=options)
+            for _ in range(cfg.channels_per_process)
+        ]
     try:
         await asyncio.wait_for(
             asyncio.gather(*(c.channel_ready() for c in channels)), cfg.connect_timeout_s

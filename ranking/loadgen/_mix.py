@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 from ranking.api.v1 import ranking_pb2
 from ranking.demo.sizes import DEMO
@@ -24,6 +26,40 @@ __all__ = ["RANK_METHOD", "CandidateCount", "Payload", "RankPayload", "RequestMi
 
 RANK_METHOD = "/ranking.v1.RankingService/Rank"
 Popularity = Literal["uniform", "zipf"]
+
+
+def _reasons_view() -> type[Message]:
+    """A message type that declares only `RankResponse.degraded_reasons`, at its field number.
+
+    Parsing a response with it reads the reasons and leaves the ranked items (the bulk of the
+    bytes) as unknown fields, which upb skips without building 200 messages: about 5x cheaper
+    than `RankResponse.FromString`, a few percent of the load generator's CPU per request. The
+    load generator needs nothing else from a response.
+    """
+    real = ranking_pb2.RankResponse.DESCRIPTOR.fields_by_name["degraded_reasons"]
+    if real.type != real.TYPE_STRING or not real.is_repeated:
+        raise TypeError("RankResponse.degraded_reasons is no longer a repeated string")
+    FieldType = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(
+        name="ranking/loadgen/rank_response_reasons.proto",
+        package="ranking.loadgen.view",
+        syntax="proto3",
+    )
+    file.message_type.add(name="RankResponseReasons").field.add(
+        name=real.name,
+        number=real.number,
+        type=FieldType.TYPE_STRING,
+        label=FieldType.LABEL_REPEATED,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    view: type[Message] = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("ranking.loadgen.view.RankResponseReasons")
+    )
+    return view
+
+
+_RankResponseReasons = _reasons_view()
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +259,8 @@ class RankPayload:
         return out
 
     def degraded_reasons(self, response: bytes) -> tuple[str, ...]:
-        return tuple(ranking_pb2.RankResponse.FromString(response).degraded_reasons)
+        view: Any = _RankResponseReasons.FromString(response)
+        return tuple(view.degraded_reasons)
 
 
 @functools.lru_cache(maxsize=8)

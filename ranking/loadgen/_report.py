@@ -6,13 +6,16 @@ digits), which merge exactly across processes; percentiles come from the merged 
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 __all__ = [
+    "BulkHistogram",
     "LatencySummary",
     "LoadReport",
     "Sample",
@@ -37,6 +40,41 @@ def decode_histogram(encoded: str) -> HdrHistogram:
     if not encoded:
         return new_histogram()
     return HdrHistogram.decode(encoded.encode("ascii"))
+
+
+class BulkHistogram:
+    """Values (us) gathered in an array and added to an HDR histogram in bulk.
+
+    hdrh's `record_value` is Python, ~5 us a call; four per request were a tenth of the load
+    generator's CPU. Appending to an array costs ~0.1 us, and a flush records each distinct
+    value once with its count, so the histogram holds exactly what per-value recording would.
+    """
+
+    __slots__ = ("_histogram", "_values")
+
+    #: Flush after this many values, so a long run's memory stays bounded (512 KiB).
+    FLUSH_AT = 1 << 16
+
+    def __init__(self) -> None:
+        self._histogram = new_histogram()
+        self._values = array("q")
+
+    def add(self, value_us: int) -> None:
+        self._values.append(value_us)
+        if len(self._values) >= self.FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._values:
+            distinct, counts = np.unique(np.frombuffer(self._values, np.int64), return_counts=True)
+            for value, count in zip(distinct.tolist(), counts.tolist(), strict=True):
+                self._histogram.record_value(value, count)
+            self._values = array("q")
+
+    def histogram(self) -> HdrHistogram:
+        """Everything added so far, as one histogram."""
+        self._flush()
+        return self._histogram
 
 
 def encode_histogram(h: HdrHistogram) -> str:

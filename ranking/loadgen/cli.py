@@ -19,6 +19,7 @@ from ranking.loadgen._config import LoadConfig
 from ranking.loadgen._mix import CandidateCount, RankPayload, RequestMix
 from ranking.loadgen._report import LoadReport
 from ranking.loadgen._runner import LoadGenError, run_load
+from ranking.tls import ClientTls, TlsError, add_client_tls_arguments
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -64,6 +65,7 @@ def build_parser(prog: str = "ranking load") -> argparse.ArgumentParser:
         "--context", action="append", default=[], metavar="NAME=VALUE", help="request context"
     )
     p.add_argument("--json", type=Path, help="write the full report (every figure) here")
+    add_client_tls_arguments(p)
     return p
 
 
@@ -121,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         max_in_flight=args.max_in_flight,
         connect_timeout_s=args.connect_timeout,
         seed=args.seed,
+        tls=ClientTls.from_args(args),
     )
 
 
@@ -134,7 +137,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "ranking load") -> int:
         parser.error(str(exc))
     try:
         report: LoadReport = _run(config)
-    except LoadGenError as exc:
+    except (LoadGenError, TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())

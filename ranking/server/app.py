@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2, ranking_pb2_grpc
+from ranking.api.v1 import ranking_pb2
 from ranking.core.models import ModelHolder, build_serving_model
 from ranking.core.service import RankingService
 from ranking.errors import BundleError
@@ -31,20 +31,26 @@ from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity
 from ranking.features.store import FeatureStore, columns_or_empty
 from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
+from ranking.server.listeners import (
+    Listeners,
+    OpsServers,
+    bind,
+    serving_credentials,
+    start_ops_servers,
+)
 from ranking.settings import Settings
 from ranking.telemetry import Stats, Telemetry, build_telemetry
 from ranking.telemetry.backlog import BacklogRefusals, channelz_server_ids
 from ranking.telemetry.endpoint import LocalSource, MetricsServer
 from ranking.telemetry.state import PUBLISH_EVERY_S, ServiceState, publish
+from ranking.tls import CertificateReloader
 
 __all__ = ["App", "run_worker"]
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-)
+# Served (and listed by reflection) on the serving port; the admin service has its own port.
+SERVICE_NAMES = (ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name,)
 
 
 def demo_bundle_path(settings: Settings, progress: bool = True) -> Path:
@@ -134,6 +140,11 @@ class App:
         stats = stats or Stats()
         self.telemetry = telemetry or build_telemetry(stats)
         self.port = 0
+        #: Every port this worker bound (serving, admin, probe; 0 = off).
+        self.listeners = Listeners()
+        #: Re-reads the TLS files on change (None: plaintext).
+        self.tls: CertificateReloader | None = None
+        self._ops = OpsServers()
         self.core: RankingService | None = None
         self.store: FeatureStore | None = None
         self._server: grpc.aio.Server | None = None
@@ -156,6 +167,7 @@ class App:
         """Build everything and start serving; returns the bound port."""
         s = self.settings
         loop = asyncio.get_running_loop()
+        credentials, self.tls = serving_credentials(s)  # TlsError before anything is built
         # Scoring large batches and building models run off the event loop, so one slow call
         # never holds every other request (small batches are scored inline: see
         # inline_max_row_trees in settings.py).
@@ -189,39 +201,54 @@ class App:
             ("grpc.so_reuseport", 1 if s.effective_workers() > 1 else 0),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
         ]
+        if s.max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1e3)),
+                ("grpc.max_connection_age_grace_ms", int(s.grace_s * 1e3)),
+            ]
+        ops_options = list(options)
         options += backlog_options(s.max_pending_calls)
         before = channelz_server_ids()  # to tell this server's channelz entry from others'
         server = grpc.aio.server(options=options)
-        from ranking.server.servicer import AdminServicer, RankingServicer
+        self._backlog = BacklogRefusals(channelz_server_ids() - before)
+        from ranking.server.servicer import AdminServicer, RankingServicer, add_ranking_servicer
 
         self._servicer = RankingServicer(self.core, s.budget_ms / 1e3)
-        ranking_pb2_grpc.add_RankingServiceServicer_to_server(self._servicer, server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.core, s.admin_token, s.effective_workers()), server
-        )
+        add_ranking_servicer(self._servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {s.host}:{s.port}")
+        self.port = self.listeners.serving = bind(server, s.host, s.port, credentials)
         self._server = server
         await server.start()
-        self._backlog = BacklogRefusals(channelz_server_ids() - before)
+        try:
+            self._ops = await start_ops_servers(
+                s,
+                admin_servicer=AdminServicer(self.core, s.admin_token, s.effective_workers()),
+                health_servicer=self._health,
+                options=ops_options,
+                listeners=self.listeners,
+            )
+        except BaseException:
+            await server.stop(0)
+            self._server = None
+            raise
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.bundle is not None and s.reload_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch(s.bundle, s.reload_poll_s))
         self._start_metrics()
         log.info(
-            "worker %d serving model %s (%s) on %s:%d; limiter %s, gRPC backlog %s",
+            "worker %d serving model %s (%s) on %s:%d (%s)%s; limiter %s, gRPC backlog %s",
             self.worker,
             model.version,
             model.scorer.name,
             s.host,
             self.port,
+            ("mutual TLS" if s.tls_client_ca else "TLS") if credentials else "plaintext",
+            _ops_ports(s, self.listeners),
             s.limiter,
             s.max_pending_calls or "gRPC default",
         )
@@ -305,6 +332,7 @@ class App:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        await self._ops.stop(0)
         if self.store is not None:
             await self.store.close()
             self.store = None
@@ -313,6 +341,15 @@ class App:
                 executor.shutdown(wait=True)
         self._score_executor = self._build_executor = None
         self.telemetry.shutdown()
+
+
+def _ops_ports(s: Settings, ports: Listeners) -> str:
+    out = ""
+    if ports.admin:
+        out += f", admin on {s.admin_host}:{ports.admin}"
+    if ports.health:
+        out += f", health probes on {s.host}:{ports.health}"
+    return out
 
 
 def _fingerprint(folder: Path) -> tuple[tuple[str, int, int, int], ...]:

@@ -1,87 +1,57 @@
-"""Protobuf <-> domain objects. The only module of the request path that touches messages."""
+"""Wire bytes <-> domain objects. The only module of the request path that touches messages.
+
+Rank's handler takes and returns raw bytes: the native codec (`_wire`, see README.md here)
+decodes a `RankRequest` straight into a `RankQuery` (ids as one buffer, inline values as one
+matrix) and encodes the `RankResponse` from the result's arrays, with no Python object per
+candidate either way.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-
-from ranking.api.v1 import ranking_pb2 as pb
 from ranking.core.service import RankQuery, RankResult
 from ranking.errors import InvalidRequest
+from ranking.ids import Ids
+from ranking.server._wire import WireError, decode_request, encode_response
 
 __all__ = ["to_query", "to_response"]
 
 
-def to_query(request: pb.RankRequest) -> RankQuery:
-    """Convert a request; checks only what the message shape itself can get wrong."""
-    candidates = request.candidates
-    ids = [c.id for c in candidates]
-    names = list(request.feature_names)
-    values = None
-    rows = None
-    if names:
-        width = len(names)
-        lengths = [len(c.feature_values) for c in candidates]
-        bad = next((i for i, k in enumerate(lengths) if k not in (0, width)), None)
-        if bad is not None:
-            raise InvalidRequest(
-                f"candidates[{bad}].feature_values: {lengths[bad]} values for {width} "
-                "feature_names (send one per name, or none)"
-            )
-        values = np.full((len(ids), width), np.nan, dtype=np.float64)
-        sent = np.fromiter((k == width for k in lengths), dtype=bool, count=len(ids))
-        for i in np.flatnonzero(sent).tolist():
-            values[i] = candidates[i].feature_values
-        if not sent.all():
-            rows = sent
-    elif not _no_inline_values(request, ids):
-        raise InvalidRequest("candidates.feature_values: sent without feature_names")
+def to_query(body: bytes, max_candidates: int, max_names: int) -> RankQuery:
+    """Decode a serialized RankRequest; checks only what the message itself can get wrong
+    (protobuf's wire rules, value counts per candidate) and the two limits that bound what
+    decoding allocates. Raises `InvalidRequest` with a message naming the field."""
+    try:
+        rid, uid, data, offsets, context, top_k, strict, names, values, rows = decode_request(
+            body, max_candidates, max_names
+        )
+    except WireError as exc:
+        # The codec's own caller-facing text; there is no library exception text to hide.
+        raise InvalidRequest(str(exc)) from None
     return RankQuery(
-        candidate_ids=ids,
-        user_id=request.user_id,
-        context=dict(request.context),
-        top_k=request.top_k,
+        candidate_ids=Ids(data, offsets),
+        user_id=uid,
+        context=context,
+        top_k=top_k,
         inline_names=names,
         inline_values=values,
         inline_rows=rows,
-        strict=request.strict,
-        request_id=request.request_id,
+        strict=strict,
+        request_id=rid,
     )
 
 
-def _no_inline_values(request: pb.RankRequest, ids: list[str]) -> bool:
-    """True when no candidate carries `feature_values`.
-
-    Asking every candidate (`len(c.feature_values)`) costs ~90 us for 200 candidates, more
-    than the rest of the conversion. Instead compare sizes: a candidate holding only a short
-    ASCII id of L bytes takes exactly L + 4 bytes on the wire (tag, length, tag, length, id),
-    so the candidates' share of `ByteSize()` equals sum(L) + 4n exactly when none carries
-    values. Long or non-ASCII ids take the slow, obvious path.
-    """
-    lengths = list(map(len, ids))
-    if not lengths or max(lengths) >= 126 or min(lengths) == 0 or not "".join(ids).isascii():
-        return not any(len(c.feature_values) for c in request.candidates)
-    rest = pb.RankRequest(
-        request_id=request.request_id,
-        user_id=request.user_id,
-        context=request.context,
-        top_k=request.top_k,
-        feature_names=request.feature_names,
-        strict=request.strict,
+def to_response(result: RankResult, request_id: str, extra: bytes = b"") -> bytes:
+    """Encode a serialized RankResponse; `extra` is appended as it is (already-encoded fields
+    of RankResponse: protobuf merges concatenated messages)."""
+    ids = result.candidates
+    return encode_response(
+        ids.data,
+        ids.offsets,
+        result.order,
+        result.ranked_scores,
+        result.unscored,
+        result.model_version,
+        result.degraded,
+        request_id,
+        extra,
     )
-    return bool(request.ByteSize() - rest.ByteSize() == sum(lengths) + 4 * len(ids))
-
-
-def to_response(result: RankResult, request_id: str) -> pb.RankResponse:
-    response = pb.RankResponse(
-        model_version=result.model_version,
-        degraded_reasons=result.degraded,
-        request_id=request_id,
-    )
-    items = response.items
-    add = items.add
-    scored = len(result.ids) - result.unscored
-    for item_id, score in zip(result.ids[:scored], result.scores, strict=False):
-        add(id=item_id, score=score)
-    for item_id in result.ids[scored:]:
-        add(id=item_id, unscored=True)
-    return response

@@ -1,4 +1,8 @@
-"""gRPC servicers: convert, call the core, convert back; the core counts and times the call."""
+"""gRPC servicers: convert, call the core, convert back; the core counts and times the call.
+
+`Rank` takes and returns raw bytes (`add_ranking_servicer` registers it without a protobuf
+deserializer or serializer): the native codec decodes the request and encodes the response.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ from pathlib import Path
 import grpc
 
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc
-from ranking.api.v1 import ranking_pb2 as pb
-from ranking.api.v1 import ranking_pb2_grpc as pb_grpc
 from ranking.core.deadline import Deadline
 from ranking.core.service import RankingService
 from ranking.errors import BundleError
@@ -18,12 +20,17 @@ from ranking.server.converters import to_query, to_response
 from ranking.server.errors import abort
 from ranking.telemetry import stats as st
 
-__all__ = ["AdminServicer", "RankingServicer"]
+__all__ = ["AdminServicer", "RankingServicer", "add_ranking_servicer"]
 
 log = logging.getLogger(__name__)
 
+RANKING_SERVICE = "ranking.v1.RankingService"
 
-class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
+
+class RankingServicer:
+    """`Rank` over raw bytes; one code path whether tracing records or not (the call record
+    makes the spans)."""
+
     def __init__(self, core: RankingService, budget_s: float) -> None:
         self._core = core
         self._budget_s = budget_s
@@ -33,18 +40,17 @@ class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
         self.inflight = 0
         self.last_arrival_s = 0.0
 
-    async def Rank(
-        self, request: pb.RankRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RankResponse:
-        call = self._core.begin_call(context.invocation_metadata)
+    async def Rank(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        core = self._core
+        call = core.begin_call(context.invocation_metadata)
         deadline = Deadline.from_budget(self._budget_s, context.time_remaining())
         self.last_arrival_s = deadline.started
         self.inflight += 1
         try:
-            query = to_query(request)
+            query = to_query(request, core.max_candidates, core.max_feature_names)
             call.lap(st.CONVERT)
-            result = await self._core.rank(query, deadline, call)
-            response = to_response(result, request.request_id)
+            result = await core.rank(query, deadline, call)
+            response = to_response(result, query.request_id)
             call.lap(st.RESPOND)
         except BaseException as exc:
             call.end(exc)
@@ -53,6 +59,20 @@ class RankingServicer(pb_grpc.RankingServiceServicer):  # type: ignore[misc]
             self.inflight -= 1
         call.end(None)
         return response
+
+
+def add_ranking_servicer(servicer: RankingServicer, server: grpc.aio.Server) -> None:
+    """Serve `ranking.v1.RankingService` from `servicer` with bytes in and bytes out: no
+    request deserializer, no response serializer (reflection still describes the messages)."""
+    handlers = {
+        "Rank": grpc.unary_unary_rpc_method_handler(
+            servicer.Rank, request_deserializer=None, response_serializer=None
+        )
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(RANKING_SERVICE, handlers),)
+    )
+    server.add_registered_method_handlers(RANKING_SERVICE, handlers)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
+import numpy as np
 import pytest
 
 from ranking.api.v1 import ranking_pb2, ranking_pb2_grpc
@@ -21,6 +22,7 @@ from ranking.loadgen import (
     run_load,
 )
 from ranking.loadgen._engine import Recorder
+from ranking.loadgen._report import BulkHistogram, encode_histogram, new_histogram
 
 SMALL = RankPayload(
     RequestMix(n_users=50, n_items=500, candidates=CandidateCount.fixed(20), pool_size=64)
@@ -187,3 +189,18 @@ async def test_several_client_processes_merge_into_one_report(floor_target: str)
     assert report.sent == report.scheduled == 100
     assert report.ok == 100
     assert report.latency_histogram().get_total_count() == 100
+
+
+def test_bulk_histogram_holds_what_per_value_recording_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Across flushes (a small FLUSH_AT forces several) and out-of-range values alike."""
+    monkeypatch.setattr(BulkHistogram, "FLUSH_AT", 100)
+    values = np.random.default_rng(0).lognormal(7, 2, 1234).astype(np.int64) + 1
+    values[::97] = 500_000_000  # above the histogram's range: dropped by both
+    bulk, one_by_one = BulkHistogram(), new_histogram()
+    for v in values.tolist():
+        bulk.add(v)
+        one_by_one.record_value(v)
+    assert encode_histogram(bulk.histogram()) == encode_histogram(one_by_one)
+    assert bulk.histogram().get_total_count() == one_by_one.get_total_count() > 1000

@@ -114,3 +114,23 @@ def test_mix_from_a_scenario_table() -> None:
     )
     assert mix.candidates == CandidateCount((10, 20), uniform=True)
     assert mix.context == {"hour_of_day": 12.0}
+
+
+@pytest.mark.parametrize(
+    "reasons", [(), ("features.stale",), ("features.items_unknown", "budget.partial_scoring")]
+)
+def test_degraded_reasons_read_like_the_full_parse(reasons: tuple[str, ...]) -> None:
+    """The reasons-only view of a response reads what `RankResponse.FromString` reads,
+    whatever else the response holds (items before, fields after)."""
+    response = ranking_pb2.RankResponse(
+        model_version="v1", degraded_reasons=list(reasons), request_id="r-1"
+    )
+    response.items.extend(
+        ranking_pb2.RankedItem(id=f"i{j}", score=j / 7, unscored=j % 3 == 0) for j in range(200)
+    )
+    raw = response.SerializeToString()
+    assert RankPayload().degraded_reasons(raw) == reasons
+    assert RankPayload().degraded_reasons(raw) == tuple(
+        ranking_pb2.RankResponse.FromString(raw).degraded_reasons
+    )
+    assert RankPayload().degraded_reasons(b"") == ()

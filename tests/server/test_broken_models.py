@@ -68,10 +68,13 @@ class Load:
         await asyncio.gather(*self._tasks)
 
 
-def serve(bundle: Path, world: SmallWorld, port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(
+    bundle: Path, world: SmallWorld, port: int, admin_port: int, log: Path
+) -> subprocess.Popen[bytes]:
     cmd = [
         *(sys.executable, "-m", "ranking.cli", "serve", "--bundle", str(bundle)),
         *("--port", str(port), "--workers", "1", "--admin-token", "s3cret"),
+        *("--admin-port", str(admin_port)),
         *("--features", f"user={world.folder / 'users.csv'}"),
         *("--features", f"item={world.folder / 'items.csv'}"),
         *("--limiter", "off", "--budget-ms", "1000"),
@@ -103,14 +106,14 @@ async def test_broken_models_never_change_the_serving_model(
     write_bundle(live, good, FEATURES, version="small-v1", prior="i_pop")
     candidate = tmp_path / "candidate"
     write_bundle(candidate, good, FEATURES, version="candidate")
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     log = Path(tempfile.mkstemp(prefix="ranking-broken-", suffix=".log")[1])
-    proc = serve(live, small_world, port, log)
+    proc = serve(live, small_world, port, admin_port, log)
     try:
         await wait_serving(port, proc)
         load = Load(port)
         load.start()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{admin_port}") as ch:
             admin = admin_pb2_grpc.AdminServiceStub(ch)
             # 1. Every broken text through ReloadModel.
             for name, text in corpus:

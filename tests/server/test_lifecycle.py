@@ -106,8 +106,8 @@ async def test_sigterm_drains_in_flight_calls(small_world: SmallWorld) -> None:
 
 
 async def test_two_workers_share_the_port(small_world: SmallWorld) -> None:
-    port = free_port()
-    proc = start_server(small_world, port, "--workers", "2")
+    port, admin_port = free_port(), free_port()
+    proc = start_server(small_world, port, "--workers", "2", "--admin-port", str(admin_port))
     try:
         await wait_serving(port, proc)
         for _ in range(6):  # fresh connections land on either worker
@@ -116,7 +116,7 @@ async def test_two_workers_share_the_port(small_world: SmallWorld) -> None:
             ) as ch:
                 resp = await ranking_pb2_grpc.RankingServiceStub(ch).Rank(big_request(20))
                 assert len(resp.items) == 20
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{admin_port}") as ch:
             stats = await admin_pb2_grpc.AdminServiceStub(ch).GetStats(admin_pb2.GetStatsRequest())
         assert stats.workers == 2
         assert stats.counters["ok"] >= 6  # summed over both workers
@@ -139,11 +139,14 @@ async def test_admin_reload_swaps_and_refuses_broken(
     (broken / "model.txt").write_text("tree\nversion=v4\nthis is not a model\n")
     (broken / "schema.json").write_text((newer / "schema.json").read_text())
 
-    app = App(small_settings(small_world, admin_token="s3cret"))
+    app = App(small_settings(small_world, admin_token="s3cret", admin_port=0))
     await app.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
-            admin = admin_pb2_grpc.AdminServiceStub(ch)
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch,
+            grpc.aio.insecure_channel(f"127.0.0.1:{app.listeners.admin}") as admin_ch,
+        ):
+            admin = admin_pb2_grpc.AdminServiceStub(admin_ch)
             rank = ranking_pb2_grpc.RankingServiceStub(ch)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await admin.ReloadModel(admin_pb2.ReloadModelRequest(bundle_path=str(newer)))

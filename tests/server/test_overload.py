@@ -31,6 +31,7 @@ def request(n: int = 20) -> pb.RankRequest:
 
 
 async def stats(port: int) -> admin_pb2.GetStatsResponse:
+    """GetStats from the admin port `port`."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         return await admin_pb2_grpc.AdminServiceStub(ch).GetStats(admin_pb2.GetStatsRequest())
 
@@ -38,7 +39,11 @@ async def stats(port: int) -> admin_pb2.GetStatsResponse:
 async def test_calls_over_the_limit_get_resource_exhausted_with_a_retry_hint(
     small_world: SmallWorld,
 ) -> None:
-    app = App(small_settings(small_world, limiter="fixed", limiter_fixed=2, max_pending_calls=0))
+    app = App(
+        small_settings(
+            small_world, limiter="fixed", limiter_fixed=2, max_pending_calls=0, admin_port=0
+        )
+    )
     await app.start()
     assert app.core is not None
     store = GatedStore.of(small_world)
@@ -64,7 +69,7 @@ async def test_calls_over_the_limit_get_resource_exhausted_with_a_retry_hint(
             assert [len(a.items) for a in answers] == [20, 20]
             # Once the burst is over, calls are admitted again.
             assert len((await stub.Rank(request(), timeout=10)).items) == 20
-        got = await stats(app.port)
+        got = await stats(app.listeners.admin)
         assert got.counters["shed"] == 4
         assert got.counters["limiter_rejected"] == 4
         assert got.counters["ok"] == 3
@@ -75,7 +80,7 @@ async def test_calls_over_the_limit_get_resource_exhausted_with_a_retry_hint(
 async def test_a_caller_deadline_passing_mid_call_is_counted_as_dropped_not_logged(
     small_world: SmallWorld, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = App(small_settings(small_world, limiter="fixed", limiter_fixed=4))
+    app = App(small_settings(small_world, limiter="fixed", limiter_fixed=4, admin_port=0))
     await app.start()
     assert app.core is not None
     app.core.store = GatedStore.of(small_world)  # never opened: the call outlives its deadline
@@ -89,7 +94,7 @@ async def test_a_caller_deadline_passing_mid_call_is_counted_as_dropped_not_logg
                 if app.core.limiter.inflight == 0:
                     break
                 await asyncio.sleep(0.02)
-        got = await stats(app.port)
+        got = await stats(app.listeners.admin)
         assert got.counters["cancelled"] == 1
         assert got.counters["internal"] == 0
         assert got.counters["limiter_dropped"] == 1  # an overload signal for the limit

@@ -43,7 +43,7 @@ def request(n: int, unknown: int = 0) -> pb.RankRequest:
 
 
 async def test_counts_histograms_and_getstats_agree(small_world: SmallWorld) -> None:
-    app = App(small_settings(small_world, metrics_port=free_port()))
+    app = App(small_settings(small_world, metrics_port=free_port(), admin_port=0))
     await app.start()
     assert app.metrics is not None
     try:
@@ -55,7 +55,10 @@ async def test_counts_histograms_and_getstats_agree(small_world: SmallWorld) -> 
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await stub.Rank(pb.RankRequest(user_id="u1"))
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            got = await admin_pb2_grpc.AdminServiceStub(ch).GetStats(admin_pb2.GetStatsRequest())
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.listeners.admin}") as admin_ch:
+            got = await admin_pb2_grpc.AdminServiceStub(admin_ch).GetStats(
+                admin_pb2.GetStatsRequest()
+            )
         text = scrape(app.metrics.port)
     finally:
         await app.stop(0.5)
@@ -106,6 +109,7 @@ async def test_features_counters_from_redis_through_cache_and_hedger(
         redis_urls=tuple(s.url for s in redis_replicas),
         redis_namespace="t",
         metrics_port=free_port(),
+        admin_port=0,
     )
     app = App(settings)
     await app.start()
@@ -115,7 +119,10 @@ async def test_features_counters_from_redis_through_cache_and_hedger(
             stub = ranking_pb2_grpc.RankingServiceStub(ch)
             for _ in range(5):  # the first call misses, the others hit
                 await stub.Rank(request(40, unknown=2))
-            got = await admin_pb2_grpc.AdminServiceStub(ch).GetStats(admin_pb2.GetStatsRequest())
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.listeners.admin}") as admin_ch:
+            got = await admin_pb2_grpc.AdminServiceStub(admin_ch).GetStats(
+                admin_pb2.GetStatsRequest()
+            )
         text = scrape(app.metrics.port)
         cache = app.store
         assert isinstance(cache, CachedFeatureStore)
