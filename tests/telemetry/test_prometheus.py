@@ -11,7 +11,7 @@ import grpc
 
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.api.v1 import ranking_pb2_grpc
-from ranking.telemetry.stats import REQUEST_BUCKETS_S
+from ranking.telemetry.stats import INDEX, REQUEST_BUCKETS_S, Stats
 from tests.conftest import SmallWorld
 from tests.telemetry.servers import DASHBOARD, Prometheus, RankingProcess, binary, running
 
@@ -30,7 +30,9 @@ def test_prometheus_counts_every_call_of_both_workers(
     small_world: SmallWorld, tmp_path: Path
 ) -> None:
     binary("prometheus")
-    server = RankingProcess(small_world, "--workers", "2")
+    shared = tmp_path / "server-tmp"  # where the parent puts the workers' shared stats file
+    shared.mkdir()
+    server = RankingProcess(small_world, "--workers", "2", env={"TMPDIR": str(shared)})
     prom = Prometheus(tmp_path, [f"127.0.0.1:{server.metrics_port}"])
     with running(server, prom):
         server.wait_serving()
@@ -67,6 +69,10 @@ def test_prometheus_counts_every_call_of_both_workers(
         assert prom.wait_for('ranking_requests_total{code="OK"}', ok) == ok
         assert prom.wait_for('ranking_requests_total{code="INVALID_ARGUMENT"}', INVALID) == INVALID
         assert prom.scalar("ranking_request_duration_seconds_count") == total
+        # Both workers served some of them: the endpoint really sums two rows.
+        (stats_file,) = shared.glob("ranking-*/ranking-stats-*.bin")
+        per_worker = [Stats(2, stats_file, w).row[INDEX["requests"]] for w in range(2)]
+        assert min(per_worker) > 0 and sum(per_worker) == total, per_worker
         assert prom.scalar('ranking_stage_duration_seconds_count{stage="score"}') == ok
         # Both workers publish their state (one model_info series each).
         assert prom.scalar("count(ranking_model_info)") == 2.0
