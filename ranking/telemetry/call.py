@@ -62,6 +62,8 @@ SPAN_NAME = "ranking.v1.RankingService/Rank"
 #: one tuple so a stage makes one lookup.
 _STAGE = tuple(zip(st.I_WALL, st.I_BUCKET, st.BOUNDS_NS, st.I_CPU, strict=True))
 I_OUTCOME = st.I_OUTCOME
+I_REQUESTS = st.I_REQUESTS
+N_STAGES = st.TOTAL  # stages lapped one by one; the whole call ("total") is timed by end()
 LAYOUT = st.COUNT_LAYOUT
 
 
@@ -131,23 +133,20 @@ class CallRecord:
     def __init__(self, telemetry: Telemetry, metadata: Metadata | None = None) -> None:
         stats = telemetry.stats
         row = self._row = stats.row
-        row[st.I_REQUESTS] += 1
-        stats.calls += 1
+        row[I_REQUESTS] += 1
+        calls = stats.calls = stats.calls + 1
         self._ended = False
         self._ranked: tuple[int, int, Sequence[str]] | None = None
         self._span: trace.Span | None = None
-        self._tracer = telemetry.tracer
-        self._ctx: Any = None
-        self._epoch = 0
-        if telemetry.recording:
-            self._begin_span(metadata)
+        if telemetry.recording:  # _tracer, _ctx and _epoch are set (and read) only then
+            self._begin_span(telemetry.tracer, metadata)
         #: Clock reading at the end of each stage (0: the stage did not run).
-        self._marks = [0] * st.TOTAL
+        self._marks = [0] * N_STAGES
         #: The thread-CPU clock at the start and at each stage's end, for a sampled call.
         self._cpu: list[int] | None = None
-        if stats.calls % st.CPU_SAMPLE_EVERY == 0:
-            self._cpu = [0] * (st.TOTAL + 1)
-            self._cpu[st.TOTAL] = _cpu()
+        if calls % st.CPU_SAMPLE_EVERY == 0:
+            cpu = self._cpu = [0] * (N_STAGES + 1)
+            cpu[N_STAGES] = _cpu()
         self._start = _perf()
 
     def lap(self, stage: int) -> None:
@@ -233,12 +232,13 @@ class CallRecord:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.end(end_time=self._epoch + total_ns)
 
-    def _begin_span(self, metadata: Metadata | None) -> None:
+    def _begin_span(self, tracer: trace.Tracer, metadata: Metadata | None) -> None:
         carrier: dict[str, str] = {}
         if metadata is not None:
             carrier = {k: v for k, v in (metadata() or ()) if isinstance(v, str)}
+        self._tracer = tracer
         self._epoch = time.time_ns()
-        span = self._tracer.start_span(
+        span = tracer.start_span(
             SPAN_NAME,
             context=propagate.extract(carrier),
             kind=SpanKind.SERVER,
