@@ -41,6 +41,21 @@ class Settings(BaseSettings):
     drain_quiet_ms: float = Field(
         100.0, ge=0, le=60_000, description="Shutdown waits this long without a new call."
     )
+    worker_max_deaths: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="With several workers: this many worker deaths within "
+        "worker_death_window_s stop the server (exit 1); fewer are restarted with back-off.",
+    )
+    worker_death_window_s: float = Field(60.0, gt=0, le=86_400)
+    warmup_rounds: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="Rounds of 8 concurrent synthetic queries a worker runs through its core "
+        "before it listens (first store connections, code paths); 0 = none.",
+    )
     max_concurrent_streams: int = Field(
         256, ge=1, le=100_000, description="HTTP/2 streams per connection."
     )

@@ -20,6 +20,7 @@ import numpy as np
 
 from ranking.errors import BundleError
 from ranking.scoring.lightgbm_scorer import LightGBMScorer
+from ranking.scoring.model_text import parse_model_text
 from ranking.scoring.quickscorer import QuickScorer
 from ranking.scoring.scorer import ENGINES, Scorer
 
@@ -54,13 +55,14 @@ def build_scorer(model_text: str, engine: str = "auto") -> Scorer:
         raise ValueError(f"unknown scoring engine {engine!r}; expected one of {ENGINES}")
     if engine == "lightgbm":
         return LightGBMScorer(model_text)
+    parse_model_text(model_text)  # a malformed text is refused here, not "fallen back" on
     started = time.perf_counter()
     try:
         candidate = QuickScorer.from_model_text(model_text)
     except BundleError as exc:
         if engine == "quickscorer":
             raise
-        # Unsupported (linear trees, > 256 leaves) or unreadable; LightGBM decides which.
+        # Unsupported (linear trees, > 256 leaves): the text itself passed the parser above.
         logger.warning("scoring with LightGBM: %s", exc.message)
         return LightGBMScorer(model_text)
     reference = LightGBMScorer(model_text)

@@ -31,12 +31,13 @@ they were in `quickscorer.py`, where this parser used to live).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -196,22 +197,36 @@ T = TypeVar("T")
 def parse_model_text(model_text: str, digest: str | None = None) -> _Model:
     """Parse and check a whole LightGBM text model; raise BundleError naming the line.
 
-    `digest` is the text's SHA-256 (hex) when the caller already has it. Results are memoised
-    by digest, so the bundle loader, QuickScorer and the LightGBM scorer share one parse.
+    `digest` is the text's SHA-256 (hex) when the caller already has it (the bundle loader
+    does); otherwise it is computed, once, when the text is parsed. The last two models are
+    memoised by their text, so the bundle loader, QuickScorer and the LightGBM scorer share
+    one parse and one hash of a model.
     """
     if not isinstance(model_text, str):
         raise BundleError("the model text must be a str")
+    with _MEMO_LOCK:
+        hit = _MEMO.get(model_text)
+        if hit is not None:
+            _MEMO.move_to_end(model_text)
+            return hit
     if digest is None:
         digest = hashlib.sha256(model_text.encode("utf-8", "surrogatepass")).hexdigest()
-    return _parse_cached(digest, model_text)
-
-
-@functools.lru_cache(maxsize=8)
-def _parse_cached(digest: str, model_text: str) -> _Model:
     try:
-        return _Parser(model_text, digest).parse()
+        model = _Parser(model_text, digest).parse()
     except _Refused as exc:
         raise BundleError(f"model text line {exc.line}: {exc.message}") from None
+    with _MEMO_LOCK:
+        _MEMO[model_text] = model
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    return model
+
+
+# Two entries: the serving model and a candidate (a parsed 500-tree model holds ~10 MB). Keyed
+# by the text: a str caches its hash, so a hit on the same object costs no pass over the text.
+_MEMO_SIZE = 2
+_MEMO: OrderedDict[str, _Model] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
 
 
 class _Parser:

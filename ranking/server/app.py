@@ -1,9 +1,14 @@
 """One owner for start-up and shutdown of a server process.
 
 `App` builds, in order: the feature store, the serving model (off the event loop), the limiter,
-the core, and the grpc.aio server with health and reflection; `stop` undoes it in reverse after
-draining in-flight calls. `run_worker` is the process entry: uvloop, signals, serve until
-SIGTERM/SIGINT.
+the core, a warm-up (`warmup.py`), and the grpc.aio server with health and reflection; `stop`
+undoes it in reverse after draining in-flight calls. `run_worker` is the process entry: uvloop,
+signals, serve until SIGTERM/SIGINT.
+
+Health: the server binds its port only once a model is loaded and warmed, so nothing connects
+to a worker without a model. The overall status ("", liveness) is SERVING while this process
+serves; the services' (`ranking.v1.RankingService`, readiness) while it and, with several
+workers, every other worker serve (`roster.py`). Both turn NOT_SERVING when a drain starts.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from ranking.server.listeners import (
     serving_credentials,
     start_ops_servers,
 )
+from ranking.server.roster import Roster
+from ranking.server.warmup import warm_up
 from ranking.settings import Settings
 from ranking.telemetry import Stats, Telemetry, build_telemetry
 from ranking.telemetry.backlog import BacklogRefusals, channelz_server_ids
@@ -127,12 +134,14 @@ class App:
         telemetry: Telemetry | None = None,
         stats: Stats | None = None,
         worker: int = 0,
+        roster: Roster | None = None,
         serve_metrics: bool = True,
     ) -> None:
         """`serve_metrics`: serve --metrics-port from this process (False in the workers of a
         multi-process server, whose parent serves it)."""
         self.settings = settings
         self.worker = worker
+        self.roster = roster
         self._serve_metrics = serve_metrics
         self.metrics: MetricsServer | None = None
         self._publisher: asyncio.Task[None] | None = None
@@ -152,6 +161,9 @@ class App:
         self._score_executor: ThreadPoolExecutor | None = None
         self._build_executor: ThreadPoolExecutor | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._readiness: asyncio.Task[None] | None = None
+        self._serving: tuple[bool, bool] | None = None
+        self._draining = False
         self._servicer: Any = None
 
     async def __aenter__(self) -> App:
@@ -186,6 +198,16 @@ class App:
         bundle: Bundle = await loop.run_in_executor(self._build_executor, load_bundle, bundle_dir)
         model = await loop.run_in_executor(self._build_executor, build, bundle)
         holder = ModelHolder(model, build=build, executor=self._build_executor)
+        await warm_up(
+            models=holder,
+            store=self.store,
+            executor=self._score_executor,
+            inline_max_row_trees=s.inline_max_row_trees,
+            fetch_share=s.fetch_share,
+            budget_s=s.budget_ms / 1e3,
+            rounds=s.warmup_rounds,
+            candidates=min(200, s.max_candidates),
+        )
         limiter = _limiter(s)
         self.core = RankingService(
             models=holder,
@@ -222,6 +244,8 @@ class App:
         )
         self.port = self.listeners.serving = bind(server, s.host, s.port, credentials)
         self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         try:
             self._ops = await start_ops_servers(
@@ -235,8 +259,10 @@ class App:
             await server.stop(0)
             self._server = None
             raise
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.roster is not None:
+            self.roster.set_ready(self.worker, True)
+        await self._update_health()
+        self._readiness = asyncio.create_task(self._follow_readiness())
         if s.bundle is not None and s.reload_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch(s.bundle, s.reload_poll_s))
         self._start_metrics()
@@ -295,6 +321,34 @@ class App:
             with contextlib.suppress(BundleError):
                 await self.core.models.reload(folder)
 
+    def alive(self) -> bool:
+        """This process serves: its model is loaded (it is once started) and no drain has begun.
+        The overall health status ("") says this: a liveness probe."""
+        return self.core is not None and self._server is not None and not self._draining
+
+    def ready(self) -> bool:
+        """Alive, and so is every worker of the server. The services' health status says this
+        (`ranking.v1.RankingService`): readiness probes and client-side health checking."""
+        return self.alive() and (self.roster is None or self.roster.all_ready())
+
+    async def _update_health(self) -> None:
+        state = (self.alive(), self.ready())
+        if state == self._serving or self._health is None:
+            return
+        self._serving = state
+        alive, ready = state
+        await self._health.set("", _status(alive))
+        for name in SERVICE_NAMES:
+            await self._health.set(name, _status(ready))
+        if self.roster is not None:
+            log.info("worker %d ready: %s", self.worker, ready)
+
+    async def _follow_readiness(self, every_s: float = 0.05) -> None:
+        """Keep health in step with the other workers (a sibling died or came back)."""
+        while True:
+            await asyncio.sleep(every_s)
+            await self._update_health()
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain, stop, close: nothing a client already sent is lost if it fits in the grace.
 
@@ -307,6 +361,14 @@ class App:
         """
         grace = self.settings.grace_s if grace_s is None else grace_s
         until = time.monotonic() + grace
+        self._draining = True
+        if self.roster is not None:
+            self.roster.set_ready(self.worker, False)
+        if self._readiness is not None:
+            self._readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness
+            self._readiness = None
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._servicer is not None:
@@ -341,6 +403,12 @@ class App:
                 executor.shutdown(wait=True)
         self._score_executor = self._build_executor = None
         self.telemetry.shutdown()
+
+
+def _status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    if serving:
+        return health_pb2.HealthCheckResponse.SERVING
+    return health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _ops_ports(s: Settings, ports: Listeners) -> str:
@@ -392,7 +460,12 @@ def _limiter(s: Settings) -> Limiter:
     )
 
 
-def run_worker(settings: Settings, worker: int = 0, stats_path: Path | None = None) -> None:
+def run_worker(
+    settings: Settings,
+    worker: int = 0,
+    stats_path: Path | None = None,
+    roster_path: Path | None = None,
+) -> None:
     """Process entry: serve until SIGTERM or SIGINT, then drain and exit."""
     if settings.uvloop:
         with contextlib.suppress(ImportError):
@@ -400,13 +473,16 @@ def run_worker(settings: Settings, worker: int = 0, stats_path: Path | None = No
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     stats = Stats(settings.effective_workers(), stats_path, worker) if stats_path else Stats()
+    roster = Roster(settings.effective_workers(), roster_path) if roster_path else None
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        app = App(settings, stats=stats, worker=worker, serve_metrics=stats_path is None)
+        app = App(
+            settings, stats=stats, worker=worker, serve_metrics=stats_path is None, roster=roster
+        )
         await app.start()
         await stop.wait()
         log.info("worker %d draining (grace %.1f s)", worker, settings.grace_s)

@@ -53,6 +53,7 @@ COUNTERS = (
     "unknown_items",
     "store_errors",  # fetches the core saw fail (FeatureStoreUnavailable)
     "cpu_sampled",  # OK calls whose stage CPU times were sampled
+    "worker_restarts",  # workers that died and were restarted (written by the parent)
 )
 #: Reasons counted one by one; anything else counts as "other".
 DEGRADED_REASONS = (

@@ -173,5 +173,17 @@ def test_scorers_refuse_broken_text_before_native_code(corpus: list[tuple[str, s
         assert supports(text) is not None, name
 
 
-def test_parse_is_memoised_by_digest(small_text: str) -> None:
+def test_parse_is_memoised(small_text: str) -> None:
     assert parse_model_text(small_text) is parse_model_text(small_text)
+
+
+def test_auto_engine_refuses_a_broken_text_without_falling_back(
+    small_text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from ranking.scoring.engines import build_scorer
+
+    with caplog.at_level(logging.WARNING), pytest.raises(BundleError, match="model text line"):
+        build_scorer(small_text[: len(small_text) // 2], "auto")
+    assert "scoring with LightGBM" not in caplog.text

@@ -3,8 +3,8 @@
 A real server (`ranking serve`, its own process) answers Rank calls under a bounded load while
 every text of the broken-model corpus (`tests/scoring/model_corpus.py`: truncations, corrupted
 fields, garbage, wrong tree counts, missing sections; most of them crash LightGBM's own loader)
-is offered to it through AdminService/ReloadModel, and a share of them through the watched
-bundle folder. Each is refused with a message; every call succeeds on the old model; a good
+is offered to it through AdminService/ReloadModel and through the watched bundle folder.
+Each is refused with a message; every call succeeds, scored exactly by the old model; a good
 model is still taken afterwards.
 """
 
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import grpc
+import lightgbm as lgb
 import numpy as np
 import pytest
 
@@ -36,12 +37,14 @@ TOKEN = (("x-admin-token", "s3cret"),)
 
 class Load:
     """Rank calls from `callers` tasks, each pausing `pause_s` between calls, until stopped;
-    every outcome is kept."""
+    every outcome is kept. Caller k ranks items i0..i39 for user uk; `answers` holds each
+    distinct (version, user, scores in id order) seen."""
 
     def __init__(self, port: int, callers: int = 2, pause_s: float = 0.01) -> None:
         self.port, self.callers, self.pause_s = port, callers, pause_s
         self.versions: dict[str, int] = {}
         self.errors: list[str] = []
+        self.answers: set[tuple[str, str, tuple[float, ...]]] = set()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -56,6 +59,9 @@ class Load:
                 try:
                     r = await stub.Rank(req, timeout=5)
                     self.versions[r.model_version] = self.versions.get(r.model_version, 0) + 1
+                    got = {item.id: item.score for item in r.items}
+                    scores = tuple(got[f"i{j}"] for j in range(40))
+                    self.answers.add((r.model_version, req.user_id, scores))
                 except grpc.aio.AioRpcError as exc:
                     self.errors.append(f"{exc.code().name}: {exc.details()}")
                 await asyncio.sleep(self.pause_s)
@@ -96,7 +102,7 @@ async def wait_for_log(log: Path, needle: str, count: int, timeout_s: float = 10
         await asyncio.sleep(0.01)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 async def test_broken_models_never_change_the_serving_model(
     small_world: SmallWorld, tmp_path: Path
 ) -> None:
@@ -127,10 +133,10 @@ async def test_broken_models_never_change_the_serving_model(
                 assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, name
                 assert "old model still serving" in (info.value.details() or ""), name
                 assert proc.poll() is None, name
-            # 2. A share of them through the watched folder: each is refused (a log line)
-            #    while the old model serves on.
+            # 2. Every one through the watched folder: each is refused (a log line) while the
+            #    old model serves on.
             refused = read_log(log).count("reload refused")
-            for name, text in corpus[::5]:
+            for name, text in corpus:
                 (live / "model.txt").write_text(text, errors="surrogateescape")
                 refused += 1
                 await wait_for_log(log, "reload refused", refused)
@@ -145,6 +151,12 @@ async def test_broken_models_never_change_the_serving_model(
         assert load.errors == []
         assert set(load.versions) == {"small-v1", "small-v2"}, load.versions
         assert load.versions["small-v1"] > 200
+        # Every answer is wholly the old model's or the new one's, score for score.
+        ids = [f"i{j}" for j in range(40)]
+        models = {"small-v1": small_world.booster, "small-v2": lgb.Booster(model_str=newer)}
+        for version, user, scores in load.answers:
+            want = models[version].predict(small_world.matrix(user, ids, 12.0), raw_score=True)
+            assert list(scores) == want.tolist(), (version, user)
         assert proc.poll() is None
     finally:
         if proc.poll() is None:

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LOGS: dict[int, Path] = {}
 
 
-def start_server(world: SmallWorld, port: int, *extra: str) -> subprocess.Popen[bytes]:
+def start_server(
+    world: SmallWorld, port: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
@@ -42,7 +44,7 @@ def start_server(world: SmallWorld, port: int, *extra: str) -> subprocess.Popen[
         f"item={world.folder / 'items.csv'}",
         *extra,
     ]
-    env = {**os.environ, "RANKING_RELOAD_POLL_S": "0", "RANKING_GRACE_S": "10"}
+    env = {**os.environ, "RANKING_RELOAD_POLL_S": "0", "RANKING_GRACE_S": "10", **(env or {})}
     log = tempfile.NamedTemporaryFile(prefix="ranking-serve-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     log.close()
@@ -50,7 +52,11 @@ def start_server(world: SmallWorld, port: int, *extra: str) -> subprocess.Popen[
     return proc
 
 
-async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+async def wait_serving(
+    port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60, service: str = ""
+) -> None:
+    """Until health says SERVING: for `service` "" (the default) one worker is up; for
+    "ranking.v1.RankingService" every worker is."""
     deadline = time.monotonic() + timeout_s
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = health_pb2_grpc.HealthStub(ch)
@@ -58,7 +64,7 @@ async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: floa
             if proc.poll() is not None:
                 raise AssertionError(f"server exited: {LOGS[proc.pid].read_text()[-2000:]}")
             try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                r = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=0.5)
                 if r.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:
@@ -206,3 +212,98 @@ async def test_watched_bundle_reloads_under_load(small_world: SmallWorld, tmp_pa
     finally:
         await app.stop(0.5)
     assert seen == {"live-1", "live-2"}
+
+
+RANKING = "ranking.v1.RankingService"
+
+
+async def _status(port: int, service: str = RANKING) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        r = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
+        return int(r.status)
+
+
+async def test_health_turns_not_serving_when_a_drain_starts(small_world: SmallWorld) -> None:
+    """Readiness follows the service: SERVING once started, NOT_SERVING from the first moment
+    of a drain while in-flight calls still finish."""
+    from tests.conftest import GatedStore
+
+    app = App(small_settings(small_world, limiter="off"))
+    assert not app.ready()  # no model loaded, nothing listening yet
+    await app.start()
+    port = app.port
+    assert app.core is not None
+    store = GatedStore.of(small_world)
+    app.core.store = store
+    stopping = None
+    try:
+        assert await _status(port) == health_pb2.HealthCheckResponse.SERVING
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = asyncio.ensure_future(
+                ranking_pb2_grpc.RankingServiceStub(ch).Rank(big_request(5), timeout=10)
+            )
+            await asyncio.sleep(0.1)  # the call is in flight, held by the store's gate
+            stopping = asyncio.ensure_future(app.stop(grace_s=5))
+            await asyncio.sleep(0.05)
+            assert await _status(port) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await _status(port, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not call.done()
+            store.gate.set()
+            assert len((await call).items) == 5
+        await stopping
+    finally:
+        store.gate.set()
+        if stopping is None:
+            await app.stop(0.5)
+
+
+async def test_health_is_not_serving_while_a_sibling_worker_is_missing(
+    small_world: SmallWorld,
+) -> None:
+    """Two workers sharing a roster (here in one process, on two ports): each is ready (the
+    service's status) only while both are up; each is alive ("") while it serves."""
+    from ranking.server.roster import Roster
+
+    roster = Roster(2)
+    first = App(small_settings(small_world), worker=0, roster=roster)
+    second = App(small_settings(small_world), worker=1, roster=roster)
+    await first.start()
+    try:
+        assert await _status(first.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        await second.start()
+        await asyncio.sleep(0.15)  # the readiness loop runs every 50 ms
+        assert await _status(first.port) == health_pb2.HealthCheckResponse.SERVING
+        assert await _status(second.port) == health_pb2.HealthCheckResponse.SERVING
+        roster.clear(1)  # what the parent does when worker 1 dies
+        await asyncio.sleep(0.15)
+        assert await _status(first.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _status(first.port, "") == health_pb2.HealthCheckResponse.SERVING
+        roster.set_ready(1, True)  # it is back
+        await asyncio.sleep(0.15)
+        assert await _status(first.port) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await second.stop(0.2)
+        await first.stop(0.2)
+
+
+async def test_warm_up_runs_before_serving_and_leaves_no_trace(
+    small_world: SmallWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warm-up's queries go through the core (store, assemble, scorer) before the port is
+    bound, with their own limiter and telemetry: the counters callers see start at zero."""
+    import logging
+
+    app = App(small_settings(small_world, warmup_rounds=3))
+    with caplog.at_level(logging.INFO, logger="ranking.server.warmup"):
+        await app.start()
+    try:
+        assert "warmed up with 3 rounds of 8 queries" in caplog.text
+        assert "(0 failed)" in caplog.text
+        assert app.core is not None
+        assert app.telemetry.stats.totals()["requests"] == 0
+        assert app.core.limiter.accepted == 0
+        assert app.core.models.current.cost.per_row_s > 0
+    finally:
+        await app.stop(0.5)
