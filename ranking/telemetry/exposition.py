@@ -138,6 +138,8 @@ def _requests(w: _Writer, stats: Stats, s: npt.NDArray[np.float64]) -> None:
         ("ranking_unknown_items_total", "unknown_items", "Candidates the store lacks."),
         ("ranking_fetch_failures_total", "store_errors", "Feature fetches that failed as a "
          "whole (answered from defaults, or UNAVAILABLE when strict)."),
+        ("ranking_worker_restarts_total", "worker_restarts", "Workers that died and were "
+         "restarted by the parent."),
     ):  # fmt: skip
         w.metric(name, "counter", help_text, [({}, value(key))])
 

@@ -77,6 +77,7 @@ def test_prometheus_counts_every_call_of_both_workers(
         # Both workers publish their state (one model_info series each).
         assert prom.scalar("count(ranking_model_info)") == 2.0
         assert prom.scalar('count(ranking_model_info{model_version="small-v1"})') == 2.0
+        assert prom.scalar("ranking_worker_restarts_total") == 0.0
 
         p99 = prom.scalar(
             "histogram_quantile(0.99, sum(rate(ranking_request_duration_seconds_bucket[1m]))"
