@@ -51,6 +51,7 @@ from ranking.features.hedging import HedgedFeatureStore, HedgePolicy, HedgeStats
 from ranking.features.redis_loader import load_entities
 from ranking.features.redis_store import RedisFeatureStore, connect_redis
 from ranking.features.store import Lookup
+from ranking.settings import CacheSettings
 
 NS = "bench"
 NO_FAULT = "no fault (replica A only), no hedging"
@@ -253,13 +254,17 @@ async def store_scenario(args: argparse.Namespace, url: str) -> dict[str, Any]:
     await timed(h, n, store_op)
     out["RedisFeatureStore.fetch (MGET + numpy decode)"] = summary(h)
 
-    hit_cache = CachedFeatureStore(store, capacity=args.entities, ttl_s=3600)
+    hit_cache = CachedFeatureStore(
+        store, CacheSettings.defaults(capacity=args.entities, ttl_s=3600)
+    )
     await hit_cache.fetch(fixed)
     h = hist()
     await timed(h, n, lambda: hit_cache.fetch(fixed))
     out["cache, all 200 hit"] = summary(h)
 
-    miss_cache = CachedFeatureStore(store, capacity=args.entities, ttl_s=0.0)
+    miss_cache = CachedFeatureStore(
+        store, CacheSettings.defaults(capacity=args.entities, ttl_s=0.0)
+    )
     h = hist()
 
     def miss_op() -> Awaitable[object]:
@@ -270,7 +275,7 @@ async def store_scenario(args: argparse.Namespace, url: str) -> dict[str, Any]:
     out["cache, all 200 miss (read through to Redis)"] = summary(h)
 
     # A hot set (90% of each request) and a long tail, in a cache smaller than the data.
-    mixed = CachedFeatureStore(store, capacity=2500, ttl_s=3600)
+    mixed = CachedFeatureStore(store, CacheSettings.defaults(capacity=2500, ttl_s=3600))
     hot, cold = np.arange(1800), np.arange(1800, args.entities)
     for k in range(0, len(hot), args.batch):
         await mixed.fetch([Lookup("item", [f"i{j}" for j in hot[k : k + args.batch]])])

@@ -5,7 +5,8 @@
     ├── DeadlineExceeded              DEADLINE_EXCEEDED: the caller's deadline had passed
     ├── Overloaded                    RESOURCE_EXHAUSTED: shed by the concurrency limiter
     ├── Unavailable                   UNAVAILABLE: strict mode with the store down, or shutting down
-    │   └── FeatureStoreUnavailable   a store could not answer in time (adapters raise it)
+    │   └── FeatureStoreUnavailable   a store failed (adapters raise it)
+    │       └── FeatureStoreTimeout   ... or did not answer within the time it was given
     └── BundleError                   FAILED_PRECONDITION: a model bundle is invalid (load / reload)
 
 Only `server/errors` turns these into gRPC statuses; everything else raises. Messages are
@@ -20,6 +21,7 @@ import grpc
 __all__ = [
     "BundleError",
     "DeadlineExceeded",
+    "FeatureStoreTimeout",
     "FeatureStoreUnavailable",
     "InvalidRequest",
     "Overloaded",
@@ -63,6 +65,11 @@ class Unavailable(RankingError):
 class FeatureStoreUnavailable(Unavailable):
     """A feature store failed or timed out. Raised by store adapters; the cache and the core
     turn it into a degraded answer unless the request is strict."""
+
+
+class FeatureStoreTimeout(FeatureStoreUnavailable):
+    """A feature store did not answer within the time it was given (the caller's share of a
+    request budget, or the store's own timeout): slow or tight, not known to be down."""
 
 
 class BundleError(RankingError):

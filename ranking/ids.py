@@ -59,5 +59,13 @@ class Ids(Sequence[str]):
             self._strs = [data[a:b].decode() for a, b in pairwise(bounds)]
         return self._strs
 
+    def take(self, positions: npt.NDArray[np.int64]) -> list[str]:
+        """The ids at `positions` as Python strings, decoding only those (a cache's misses)."""
+        if self._strs is not None:
+            return list(map(self._strs.__getitem__, positions.tolist()))
+        data, off = self.data, self.offsets
+        starts, ends = off[positions].tolist(), off[positions + 1].tolist()
+        return [data[a:b].decode() for a, b in zip(starts, ends, strict=True)]
+
     def __repr__(self) -> str:
         return f"Ids({len(self)} ids)"

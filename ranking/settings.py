@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,13 +18,68 @@ from ranking.demo.sizes import DEMO
 from ranking.limits.limiter import LimiterKind
 from ranking.scoring.scorer import Engine
 
-__all__ = ["Settings", "default_cache_dir"]
+__all__ = ["CacheSettings", "HedgeSettings", "Settings", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
     """Where built artifacts (the demo bundle) are cached: $XDG_CACHE_HOME/ranking."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ranking"
+
+
+class CacheSettings(BaseSettings):
+    """The feature cache in front of Redis (`ranking.features.cache.CachedFeatureStore`).
+
+    Environment: `RANKING_CACHE_CAPACITY`, `RANKING_CACHE_TTL_S`, ... The defaults here are
+    the only ones: components take this object (`CacheSettings.defaults()` without env).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RANKING_CACHE_", frozen=True, extra="forbid")
+
+    capacity: int = Field(
+        200_000, ge=0, le=2**30, description="Cached entities per entity type; 0 = no cache."
+    )
+    ttl_s: float = Field(60.0, ge=0, description="Freshness of found entries.")
+    negative_ttl_s: float = Field(10.0, ge=0, description="Freshness of unknown ids.")
+    stale_ttl_s: float = Field(
+        600.0, ge=0, description="How long past expiry entries serve while the store fails."
+    )
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> CacheSettings:
+        """These settings with `changes`, ignoring the environment (for library callers)."""
+        return cls.model_validate({**_defaults(cls), **changes})
+
+
+class HedgeSettings(BaseSettings):
+    """Hedged reads across Redis replicas (`ranking.features.hedging.HedgePolicy`).
+
+    Environment: `RANKING_HEDGE_ENABLED`, `RANKING_HEDGE_PERCENTILE`,
+    `RANKING_HEDGE_DELAY_FLOOR_MS`, `RANKING_HEDGE_DELAY_CAP_MS`, `RANKING_HEDGE_BUDGET_RATIO`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RANKING_HEDGE_", frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="False: one replica per read (failover still).")
+    percentile: float = Field(95.0, gt=0, lt=100, description="Of recent reads: the delay.")
+    delay_floor_ms: float = Field(0.5, ge=0, description="The hedge delay is at least this.")
+    delay_cap_ms: float = Field(20.0, gt=0, description="The hedge delay is at most this.")
+    budget_ratio: float = Field(0.05, ge=0, le=1, description="Hedges per read, at most.")
+
+    @model_validator(mode="after")
+    def _check(self) -> HedgeSettings:
+        if self.delay_floor_ms > self.delay_cap_ms:
+            raise ValueError("hedge delay_floor_ms must not exceed delay_cap_ms")
+        return self
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> HedgeSettings:
+        """These settings with `changes`, ignoring the environment (for library callers)."""
+        return cls.model_validate({**_defaults(cls), **changes})
+
+
+def _defaults(cls: type[BaseSettings]) -> dict[str, Any]:
+    return {name: f.default for name, f in cls.model_fields.items()}
 
 
 class Settings(BaseSettings):
@@ -145,15 +201,8 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     redis_namespace: str = Field("rk", min_length=1, max_length=64)
     redis_timeout_ms: float = Field(50.0, gt=0, le=60_000)
-    cache_capacity: int = Field(200_000, ge=0, description="Cached entities per entity type.")
-    cache_ttl_s: float = Field(60.0, ge=0)
-    cache_negative_ttl_s: float = Field(10.0, ge=0)
-    cache_stale_ttl_s: float = Field(600.0, ge=0)
-    hedge: bool = True
-    hedge_percentile: float = Field(95.0, gt=0, lt=100)
-    hedge_delay_floor_ms: float = Field(0.5, ge=0)
-    hedge_delay_cap_ms: float = Field(20.0, gt=0)
-    hedge_budget_ratio: float = Field(0.05, ge=0, le=1)
+    cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
+    hedge: HedgeSettings = Field(default_factory=lambda: HedgeSettings())
 
     # --- request path ---
     budget_ms: float = Field(
@@ -178,8 +227,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.hedge_delay_floor_ms > self.hedge_delay_cap_ms:
-            raise ValueError("hedge_delay_floor_ms must not exceed hedge_delay_cap_ms")
         if not self.limiter_min <= self.limiter_initial <= self.limiter_max:
             raise ValueError("need limiter_min <= limiter_initial <= limiter_max")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -1,8 +1,10 @@
 """Assemble the candidate x feature matrix in the model's feature order.
 
 A `MatrixPlan` is built once per (bundle, store columns) and reused by every request: it knows
-where each model feature comes from and where it lands, so a request's work is a few numpy
-block copies (user row broadcast, item rows gathered, context broadcast, inline values).
+where each model feature comes from and where it lands. A request's matrix starts as the
+bundle's defaults (`new_matrix`); the feature store gathers stored rows straight into it through
+the plan's column maps (`item_target`, `user_target`: the cache does this natively, with no
+intermediate row block); `finish` broadcasts the user row and writes context and inline values.
 Values nobody supplied keep the bundle's default (NaN unless the bundle says otherwise).
 """
 
@@ -15,21 +17,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking.errors import InvalidRequest
-from ranking.features.store import FetchResult
+from ranking.features.store import Target
 from ranking.scoring.bundle import Bundle
 
 __all__ = ["MatrixPlan"]
 
 log = logging.getLogger(__name__)
-
-Index = slice | npt.NDArray[np.intp]
-
-
-def _as_index(positions: Sequence[int]) -> Index:
-    """A slice when positions are consecutive (cheaper to copy into), else an index array."""
-    if positions and list(positions) == list(range(positions[0], positions[0] + len(positions))):
-        return slice(positions[0], positions[0] + len(positions))
-    return np.asarray(positions, dtype=np.intp)
 
 
 class MatrixPlan:
@@ -46,7 +39,6 @@ class MatrixPlan:
         self.unfilled: list[str] = []  # store features the store does not hold: always default
         self._user_pos, self._user_src = self._entity(bundle, "user", user_columns)
         self._item_pos, self._item_src = self._entity(bundle, "item", item_columns)
-        self._item_defaults = self.defaults[self._item_pos]
         self.context_positions = {
             f.name: i for i, f in enumerate(bundle.features) if f.source == "context"
         }
@@ -65,7 +57,8 @@ class MatrixPlan:
 
     def _entity(
         self, bundle: Bundle, source: str, columns: Sequence[str]
-    ) -> tuple[Index, npt.NDArray[np.intp]]:
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(matrix positions, store columns) of the model features taken from `source`."""
         where = {name: j for j, name in enumerate(columns)}
         positions, sources = [], []
         for i, spec in enumerate(bundle.features):
@@ -77,7 +70,7 @@ class MatrixPlan:
                 continue
             positions.append(i)
             sources.append(j)
-        return _as_index(positions), np.asarray(sources, dtype=np.intp)
+        return np.asarray(positions, dtype=np.int64), np.asarray(sources, dtype=np.int64)
 
     def check_names(self, context: Mapping[str, float], inline_names: Sequence[str]) -> None:
         """Refuse names the model does not know, naming them, before any work is done."""
@@ -93,31 +86,41 @@ class MatrixPlan:
                 f"feature_names: unknown or not per-candidate: {sorted(unknown)[:5]}"
             )
 
-    def assemble(
+    @property
+    def uses_users(self) -> bool:
+        """Whether any model feature comes from the user's stored row."""
+        return bool(self._user_src.size)
+
+    def new_matrix(self, n: int) -> npt.NDArray[np.float64]:
+        """An (n, num_features) float64 matrix holding the bundle's defaults."""
+        matrix = np.empty((n, self.num_features), dtype=np.float64)
+        matrix[...] = self.defaults
+        return matrix
+
+    def item_target(self, matrix: npt.NDArray[np.float64]) -> Target:
+        """Where candidate i's stored row lands: row i, the item features' positions."""
+        return Target(matrix, self._item_pos, self._item_src)
+
+    def user_target(self, matrix: npt.NDArray[np.float64]) -> Target:
+        """Where the user's stored row lands: row 0 (`finish` copies it to every row)."""
+        return Target(matrix, self._user_pos, self._user_src)
+
+    def finish(
         self,
-        user: FetchResult | None,
-        items: FetchResult | None,
-        n: int,
+        matrix: npt.NDArray[np.float64],
+        user_found: bool,
         context: Mapping[str, float],
         inline_names: Sequence[str] = (),
         inline_values: npt.NDArray[np.float64] | None = None,
         inline_rows: npt.NDArray[np.bool_] | None = None,
     ) -> npt.NDArray[np.float64]:
-        """The (n, num_features) float64 matrix; names must have passed `check_names`.
+        """Complete a matrix the store gathered into; names must have passed `check_names`.
 
         `inline_values` (n, len(inline_names)) override stored values; when `inline_rows` is
         given, only the rows it marks carry inline values (the others sent none).
         """
-        matrix = np.empty((n, self.num_features), dtype=np.float64)
-        matrix[...] = self.defaults
-        if user is not None and self._user_src.size and user.found[0]:
-            matrix[:, self._user_pos] = user.rows[0, self._user_src]
-        if items is not None and self._item_src.size:
-            block = items.rows[:, self._item_src]
-            if not items.found.all():
-                block = block.astype(np.float64)
-                block[~items.found] = self._item_defaults
-            matrix[:, self._item_pos] = block
+        if user_found and len(matrix) > 1 and self._user_pos.size:
+            matrix[1:, self._user_pos] = matrix[0, self._user_pos]
         for name, value in context.items():
             matrix[:, self.context_positions[name]] = value
         if inline_names and inline_values is not None:

@@ -22,14 +22,24 @@ import numpy.typing as npt
 from ranking.core._order import check_ids, rank_order
 from ranking.core.deadline import Deadline
 from ranking.core.models import ModelHolder, ServingModel
+from ranking.degraded import OUTAGE, Degraded
 from ranking.errors import (
     DeadlineExceeded,
+    FeatureStoreTimeout,
     FeatureStoreUnavailable,
     InvalidRequest,
     Overloaded,
     Unavailable,
 )
-from ranking.features.store import FeatureStore, FetchResult, Lookup, columns_or_empty
+from ranking.features.store import (
+    FeatureStore,
+    Gathered,
+    Gatherer,
+    Lookup,
+    Target,
+    columns_or_empty,
+    gather_into,
+)
 from ranking.ids import Ids
 from ranking.limits import Limiter
 from ranking.telemetry import Telemetry
@@ -37,21 +47,12 @@ from ranking.telemetry import stats as st
 from ranking.telemetry.call import CallRecord, Metadata
 from ranking.telemetry.state import ServiceState, service_state
 
-__all__ = ["Degraded", "RankQuery", "RankResult", "RankingService"]
+__all__ = ["Degraded", "RankQuery", "RankResult", "RankingService"]  # Degraded: re-exported
 
 log = logging.getLogger(__name__)
 
 #: A cancellation this close to the caller's deadline is the deadline (see Deadline.caller_gone).
 _CANCEL_SLACK_S = 0.005
-
-
-class Degraded:
-    """The reasons a response may carry in `degraded_reasons`."""
-
-    USER_UNKNOWN = "features.user_unknown"
-    ITEMS_UNKNOWN = "features.items_unknown"
-    STORE_UNAVAILABLE = "features.store_unavailable"
-    PARTIAL_SCORING = "budget.partial_scoring"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,8 @@ class RankingService:
         self.fetch_share = fetch_share
         self.inline_max_row_trees = inline_max_row_trees
         self._executor = executor
+        # Decided once: a runtime Protocol check costs microseconds.
+        self._gatherer: Gatherer | None = store if isinstance(store, Gatherer) else None
         self._has_users = bool(columns_or_empty(store, "user"))
         self._has_items = bool(columns_or_empty(store, "item"))
         # Time the stages after scoring take; reserved before deciding how many rows fit.
@@ -239,15 +242,14 @@ class RankingService:
         model.plan.check_names(query.context, query.inline_names)
         degraded: list[str] = []
 
-        user, items = await self._fetch(query, deadline, degraded)
+        matrix, user_found = await self._fetch(query, deadline, model, degraded)
         call.lap(st.FETCH)
         if deadline.caller_gone():
             raise DeadlineExceeded("the deadline passed while fetching features")
 
-        matrix = model.plan.assemble(
-            user,
-            items,
-            n,
+        model.plan.finish(
+            matrix,
+            user_found,
             query.context,
             query.inline_names,
             query.inline_values,
@@ -267,43 +269,62 @@ class RankingService:
         return RankResult(ids, order, ranked_scores, unscored, model.version, degraded)
 
     async def _fetch(
-        self, query: RankQuery, deadline: Deadline, degraded: list[str]
-    ) -> tuple[FetchResult | None, FetchResult | None]:
-        lookups = []
+        self, query: RankQuery, deadline: Deadline, model: ServingModel, degraded: list[str]
+    ) -> tuple[npt.NDArray[np.float64], bool]:
+        """The defaults matrix with the stored rows gathered in, and whether the user was found.
+
+        Degraded reasons are decided here, once: unknown only for ids the store answered as
+        unknown; an outage or a timeout by what the store (or cache) reported; strict requests
+        fail when the answer would carry an `OUTAGE` reason, whichever layer noticed it.
+        """
+        plan = model.plan
+        matrix = plan.new_matrix(len(query.candidate_ids))
+        lookups: list[Lookup] = []
+        targets: list[Target] = []
         if self._has_items:
             lookups.append(Lookup("item", query.candidate_ids))
-        want_user = bool(query.user_id) and self._has_users
+            targets.append(plan.item_target(matrix))
+        want_user = self._has_users and bool(query.user_id)
+        if self._has_users and not query.user_id:
+            degraded.append(Degraded.USER_MISSING)
         if want_user:
-            lookups.append(Lookup("user", (query.user_id,)))
-        if not lookups:
-            return None, None
-        try:
-            results = await self.store.fetch(
-                lookups, timeout_s=max(deadline.remaining_s() * self.fetch_share, 0.0)
-            )
-        except FeatureStoreUnavailable as exc:
-            self.telemetry.stats.add("store_errors")
-            if query.strict:
-                raise Unavailable(
-                    "feature store unavailable and the request is strict; retry later"
-                ) from exc
-            degraded.append(Degraded.STORE_UNAVAILABLE)
-            return None, None
-        items = results[0] if self._has_items else None
-        user = results[-1] if want_user else None
-        for result in results:
+            lookups.append(Lookup("user", [query.user_id]))
+            targets.append(plan.user_target(matrix))
+        got: list[Gathered] = []
+        if lookups:
+            try:
+                timeout_s = max(deadline.remaining_s() * self.fetch_share, 0.0)
+                if self._gatherer is not None:
+                    got = await self._gatherer.gather(lookups, targets, timeout_s=timeout_s)
+                else:
+                    got = await gather_into(self.store, lookups, targets, timeout_s=timeout_s)
+            except FeatureStoreUnavailable as exc:  # no cache in front of the store
+                timeout = isinstance(exc, FeatureStoreTimeout)
+                degraded.append(Degraded.FETCH_TIMEOUT if timeout else Degraded.STORE_UNAVAILABLE)
+        for result in got:
             for reason in result.degraded:
                 if reason not in degraded:
                     degraded.append(reason)
-        if query.strict and Degraded.STORE_UNAVAILABLE in degraded:
+        stats = self.telemetry.stats
+        if Degraded.STORE_UNAVAILABLE in degraded:
+            stats.add("store_errors")
+        if Degraded.FETCH_TIMEOUT in degraded:
+            stats.add("fetch_timeouts")
+        if query.strict and not OUTAGE.isdisjoint(degraded):
             raise Unavailable("feature store unavailable and the request is strict; retry later")
-        if user is not None and not user.found[0]:
-            self.telemetry.stats.add("unknown_users")
-            degraded.append(Degraded.USER_UNKNOWN)
-        if items is not None and not items.found.all():
-            self.telemetry.stats.add("unknown_items", float(np.count_nonzero(~items.found)))
-            degraded.append(Degraded.ITEMS_UNKNOWN)
-        return user, items
+        user_found = False
+        if want_user and got:
+            user = got[-1]
+            user_found = bool(user.found[0])
+            if user.unknown[0]:
+                stats.add("unknown_users")
+                degraded.append(Degraded.USER_UNKNOWN)
+        if self._has_items and got:
+            unknown = int(np.count_nonzero(got[0].unknown))
+            if unknown:
+                stats.add("unknown_items", float(unknown))
+                degraded.append(Degraded.ITEMS_UNKNOWN)
+        return matrix, user_found
 
     def _plan_scoring(
         self, model: ServingModel, matrix: npt.NDArray[np.float64], n: int, deadline: Deadline

@@ -1,31 +1,34 @@
-"""An in-process, vectorised read-through cache wearing `FeatureStore`.
+"""An in-process read-through cache wearing `FeatureStore` (and `Gatherer`), indexed natively.
 
-Per entity type the cache is a table of preallocated numpy arrays, one slot per entity:
-`rows` (capacity x columns, float32), `expires` (monotonic seconds), `negative` (the store said
-the id is unknown) and `ref` (CLOCK reference bit), plus a dict id -> slot. A request does one
-dict lookup per id (one comprehension) and everything else with numpy: freshness masks, one
-fancy-index gather of the rows, one write of the reference bits. A per-key cache (`cachetools`)
-costs about as much as the MGET it saves; this one gathers 200 rows in tens of microseconds.
+Per entity type the cache is one `ranking.features._index.Index` (C): a slot per entity with
+its float32 row, an expiry (monotonic seconds), a negative flag (the store said the id is
+unknown) and a CLOCK reference bit, found through an open-addressing hash table over the id
+bytes. A request's lookup is one native call over its ids (`ranking.ids.Ids` buffers, or a list
+of str) that gathers the fresh rows straight into the caller's matrix in the model's column
+order (`gather`; `fetch` gathers into store-order rows). Python strings are made only for the
+ids that miss. README.md in this folder says how the index is built and tested.
 
-Eviction is CLOCK (second chance) with a vectorised, bounded scan: a hit sets the slot's
-reference bit; inserting k entries takes the first k slots from the hand whose bit is clear,
-clearing the bits it passes. It costs O(k) numpy per insert batch (no per-hit bookkeeping
-beyond one vectorised bit write, unlike LRU's list moves) and keeps hot entries better than
-FIFO or random choice, which would evict a hot entity once per pass of the ring. Expired
-entries are not hit, so their bits stay clear and they go first.
+Eviction is CLOCK (second chance): a hit sets the slot's reference bit; a new entry takes a
+never-used slot, else the first slot from the hand whose bit is clear, clearing the bits it
+passes; slots of ids in the same insert batch are never taken. Expired entries are not hit, so
+their bits stay clear and they go first. CLOCK keeps hot entries better than FIFO or random
+choice, which would evict a hot entity once per pass of the ring, at no per-hit cost beyond a
+bit write.
 
 Misses are read through with single flight: the keys a request misses that no other request is
-already reading go to the inner store in one batch (one task, so a requester that times out or
-is cancelled does not cancel the read for the others); keys already in flight are joined, so
+already reading go to the inner store in one batch (one task on the store's own timeout, so a
+requester that times out or is cancelled does not cancel the read for the others, and the read
+still fills the cache); keys already in flight are joined, so
 two concurrent requests missing the same key cause one inner read. The read fills the cache,
-including negative entries for unknown ids (kept `negative_ttl_s`).
+including negative entries for ids the store answered as unknown (kept `negative_ttl_s`); ids
+it could not answer (a schema mismatch) are not cached.
 
-When the inner store raises `FeatureStoreUnavailable` (or does not answer within the caller's
-timeout), entries that expired less than `stale_ttl_s` ago are served and the result is marked
-"features.stale"; ids with no usable entry come back not found and the result is marked
-"features.store_unavailable". Contract with the core: the cache does not raise for an
-unavailable store unless built with `strict=True`; a strict *request* is the core's to enforce
-by checking `"features.store_unavailable"` (or `"features.stale"`) in `FetchResult.degraded`.
+When the inner store fails (`FeatureStoreUnavailable`) or does not answer within the caller's
+timeout, entries that expired less than `stale_ttl_s` ago are served; the result says why the
+store did not answer (`Degraded.STORE_UNAVAILABLE`, or `Degraded.FETCH_TIMEOUT` for a timeout)
+and `Degraded.STALE` when stale rows were served. Ids with no usable entry come back neither
+found nor unknown. The cache never raises for an unavailable store: strict requests are the
+core's to enforce (`ranking.degraded.OUTAGE`), through that one channel.
 """
 
 from __future__ import annotations
@@ -42,18 +45,22 @@ from operator import is_not
 import numpy as np
 import numpy.typing as npt
 
-from ranking.errors import FeatureStoreUnavailable
-from ranking.features.store import FeatureStore, FetchResult, Lookup
+import ranking.features._index as _index
+from ranking.degraded import Degraded
+from ranking.errors import FeatureStoreTimeout, FeatureStoreUnavailable
+from ranking.features.store import FeatureStore, FetchResult, Gathered, Lookup, Target
+from ranking.ids import Ids
+from ranking.settings import CacheSettings
 
-__all__ = ["STALE", "STORE_UNAVAILABLE", "CacheStats", "CachedFeatureStore"]
+__all__ = ["CacheStats", "CachedFeatureStore"]
 
 logger = logging.getLogger(__name__)
 
-STALE = "features.stale"
-STORE_UNAVAILABLE = "features.store_unavailable"
-
 IntArray = npt.NDArray[np.int64]
-_Out = tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], set[str]]
+Keys = list[str] | tuple[bytes, IntArray]
+
+# Per-position states written by the native index.
+MISS, FOUND, UNKNOWN = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -68,88 +75,61 @@ class CacheStats:
     inserts: int = 0
     evictions: int = 0
     stale_served: int = 0
-    unavailable: int = 0  # misses answered not found because the store failed
+    unavailable: int = 0  # misses answered not found because the store failed or timed out
     store_failures: int = 0  # inner reads that failed or timed out
+    fetch_timeouts: int = 0  # requests whose wait for a read outlasted their time share
+
+
+def _keys(ids: Sequence[str]) -> Keys:
+    """The ids in a form the native index reads without a Python object per id."""
+    if isinstance(ids, Ids):
+        return (ids.data, ids.offsets)
+    return ids if type(ids) is list else list(ids)
+
+
+def _strs(ids: Sequence[str], positions: IntArray) -> list[str]:
+    if isinstance(ids, Ids):
+        return ids.take(positions)
+    return list(map(ids.__getitem__, positions.tolist()))
 
 
 class _Table:
-    """The slots of one entity type."""
+    """The slots of one entity type (the native index) and its column count."""
+
+    __slots__ = ("all_columns", "columns", "index")
 
     def __init__(self, columns: tuple[str, ...], capacity: int) -> None:
         self.columns = columns
-        self.capacity = capacity
-        self.rows = np.full((capacity, len(columns)), np.nan, dtype=np.float32)
-        self.expires = np.full(capacity, -np.inf, dtype=np.float64)
-        self.negative = np.zeros(capacity, dtype=np.bool_)
-        self.ref = np.zeros(capacity, dtype=np.bool_)
-        self.ids = np.full(capacity, None, dtype=object)  # slot -> id
-        self.index: dict[str, int] = {}
-        self.used = 0
-        self.hand = 0
-
-    def slots_of(self, ids: Sequence[str]) -> IntArray:
-        get = self.index.get
-        return np.fromiter(map(get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
-
-    def take_slots(self, k: int, protect: IntArray) -> IntArray:
-        """k distinct slots for new entries: never used ones first, then CLOCK victims."""
-        fresh = np.arange(self.used, min(self.capacity, self.used + k), dtype=np.int64)
-        self.used += len(fresh)
-        need = k - len(fresh)
-        if need <= 0:
-            return fresh
-        cap = self.capacity
-        chosen = [fresh]
-        # A short scan usually suffices; the full sweeps are bounded fallbacks: the first clears
-        # every reference bit, so the second finds enough (k <= capacity - len(protect)).
-        for scan in (min(cap, max(4 * need, 64)), cap, cap):
-            window = (self.hand + np.arange(scan, dtype=np.int64)) % cap
-            ok = ~self.ref[window]
-            taken = np.concatenate([protect, *chosen])
-            if len(taken):
-                ok &= ~np.isin(window, taken)
-            pos = np.flatnonzero(ok)[:need]
-            end = int(pos[-1]) + 1 if len(pos) == need else scan
-            self.ref[window[:end]] = False
-            self.hand = (self.hand + end) % cap
-            chosen.append(window[pos])
-            need -= len(pos)
-            if need == 0:
-                break
-        return np.concatenate(chosen)
+        self.index = _index.Index(capacity, len(columns))
+        self.all_columns = np.arange(len(columns), dtype=np.int64)
 
 
 class CachedFeatureStore:
     """Read-through cache in front of `inner`; see the module docstring.
 
-    capacity: slots per entity type. ttl_s: freshness of found entries; negative_ttl_s: of
-    unknown ids; stale_ttl_s: how long past expiry an entry may be served while the inner
-    store fails. clock: monotonic seconds (injectable for tests). strict: raise
-    `FeatureStoreUnavailable` instead of answering degraded.
+    settings: capacity (slots per entity type, >= 1 here: capacity 0 means "build no cache"),
+    ttl_s (freshness of found entries), negative_ttl_s (of unknown ids), stale_ttl_s (how long
+    past expiry an entry may serve while the inner store fails). clock: monotonic seconds
+    (injectable for tests).
     """
 
     def __init__(
         self,
         inner: FeatureStore,
+        settings: CacheSettings | None = None,
         *,
-        capacity: int = 100_000,
-        ttl_s: float = 60.0,
-        negative_ttl_s: float = 10.0,
-        stale_ttl_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
-        strict: bool = False,
     ) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
-        if ttl_s < 0 or negative_ttl_s < 0 or stale_ttl_s < 0:
-            raise ValueError("ttl_s, negative_ttl_s and stale_ttl_s must be >= 0")
+        s = settings or CacheSettings.defaults()
+        if s.capacity < 1:
+            raise ValueError("capacity must be >= 1 (capacity 0 means: build no cache)")
         self._inner = inner
-        self.capacity = capacity
-        self.ttl_s = ttl_s
-        self.negative_ttl_s = negative_ttl_s
-        self.stale_ttl_s = stale_ttl_s
+        self.settings = s
+        self.capacity = s.capacity
+        self.ttl_s = s.ttl_s
+        self.negative_ttl_s = s.negative_ttl_s
+        self.stale_ttl_s = s.stale_ttl_s
         self._clock = clock
-        self.strict = strict
         self.stats = CacheStats()
         self._tables: dict[str, _Table] = {}
         self._inflight: dict[str, dict[str, _Flight]] = {}  # entity type -> id -> flight
@@ -158,6 +138,7 @@ class CachedFeatureStore:
 
     @property
     def inner(self) -> FeatureStore:
+        """The store behind the cache (telemetry/state.py reads its counters through it)."""
         return self._inner
 
     def columns(self, entity_type: str) -> tuple[str, ...]:
@@ -173,39 +154,69 @@ class CachedFeatureStore:
     def __len__(self) -> int:
         return sum(len(t.index) for t in self._tables.values())
 
+    def contains(self, entity_type: str, entity_id: str) -> bool:
+        """Whether `entity_id` holds a slot (fresh, expired or negative); for tests."""
+        table = self._tables.get(entity_type)
+        return table is not None and table.index.contains(entity_id)
+
     async def fetch(
         self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
     ) -> list[FetchResult]:
+        """`gather` into fresh store-order float32 rows (NaN where nothing was found)."""
+        targets = []
+        for lk in lookups:
+            table = self._table(lk.entity_type)
+            rows = np.full((len(lk.ids), len(table.columns)), np.nan, dtype=np.float32)
+            targets.append(Target(rows, table.all_columns, table.all_columns))
+        got = await self.gather(lookups, targets, timeout_s=timeout_s)
+        return [
+            FetchResult(t.out, g.found, g.degraded, g.unknown)
+            for t, g in zip(targets, got, strict=True)
+        ]
+
+    async def gather(
+        self,
+        lookups: Sequence[Lookup],
+        targets: Sequence[Target],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Gathered]:
+        """Hits are gathered natively into `targets`; misses are read through (single flight)
+        and scattered in when the read answers within `timeout_s`, else served stale."""
         now = self._clock()
         stats = self.stats
-        outs: list[_Out] = []
+        states: list[npt.NDArray[np.int8]] = []
+        keys: list[Keys] = []
         misses: list[tuple[int, IntArray]] = []
-        for li, lk in enumerate(lookups):
+        for li, (lk, t) in enumerate(zip(lookups, targets, strict=True)):
             table = self._table(lk.entity_type)
-            slots = table.slots_of(lk.ids)
-            s = np.maximum(slots, 0)
-            fresh = (slots >= 0) & (table.expires[s] > now)
-            neg = table.negative[s]
-            rows = table.rows[s]
-            rows[~fresh] = np.nan
-            table.ref[s[fresh]] = True
-            n_fresh = int(fresh.sum())
-            stats.hits += n_fresh
-            stats.negative_hits += int((fresh & neg).sum())
-            outs.append((rows, fresh & ~neg, set()))
-            if n_fresh < len(slots):
-                miss = np.flatnonzero(~fresh)
+            k = _keys(lk.ids)
+            state = np.empty(len(lk.ids), dtype=np.int8)
+            found, neg = table.index.lookup(k, now, state, t.out, t.dst_cols, t.src_cols)
+            stats.hits += found + neg
+            stats.negative_hits += neg
+            if found + neg < len(state):
+                miss = np.flatnonzero(state == MISS)
                 stats.misses += len(miss)
                 misses.append((li, miss))
+            states.append(state)
+            keys.append(k)
+        why: list[set[str]] = [set() for _ in lookups]
         if misses:
-            await self._read_through(lookups, misses, outs, timeout_s)
-        return [FetchResult(rows, found, tuple(sorted(why))) for rows, found, why in outs]
+            await self._read_through(lookups, targets, keys, misses, states, why, timeout_s)
+        return [
+            Gathered(state == FOUND, state == UNKNOWN, tuple(sorted(w)))
+            for state, w in zip(states, why, strict=True)
+        ]
 
     async def _read_through(
         self,
         lookups: Sequence[Lookup],
+        targets: Sequence[Target],
+        keys: list[Keys],
         misses: list[tuple[int, IntArray]],
-        outs: list[_Out],
+        states: list[npt.NDArray[np.int8]],
+        why: list[set[str]],
         timeout_s: float | None,
     ) -> None:
         # A plan says: rows `src` of result `fi` of `flight` answer positions `dst` of lookup `li`.
@@ -213,8 +224,8 @@ class CachedFeatureStore:
         new: dict[str, dict[str, int]] = {}  # entity type -> id -> row in the new flight
         fresh_plans: list[tuple[int, str, IntArray, IntArray]] = []
         for li, miss in misses:
-            et, ids = lookups[li].entity_type, lookups[li].ids
-            miss_ids = list(map(ids.__getitem__, miss.tolist()))
+            et = lookups[li].entity_type
+            miss_ids = _strs(lookups[li].ids, miss)
             flying = self._inflight.get(et)
             if flying:
                 owners = list(map(flying.get, miss_ids))
@@ -224,35 +235,60 @@ class CachedFeatureStore:
                     miss = miss[~joined]
                     miss_ids = [i for i, o in zip(miss_ids, owners, strict=True) if o is None]
             if len(miss):
-                rows_of = new.setdefault(et, {})
-                # Number the ids this flight has not seen yet (dict.fromkeys drops duplicates,
-                # keeping order), then look every miss up: C-level loops only.
-                unseen = [i for i in dict.fromkeys(miss_ids) if i not in rows_of]
-                rows_of.update(
-                    zip(unseen, range(len(rows_of), len(rows_of) + len(unseen)), strict=True)
-                )
+                rows_of = new.get(et)
+                if rows_of is None:  # the common case: number the misses in order
+                    rows_of = new[et] = dict(zip(miss_ids, range(len(miss_ids)), strict=True))
+                    if len(rows_of) == len(miss_ids):  # no duplicate ids
+                        fresh_plans.append((li, et, miss, np.arange(len(miss), dtype=np.int64)))
+                        continue
+                    rows_of = new[et] = dict(zip(rows_of, range(len(rows_of)), strict=True))
+                else:  # a second lookup of the same type: number only the unseen ids
+                    unseen = [i for i in dict.fromkeys(miss_ids) if i not in rows_of]
+                    rows_of.update(
+                        zip(unseen, range(len(rows_of), len(rows_of) + len(unseen)), strict=True)
+                    )
                 src = np.fromiter(map(rows_of.__getitem__, miss_ids), np.int64, len(miss))
                 fresh_plans.append((li, et, miss, src))
         if new:
-            flight = self._start_flight(new, timeout_s)
+            flight = self._start_flight(new)
             plans.extend(
                 (li, flight, flight.index[et], dst, src) for li, et, dst, src in fresh_plans
             )
-        tasks = {plan[1].task for plan in plans}
-        await asyncio.wait(tasks, timeout=timeout_s)
-        failed: dict[int, list[IntArray]] = {}
+        await asyncio.wait({plan[1].task for plan in plans}, timeout=timeout_s)
+        failed: dict[int, tuple[list[IntArray], set[str]]] = {}
+        timed_out = False
         for li, flight, fi, dst, src in plans:
-            results = flight.task.result() if flight.task.done() else None
+            if not flight.task.done():  # this request's share of time ran out first
+                timed_out = True
+                parts, reasons = failed.setdefault(li, ([], set()))
+                parts.append(dst)
+                reasons.add(Degraded.FETCH_TIMEOUT)
+                continue
+            results = flight.task.result()
             if results is None:
-                failed.setdefault(li, []).append(dst)
+                parts, reasons = failed.setdefault(li, ([], set()))
+                parts.append(dst)
+                reasons.add(flight.failure)
                 continue
             res = results[fi]
-            rows, found, why = outs[li]
-            rows[dst] = res.rows[src]
-            found[dst] = res.found[src]
-            why.update(res.degraded)
+            t = targets[li]
+            _index.scatter(
+                np.ascontiguousarray(res.rows, dtype=np.float32),
+                src,
+                res.found,
+                res.unknown_mask(),
+                states[li],
+                t.out,
+                dst,
+                t.dst_cols,
+                t.src_cols,
+            )
+            if res.degraded:
+                why[li].update(res.degraded)
+        if timed_out:
+            self.stats.fetch_timeouts += 1
         if failed:
-            self._serve_stale(lookups, failed, outs)
+            self._serve_stale(lookups, targets, keys, failed, states, why)
 
     def _join(
         self,
@@ -277,11 +313,11 @@ class CachedFeatureStore:
             for f, (d, r) in groups.items()
         ]
 
-    def _start_flight(self, new: dict[str, dict[str, int]], timeout_s: float | None) -> _Flight:
+    def _start_flight(self, new: dict[str, dict[str, int]]) -> _Flight:
         flight = _Flight([Lookup(et, list(rows_of)) for et, rows_of in new.items()], new)
         for et, rows_of in new.items():
             self._inflight.setdefault(et, {}).update(dict.fromkeys(rows_of, flight))
-        flight.task = asyncio.create_task(self._run_flight(flight, timeout_s))
+        flight.task = asyncio.create_task(self._run_flight(flight))
         self._flights.add(flight.task)
         flight.task.add_done_callback(self._flight_done)
         return flight
@@ -293,15 +329,21 @@ class CachedFeatureStore:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("feature read failed", exc_info=exc)
 
-    async def _run_flight(
-        self, flight: _Flight, timeout_s: float | None
-    ) -> list[FetchResult] | None:
-        """Read the flight's keys and fill the cache; None when the store failed."""
+    async def _run_flight(self, flight: _Flight) -> list[FetchResult] | None:
+        """Read the flight's keys and fill the cache; None when the store failed.
+
+        The read runs on the inner store's own timeout, not the first requester's share of its
+        budget: a requester that stops waiting leaves the read to finish and fill the cache
+        for the next request, and a Redis connection is not torn down (and reconnected) for
+        every read that outlasts a tight budget.
+        """
         self.stats.inner_reads += 1
         try:
-            results = await self._inner.fetch(flight.lookups, timeout_s=timeout_s)
-        except FeatureStoreUnavailable:
+            results = await self._inner.fetch(flight.lookups)
+        except FeatureStoreUnavailable as exc:
             self.stats.store_failures += 1
+            if isinstance(exc, FeatureStoreTimeout):
+                flight.failure = Degraded.FETCH_TIMEOUT
             return None
         finally:
             # Only this flight can own its ids (a flight is started only for ids nobody
@@ -311,76 +353,44 @@ class CachedFeatureStore:
                 deque(map(pop, sub.ids, repeat(None)), maxlen=0)
         now = self._clock()
         for sub, res in zip(flight.lookups, results, strict=True):
-            # Rows of a schema-mismatched answer are not cached as unknown: they must be
-            # read (and reported) again.
-            cache_negative = "features.schema_mismatch" not in res.degraded
-            self._insert(sub.entity_type, sub.ids, res, now, cache_negative)
+            index = self._table(sub.entity_type).index
+            rows = np.ascontiguousarray(res.rows, dtype=np.float32)
+            inserted, evicted = index.insert(
+                _keys(sub.ids),
+                rows,
+                res.found,
+                res.unknown_mask(),
+                now,
+                self.ttl_s,
+                self.negative_ttl_s,
+            )
+            self.stats.inserts += inserted
+            self.stats.evictions += evicted
         return results
 
-    def _insert(
-        self, entity_type: str, ids: Sequence[str], res: FetchResult, now: float, neg: bool
-    ) -> None:
-        table = self._table(entity_type)
-        keep = np.ones(len(ids), dtype=np.bool_) if neg else res.found.copy()
-        if not keep.any():
-            return
-        kept = np.flatnonzero(keep)
-        kept_ids = list(ids) if len(kept) == len(ids) else list(map(ids.__getitem__, kept.tolist()))
-        slots = table.slots_of(kept_ids)
-        known = slots >= 0
-        new = np.flatnonzero(~known)
-        room = table.capacity - int(known.sum())
-        if len(new) > room:  # a batch larger than the cache: keep what fits
-            slots[new[room:]] = -1
-            new = new[:room]
-        if len(new):
-            victims = table.take_slots(len(new), slots[known])
-            index = table.index
-            olds = table.ids[victims]
-            if (olds != None).any():  # noqa: E711 (elementwise on an object array)
-                for old, slot in zip(olds.tolist(), victims.tolist(), strict=True):
-                    if old is not None and index.get(old) == slot:
-                        del index[old]
-                        self.stats.evictions += 1
-            new_ids = list(map(kept_ids.__getitem__, new.tolist()))
-            table.ids[victims] = new_ids
-            index.update(zip(new_ids, victims.tolist(), strict=True))
-            slots[new] = victims
-        ok = slots >= 0
-        dst = slots[ok]
-        found = res.found[kept[ok]]
-        table.rows[dst] = res.rows[kept[ok]]
-        table.negative[dst] = ~found
-        table.expires[dst] = now + np.where(found, self.ttl_s, self.negative_ttl_s)
-        table.ref[dst] = False
-        self.stats.inserts += len(dst)
-
     def _serve_stale(
-        self, lookups: Sequence[Lookup], failed: dict[int, list[IntArray]], outs: list[_Out]
+        self,
+        lookups: Sequence[Lookup],
+        targets: Sequence[Target],
+        keys: list[Keys],
+        failed: dict[int, tuple[list[IntArray], set[str]]],
+        states: list[npt.NDArray[np.int8]],
+        why: list[set[str]],
     ) -> None:
         """Answer positions whose read failed from entries expired less than stale_ttl_s ago."""
         now = self._clock()
-        for li, parts in failed.items():
-            lk = lookups[li]
-            table = self._table(lk.entity_type)
+        for li, (parts, reasons) in failed.items():
+            index = self._table(lookups[li].entity_type).index
             pos = np.concatenate(parts)
-            slots = table.slots_of(list(map(lk.ids.__getitem__, pos.tolist())))
-            s = np.maximum(slots, 0)
-            usable = (slots >= 0) & (table.expires[s] + self.stale_ttl_s > now)
-            stale = usable & ~table.negative[s]
-            rows, found, why = outs[li]
-            rows[pos[stale]] = table.rows[s[stale]]
-            found[pos[stale]] = True
-            n_stale = int(stale.sum())
-            self.stats.stale_served += n_stale
-            if n_stale:
-                why.add(STALE)
-            n_unavailable = len(pos) - int(usable.sum())
-            self.stats.unavailable += n_unavailable
-            if n_unavailable:
-                why.add(STORE_UNAVAILABLE)
-        if self.strict:
-            raise FeatureStoreUnavailable("feature store unavailable")
+            t = targets[li]
+            found, neg = index.stale(
+                keys[li], pos, now, self.stale_ttl_s, states[li], t.out, t.dst_cols, t.src_cols
+            )
+            self.stats.stale_served += found
+            self.stats.unavailable += len(pos) - found - neg
+            if found:
+                why[li].add(Degraded.STALE)
+            why[li].update(reasons)
 
     async def close(self) -> None:
         """Cancel reads in flight, then close the inner store. Idempotent."""
@@ -400,13 +410,14 @@ class _Flight:
     """One inner read shared by every request that missed one of its keys.
 
     lookups: one sub-lookup per entity type; rows: entity type -> id -> row in its result;
-    index: entity type -> position of its sub-lookup.
+    index: entity type -> position of its sub-lookup; failure: why it failed, when it did.
     """
 
     lookups: list[Lookup]
     rows: dict[str, dict[str, int]]
     index: dict[str, int] = field(init=False)
     task: asyncio.Task[list[FetchResult] | None] = field(init=False)
+    failure: Degraded = Degraded.STORE_UNAVAILABLE
 
     def __post_init__(self) -> None:
         self.index = {lk.entity_type: fi for fi, lk in enumerate(self.lookups)}

@@ -25,7 +25,8 @@ loser is cancelled and awaited. Three parts, kept apart so each can be tested al
   replica that is down is not chosen as the primary while another is up, but stays a last
   resort for hedges and failovers. While every replica is down, one read at a time probes the
   replica whose back-off ends first and the others fail fast with `FeatureStoreUnavailable`
-  (the cache then serves stale entries).
+  (the cache then serves stale entries). A read that runs out of its time raises
+  `FeatureStoreTimeout`: slow or tight is not evidence of an outage, so it marks nothing down.
 """
 
 from __future__ import annotations
@@ -39,17 +40,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ranking.errors import FeatureStoreUnavailable
+from ranking.errors import FeatureStoreTimeout, FeatureStoreUnavailable
 from ranking.features.store import FeatureStore, FetchResult, Lookup
+from ranking.settings import HedgeSettings
 
 __all__ = ["HedgeBudget", "HedgePolicy", "HedgeStats", "HedgedFeatureStore", "LatencyTracker"]
 
 logger = logging.getLogger(__name__)
 
 
+_SETTINGS = HedgeSettings.defaults()  # the operator-facing defaults live in ranking.settings
+
+
 @dataclass(frozen=True, slots=True)
 class HedgePolicy:
-    """Hedging settings; checked when built.
+    """Hedging settings; checked when built. `from_settings` makes one from `HedgeSettings`
+    (whose defaults are these fields' defaults); the other fields are tuning for tests and
+    benchmarks.
 
     enabled: False sends each read to one replica only (failover on error still happens).
     percentile: of recent read latencies, used as the hedge delay.
@@ -65,15 +72,15 @@ class HedgePolicy:
     timeout_s: the read timeout when the caller gives none.
     """
 
-    enabled: bool = True
-    percentile: float = 95.0
-    floor_ms: float = 1.0
-    cap_ms: float = 20.0
+    enabled: bool = _SETTINGS.enabled
+    percentile: float = _SETTINGS.percentile
+    floor_ms: float = _SETTINGS.delay_floor_ms
+    cap_ms: float = _SETTINGS.delay_cap_ms
     initial_ms: float = 5.0
     window: int = 512
     min_samples: int = 32
     recompute_every: int = 16
-    budget_ratio: float = 0.05
+    budget_ratio: float = _SETTINGS.budget_ratio
     budget_burst: float = 10.0
     reserve_tokens: float = 4.0
     late_factor: float = 2.0
@@ -81,6 +88,18 @@ class HedgePolicy:
     down_backoff_ms: float = 1000.0
     slow_strikes: int = 3
     timeout_s: float = 0.05
+
+    @classmethod
+    def from_settings(cls, settings: HedgeSettings, *, timeout_s: float) -> HedgePolicy:
+        """The policy for these operator settings and a replica read timeout."""
+        return cls(
+            enabled=settings.enabled,
+            percentile=settings.percentile,
+            floor_ms=settings.delay_floor_ms,
+            cap_ms=settings.delay_cap_ms,
+            budget_ratio=settings.budget_ratio,
+            timeout_s=timeout_s,
+        )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.percentile < 100.0:
@@ -241,12 +260,18 @@ class HedgedFeatureStore:
         else:
             probe = self._probing = True
             order = down[:1]
+        if len(order) == 1:  # nothing to hedge or fail over to: no race, no tasks
+            try:
+                return await self._single(order[0], lookups, timeout)
+            finally:
+                if probe:
+                    self._probing = False
         tasks: dict[asyncio.Task[list[FetchResult]], tuple[int, bool]] = {}
         try:
             async with asyncio.timeout(timeout):
                 return await self._race(lookups, timeout, deque(order), tasks)
         except TimeoutError as exc:
-            raise FeatureStoreUnavailable("feature store timed out") from exc
+            raise FeatureStoreTimeout("feature store timed out") from exc
         finally:
             if probe:
                 self._probing = False
@@ -254,6 +279,25 @@ class HedgedFeatureStore:
                 t.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _single(
+        self, i: int, lookups: Sequence[Lookup], timeout_s: float
+    ) -> list[FetchResult]:
+        """The read of a lone candidate, awaited directly (the replica enforces the timeout)."""
+        start = self._clock()
+        self.stats.replica_reads[i] += 1
+        try:
+            result = await self._replicas[i].fetch(lookups, timeout_s=timeout_s)
+        except FeatureStoreTimeout:
+            raise
+        except FeatureStoreUnavailable:
+            self.stats.errors[i] += 1
+            self._mark_down(i)
+            raise
+        self._strikes[i] = 0
+        self._down_until[i] = 0.0
+        self.tracker.record((self._clock() - start) * 1000.0)
+        return result
 
     async def _race(
         self,

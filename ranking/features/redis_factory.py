@@ -3,8 +3,8 @@
     store = await build_redis_store(
         ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"],
         cluster=False, namespace="rank", entity_types=("user", "item"),
-        cache=CacheParams(capacity=200_000, ttl_s=60),
-        hedge=HedgePolicy(percentile=95, floor_ms=1, cap_ms=20),
+        cache=settings.cache,   # ranking.settings.CacheSettings (capacity 0: no cache)
+        hedge=settings.hedge,   # ranking.settings.HedgeSettings, or a tuned HedgePolicy
     )
     ...
     await store.close()   # closes the cache, the hedger and every replica's pool
@@ -21,27 +21,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from ranking.errors import FeatureStoreUnavailable
 from ranking.features.cache import CachedFeatureStore
 from ranking.features.hedging import HedgedFeatureStore, HedgePolicy
 from ranking.features.redis_store import RedisFeatureStore, connect_redis
 from ranking.features.store import FeatureStore
+from ranking.settings import CacheSettings, HedgeSettings
 
-__all__ = ["CacheParams", "build_redis_store"]
-
-
-@dataclass(frozen=True, slots=True)
-class CacheParams:
-    """The cache's settings (see `CachedFeatureStore`); `enabled=False` leaves it out."""
-
-    enabled: bool = True
-    capacity: int = 100_000
-    ttl_s: float = 60.0
-    negative_ttl_s: float = 10.0
-    stale_ttl_s: float = 600.0
-    strict: bool = False
+__all__ = ["build_redis_store"]
 
 
 async def build_redis_store(
@@ -52,14 +40,15 @@ async def build_redis_store(
     entity_types: Sequence[str] = ("user", "item"),
     buckets: int | None = None,
     timeout_s: float = 0.05,
-    cache: CacheParams | None = None,
-    hedge: HedgePolicy | None = None,
+    cache: CacheSettings | None = None,
+    hedge: HedgeSettings | HedgePolicy | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FeatureStore:
     """Connect to every replica, read the schemas, and stack cache(hedged(replicas)).
 
     buckets: hash-tag buckets per entity type (default 16 with `cluster`, else 0); must match
         the loader's. timeout_s: a replica read's timeout when the caller gives none.
+    cache, hedge: the settings objects (None: their defaults); a `HedgePolicy` is used as is.
     """
     if not urls:
         raise ValueError("need at least one Redis URL")
@@ -85,19 +74,14 @@ async def build_redis_store(
             r.set_columns(et, cols)
     # Connect every replica now (best effort): the first requests run on a budget of a few ms.
     await asyncio.gather(*(r.ping(timeout_s=max(timeout_s, 0.5)) for r in replicas))
-    policy = hedge or HedgePolicy(timeout_s=timeout_s)
+    if isinstance(hedge, HedgePolicy):
+        policy = hedge
+    else:
+        policy = HedgePolicy.from_settings(hedge or HedgeSettings.defaults(), timeout_s=timeout_s)
     store: FeatureStore = HedgedFeatureStore(replicas, policy=policy)
-    params = cache or CacheParams()
-    if params.enabled:
-        store = CachedFeatureStore(
-            store,
-            capacity=params.capacity,
-            ttl_s=params.ttl_s,
-            negative_ttl_s=params.negative_ttl_s,
-            stale_ttl_s=params.stale_ttl_s,
-            strict=params.strict,
-            clock=clock,
-        )
+    params = cache or CacheSettings.defaults()
+    if params.capacity > 0:
+        store = CachedFeatureStore(store, params, clock=clock)
     return store
 
 

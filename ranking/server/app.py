@@ -77,29 +77,15 @@ def demo_bundle_path(settings: Settings, progress: bool = True) -> Path:
 async def build_store(settings: Settings) -> FeatureStore:
     """Redis when URLs are set; else files into the in-process store; else the demo world."""
     if settings.redis_urls:
-        from ranking.features.hedging import HedgePolicy
-        from ranking.features.redis_factory import CacheParams, build_redis_store
+        from ranking.features.redis_factory import build_redis_store
 
         return await build_redis_store(
             settings.redis_urls,
             cluster=settings.redis_cluster,
             namespace=settings.redis_namespace,
             timeout_s=settings.redis_timeout_ms / 1e3,
-            cache=CacheParams(
-                enabled=settings.cache_capacity > 0,
-                capacity=max(settings.cache_capacity, 1),
-                ttl_s=settings.cache_ttl_s,
-                negative_ttl_s=settings.cache_negative_ttl_s,
-                stale_ttl_s=settings.cache_stale_ttl_s,
-            ),
-            hedge=HedgePolicy(
-                enabled=settings.hedge,
-                percentile=settings.hedge_percentile,
-                floor_ms=settings.hedge_delay_floor_ms,
-                cap_ms=settings.hedge_delay_cap_ms,
-                budget_ratio=settings.hedge_budget_ratio,
-                timeout_s=settings.redis_timeout_ms / 1e3,
-            ),
+            cache=settings.cache,
+            hedge=settings.hedge,
         )
     loop = asyncio.get_running_loop()
     if settings.features:

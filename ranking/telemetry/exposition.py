@@ -136,8 +136,10 @@ def _requests(w: _Writer, stats: Stats, s: npt.NDArray[np.float64]) -> None:
          "unscored."),
         ("ranking_unknown_users_total", "unknown_users", "Calls whose user the store lacks."),
         ("ranking_unknown_items_total", "unknown_items", "Candidates the store lacks."),
-        ("ranking_fetch_failures_total", "store_errors", "Feature fetches that failed as a "
-         "whole (answered from defaults, or UNAVAILABLE when strict)."),
+        ("ranking_fetch_failures_total", "store_errors", "Answers that met a failing feature "
+         "store (features.store_unavailable; cache and defaults, or UNAVAILABLE when strict)."),
+        ("ranking_fetch_timeouts_total", "fetch_timeouts", "Answers whose feature fetch ran out "
+         "of its share of the budget (features.fetch_timeout), apart from store failures."),
         ("ranking_worker_restarts_total", "worker_restarts", "Workers that died and were "
          "restarted by the parent."),
     ):  # fmt: skip

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ranking.degraded import Degraded
+
 __all__ = [
     "COUNTERS",
     "DEGRADED_REASONS",
@@ -51,20 +53,13 @@ COUNTERS = (
     "unscored_rows",
     "unknown_users",
     "unknown_items",
-    "store_errors",  # fetches the core saw fail (FeatureStoreUnavailable)
+    "store_errors",  # answers that met a failing feature store (features.store_unavailable)
+    "fetch_timeouts",  # answers whose fetch ran out of its time share (features.fetch_timeout)
     "cpu_sampled",  # OK calls whose stage CPU times were sampled
     "worker_restarts",  # workers that died and were restarted (written by the parent)
 )
-#: Reasons counted one by one; anything else counts as "other".
-DEGRADED_REASONS = (
-    "features.user_unknown",
-    "features.items_unknown",
-    "features.store_unavailable",
-    "features.stale",
-    "features.schema_mismatch",
-    "budget.partial_scoring",
-    "other",
-)
+#: Reasons counted one by one (every `ranking.degraded.Degraded`); anything else is "other".
+DEGRADED_REASONS = (*(r.value for r in Degraded), "other")
 #: Contiguous stages of a call, each timed from the previous boundary to its own end; "total" is
 #: the whole call (the request histogram).
 STAGES = ("convert", "admit", "fetch", "assemble", "score", "sort", "respond", "total")

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ranking.errors import FeatureStoreUnavailable
+from ranking.errors import FeatureStoreTimeout, FeatureStoreUnavailable
 from ranking.features.store import FetchResult, Lookup
 
 COLUMNS = tuple(f"f{i}" for i in range(8))
@@ -57,7 +57,7 @@ class FakeStore:
                 async with asyncio.timeout(timeout_s):
                     await asyncio.sleep(self.delay_s)
             except TimeoutError as exc:
-                raise FeatureStoreUnavailable("timed out") from exc
+                raise FeatureStoreTimeout("timed out") from exc
         if self.fail:
             raise FeatureStoreUnavailable("down")
         out = []

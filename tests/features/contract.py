@@ -52,6 +52,8 @@ async def check_feature_store(
             if not n:
                 continue
             assert result.found.tolist() == [True] * (n - 1) + [False]
+            # the store answered "not there" for the last id: unknown, not merely not found
+            assert result.unknown_mask().tolist() == [False] * (n - 1) + [True]
             if n == 1:
                 continue
             want = np.stack([held[lookup.entity_type][i] for i in lookup.ids[:-1]])

@@ -7,11 +7,16 @@ import asyncio
 import numpy as np
 import pytest
 
-from ranking.errors import FeatureStoreUnavailable
-from ranking.features.cache import STALE, STORE_UNAVAILABLE, CachedFeatureStore
-from ranking.features.store import Lookup
+from ranking.degraded import Degraded
+from ranking.features.cache import CachedFeatureStore
+from ranking.features.store import Lookup, Target
+from ranking.ids import Ids
+from ranking.settings import CacheSettings
 from tests.features.conftest import FakeStore
 from tests.features.contract import check_feature_store
+
+STALE, STORE_UNAVAILABLE = Degraded.STALE, Degraded.STORE_UNAVAILABLE
+FETCH_TIMEOUT = Degraded.FETCH_TIMEOUT
 
 
 class Clock:
@@ -42,10 +47,9 @@ def cache_of(inner: FakeStore, clock: Clock, **kw: object) -> CachedFeatureStore
         "ttl_s": 10.0,
         "negative_ttl_s": 2.0,
         "stale_ttl_s": 30.0,
-        "clock": clock,
     }
     params.update(kw)
-    return CachedFeatureStore(inner, **params)  # type: ignore[arg-type]
+    return CachedFeatureStore(inner, CacheSettings.defaults(**params), clock=clock)
 
 
 async def test_wears_feature_store(inner: FakeStore, clock: Clock) -> None:
@@ -110,11 +114,13 @@ async def test_eviction_keeps_size_bounded_and_rows_right(inner: FakeStore, cloc
     (r,) = await cache.fetch(items(*ids))
     assert r.found.all() and len(cache) == 8
     np.testing.assert_array_equal(r.rows, np.stack([data[i] for i in ids]))
-    # every cached id maps to a slot holding its own row
-    table = cache._tables["item"]
-    for i, slot in table.index.items():
-        assert table.ids[slot] == i
-        np.testing.assert_array_equal(table.rows[slot], data[i])
+    # every cached id is served from a slot holding its own row (no inner read)
+    calls = inner.calls
+    cached = [i for i in data if cache.contains("item", i)]
+    assert len(cached) == 8
+    (r,) = await cache.fetch(items(*cached))
+    assert inner.calls == calls and r.found.all()
+    np.testing.assert_array_equal(r.rows, np.stack([data[i] for i in cached]))
     await cache.close()
 
 
@@ -123,8 +129,8 @@ async def test_clock_eviction_prefers_unreferenced(inner: FakeStore, clock: Cloc
     await cache.fetch(items("i0", "i1", "i2", "i3"))
     await cache.fetch(items("i0"))  # referenced: gets a second chance
     await cache.fetch(items("i4"))
-    assert "i0" in cache._tables["item"].index
-    assert "i1" not in cache._tables["item"].index
+    assert cache.contains("item", "i0")
+    assert not cache.contains("item", "i1")
     await cache.close()
 
 
@@ -155,6 +161,7 @@ async def test_stale_served_when_store_fails(inner: FakeStore, clock: Clock):
     np.testing.assert_array_equal(r.rows[:2], fresh.rows)
     assert set(r.degraded) == {STALE, STORE_UNAVAILABLE}
     assert cache.stats.stale_served == 2 and cache.stats.unavailable == 1
+    assert r.unknown.tolist() == [False, False, False]  # i3 is not said to be unknown
     clock.t += 40.0  # past stale_ttl_s: nothing usable
     (r,) = await cache.fetch(items("i1"))
     assert not r.found.any() and r.degraded == (STORE_UNAVAILABLE,)
@@ -164,11 +171,44 @@ async def test_stale_served_when_store_fails(inner: FakeStore, clock: Clock):
     await cache.close()
 
 
-async def test_strict_cache_raises(inner: FakeStore, clock: Clock):
-    cache = cache_of(inner, clock, strict=True)
+async def test_outage_is_reported_never_raised_nor_called_unknown(inner: FakeStore, clock: Clock):
+    cache = cache_of(inner, clock)
     inner.fail = True
-    with pytest.raises(FeatureStoreUnavailable):
-        await cache.fetch(items("i1"))
+    (r,) = await cache.fetch(items("i1", "nope"))
+    assert r.degraded == (STORE_UNAVAILABLE,)
+    assert not r.found.any() and not r.unknown.any()
+    assert cache.stats.store_failures == 1 and cache.stats.unavailable == 2
+    await cache.close()
+
+
+async def test_every_failure_says_why_even_when_all_served_stale(inner: FakeStore, clock: Clock):
+    cache = cache_of(inner, clock)
+    await cache.fetch(items("i1"))
+    clock.t += 15.0
+    inner.fail = True
+    (r,) = await cache.fetch(items("i1"))
+    assert r.found.all() and set(r.degraded) == {STALE, STORE_UNAVAILABLE}
+    await cache.close()
+
+
+async def test_gather_writes_model_order_columns_and_leaves_defaults(
+    inner: FakeStore, clock: Clock, item_data
+) -> None:
+    cache = cache_of(inner, clock)
+    out = np.full((3, 5), -7.0)
+    dst = np.array([4, 0, 2], dtype=np.int64)
+    src = np.array([1, 3, 6], dtype=np.int64)
+    ids = Ids.from_strs(["i1", "nope", "i2"])
+    for _ in range(2):  # a miss (read through), then a hit (native gather)
+        out[:] = -7.0
+        (g,) = await cache.gather([Lookup("item", ids)], [Target(out, dst, src)])
+        assert g.found.tolist() == [True, False, True]
+        assert g.unknown.tolist() == [False, True, False]
+        for row, i in ((0, "i1"), (2, "i2")):
+            np.testing.assert_array_equal(out[row, dst], item_data["item"][i][src].astype(float))
+            assert (out[row, [1, 3]] == -7.0).all()
+        assert (out[1] == -7.0).all()
+    assert inner.calls == 1
     await cache.close()
 
 
@@ -182,7 +222,8 @@ async def test_slow_inner_answers_degraded_within_timeout(inner: FakeStore, cloc
     (r,) = await cache.fetch(items("i1", "i9"), timeout_s=0.02)
     assert loop.time() - t0 < 0.15
     assert r.found.tolist() == [True, False]
-    assert set(r.degraded) == {STALE, STORE_UNAVAILABLE}
+    assert set(r.degraded) == {STALE, FETCH_TIMEOUT}
+    assert cache.stats.fetch_timeouts == 1
     await cache.close()  # cancels the read still in flight
 
 

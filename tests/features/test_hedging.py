@@ -8,20 +8,24 @@ import time
 import numpy as np
 import pytest
 
+from ranking.degraded import Degraded
 from ranking.errors import FeatureStoreUnavailable
-from ranking.features.cache import STALE, STORE_UNAVAILABLE
 from ranking.features.hedging import (
     HedgeBudget,
     HedgedFeatureStore,
     HedgePolicy,
     LatencyTracker,
 )
-from ranking.features.redis_factory import CacheParams, build_redis_store
+from ranking.features.redis_factory import build_redis_store
 from ranking.features.redis_loader import load_entities
 from ranking.features.store import Lookup
+from ranking.settings import CacheSettings
 from tests.features.conftest import COLUMNS, FakeStore, make_matrix
 from tests.features.contract import check_feature_store
 from tests.redis_servers import RedisServer
+
+STALE, STORE_UNAVAILABLE = Degraded.STALE, Degraded.STORE_UNAVAILABLE
+NO_CACHE = CacheSettings.defaults(capacity=0)
 
 ITEMS = [Lookup("item", ["i1", "i2"])]
 # The deadline of the fault tests: far below the 2 s a paused replica would hold a read, with
@@ -192,7 +196,7 @@ async def test_paused_replica_every_read_under_deadline(
     policy = HedgePolicy(initial_ms=5.0, floor_ms=2.0, cap_ms=10.0)
     store = await build_redis_store(
         [s.url for s in redis_replicas], namespace="h", hedge=policy,
-        cache=CacheParams(enabled=False),
+        cache=NO_CACHE,
     )  # fmt: skip
     hedged = store
     assert isinstance(hedged, HedgedFeatureStore)
@@ -219,9 +223,7 @@ async def test_paused_replica_every_read_under_deadline(
 
 async def test_killed_replica_mid_run(redis_replicas: list[RedisServer]):
     load_both(redis_replicas)
-    store = await build_redis_store(
-        [s.url for s in redis_replicas], namespace="h", cache=CacheParams(enabled=False)
-    )
+    store = await build_redis_store([s.url for s in redis_replicas], namespace="h", cache=NO_CACHE)
     lookups = [Lookup("item", [f"i{k}" for k in range(200)])]
     for k in range(30):
         if k == 10:
@@ -239,7 +241,7 @@ async def test_all_replicas_down_degraded_not_errors(redis_replicas: list[RedisS
     load_both(redis_replicas)
     store = await build_redis_store(
         [s.url for s in redis_replicas], namespace="h",
-        cache=CacheParams(ttl_s=0.0, stale_ttl_s=60.0),
+        cache=CacheSettings.defaults(ttl_s=0.0, stale_ttl_s=60.0),
     )  # fmt: skip
     (warm,) = await store.fetch([Lookup("item", ["i1", "i2"])], timeout_s=1.0)
     for s in redis_replicas:

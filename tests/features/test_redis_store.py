@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from ranking.errors import FeatureStoreUnavailable
+from ranking.errors import FeatureStoreTimeout, FeatureStoreUnavailable
 from ranking.features.redis_loader import load_entities, pack_rows
 from ranking.features.redis_store import (
     HEADER_BYTES,
@@ -226,24 +226,44 @@ async def test_cluster_defaults_match(redis_cluster: RedisCluster) -> None:
 
 
 async def test_cancelled_reads_never_desynchronise(redis_server: RedisServer) -> None:
-    """Reads cut by tiny timeouts (as hedging losers are) leave no reply for the next read."""
+    """Reads cut mid-reply by tiny timeouts (as hedging losers are) leave no reply behind.
+
+    Each round pauses the server's clients (CLIENT PAUSE) so that four reads are certainly sent
+    and certainly cut before their replies arrive; the replies then do arrive, on connections
+    the store must have dropped. The next reads, and reads with random tiny timeouts, must
+    each get their own rows.
+    """
     m = load(redis_server.url, 300)
     store = await started(redis_server.url, entity_types=("item",))
     rng = np.random.default_rng(1)
     outcomes = {"ok": 0, "timeout": 0}
 
-    async def one(timeout_s: float) -> None:
+    async def one(timeout_s: float) -> bool:
         ids = rng.choice(300, 200, replace=False)
         try:
             (r,) = await store.fetch([Lookup("item", [f"i{k}" for k in ids])], timeout_s=timeout_s)
-        except FeatureStoreUnavailable:
+        except FeatureStoreTimeout:
             outcomes["timeout"] += 1
-            return
+            return False
         assert r.found.all()
         np.testing.assert_array_equal(r.rows, m[ids])
         outcomes["ok"] += 1
+        return True
 
-    for _ in range(60):
-        await asyncio.gather(*(one(float(rng.choice([2e-4, 5e-4, 1.0]))) for _ in range(4)))
-    assert outcomes["ok"] > 0
-    await store.close()
+    try:
+        await one(1.0)  # connect
+        with redis_server.client() as admin:
+            for _ in range(8):
+                # 300 ms: far longer than the reads' 5 ms, even on a loaded machine
+                admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+                cut = await asyncio.gather(*(one(0.005) for _ in range(4)))
+                assert not any(cut)  # all four were cut before the paused server answered
+                assert all(await asyncio.gather(*(one(2.0) for _ in range(4))))
+        for _ in range(30):
+            await asyncio.gather(*(one(float(rng.choice([2e-4, 5e-4, 1.0]))) for _ in range(4)))
+        assert outcomes["timeout"] >= 32
+        assert outcomes["ok"] >= 33
+        assert store.stats.timeouts == outcomes["timeout"]
+        assert store.stats.errors == 0
+    finally:
+        await store.close()

@@ -12,6 +12,7 @@ import pytest
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.api.v1 import ranking_pb2_grpc
 from ranking.server.app import App
+from ranking.settings import CacheSettings
 from tests.conftest import SmallWorld, small_settings
 from tests.redis_servers import RedisServer
 
@@ -65,7 +66,7 @@ async def test_redis_replicas_serve_and_outage_degrades(
         redis_urls=tuple(s.url for s in redis_replicas),
         redis_namespace="t",
         redis_timeout_ms=200.0,
-        cache_ttl_s=0.0,  # every read goes to Redis (stale copies still kept for outages)
+        cache=CacheSettings.defaults(ttl_s=0.0),  # every read goes to Redis (stale kept)
     )
     app = App(settings)
     await app.start()

@@ -147,7 +147,7 @@ async def test_features_counters_from_redis_through_cache_and_hedger(
     assert value(samples, "ranking_hedge_reads_total") == hs.reads == 1
     assert value(samples, "ranking_hedges_sent_total") == hs.hedges_sent
     delay = value(samples, "ranking_hedge_delay_seconds", worker="0")
-    assert settings.hedge_delay_floor_ms / 1e3 <= delay <= settings.hedge_delay_cap_ms / 1e3
+    assert settings.hedge.delay_floor_ms / 1e3 <= delay <= settings.hedge.delay_cap_ms / 1e3
     for name, reads in redis_reads.items():
         assert value(samples, "ranking_store_reads_total", replica=name) == reads
         assert value(samples, "ranking_store_errors_total", replica=name) == 0
