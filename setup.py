@@ -28,5 +28,7 @@ setup(
         extension("ranking.core._order", "ranking/core/_order.c"),
         # The feature cache's index and the Redis MGET/reply helpers (ranking/features/README.md).
         extension("ranking.features._index", "ranking/features/_index.c"),
+        # Counting a finished call into the stats row (ranking/telemetry/call.py).
+        extension("ranking.telemetry._counting", "ranking/telemetry/_counting.c"),
     ],
 )

@@ -48,8 +48,9 @@ from ranking.server.roster import Roster
 from ranking.server.warmup import warm_up
 from ranking.settings import Settings
 from ranking.telemetry import Stats, Telemetry, build_telemetry
+from ranking.telemetry.backlog import BacklogRefusals, channelz_server_ids
 from ranking.telemetry.endpoint import LocalSource, MetricsServer
-from ranking.telemetry.state import PUBLISH_EVERY_S, publish
+from ranking.telemetry.state import PUBLISH_EVERY_S, ServiceState, publish
 from ranking.tls import CertificateReloader
 
 __all__ = ["App", "run_worker"]
@@ -131,6 +132,7 @@ class App:
         self._serve_metrics = serve_metrics
         self.metrics: MetricsServer | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._backlog = BacklogRefusals(())
         stats = stats or Stats()
         self.telemetry = telemetry or build_telemetry(stats)
         self.port = 0
@@ -220,7 +222,9 @@ class App:
             ]
         ops_options = list(options)
         options += backlog_options(s.max_pending_calls)
+        before = channelz_server_ids()  # to tell this server's channelz entry from others'
         server = grpc.aio.server(options=options)
+        self._backlog = BacklogRefusals(channelz_server_ids() - before)
         from ranking.server.servicer import AdminServicer, RankingServicer, add_ranking_servicer
 
         self._servicer = RankingServicer(self.core, s.budget_ms / 1e3)
@@ -271,17 +275,24 @@ class App:
     def _start_metrics(self) -> None:
         """Serve /metrics here (one process), or publish this worker's state for the parent."""
         stats = self.telemetry.stats
-        core = self.core
         if stats.path is not None and self.settings.metrics_port:
             self._publisher = asyncio.create_task(self._publish(stats.path))
         if self._serve_metrics and self.settings.metrics_port:
-            source = LocalSource(stats, lambda: None if core is None else core.state())
+            source = LocalSource(stats, self.state)
             self.metrics = MetricsServer(self.settings.host, self.settings.metrics_port, source)
             self.metrics.start()
 
+    def state(self) -> ServiceState | None:
+        """The core's state plus what only the transport knows (gRPC's backlog refusals)."""
+        if self.core is None:
+            return None
+        state = self.core.state()
+        state.grpc = self._backlog.read(self.telemetry.stats.running())
+        return state
+
     async def _publish(self, stats_path: Path) -> None:
-        while self.core is not None:
-            publish(self.core.state(), stats_path, self.worker)
+        while (state := self.state()) is not None:
+            publish(state, stats_path, self.worker)
             await asyncio.sleep(PUBLISH_EVERY_S)
 
     async def _watch(self, folder: Path, every_s: float) -> None:

@@ -82,7 +82,7 @@ def render(stats: Stats, states: Sequence[tuple[int, ServiceState]]) -> str:
     summed = stats.summed()
     w = _Writer()
     _requests(w, stats, summed)
-    _states(w, states)
+    _states(w, states, float(summed[INDEX["shed"]]))
     return "\n".join(w.lines) + "\n"
 
 
@@ -130,13 +130,6 @@ def _requests(w: _Writer, stats: Stats, s: npt.NDArray[np.float64]) -> None:
         "OK answers with at least one degraded reason.",
         [({}, value("degraded"))],
     )
-    w.metric(
-        "ranking_shed_total",
-        "counter",
-        "Calls refused at once for overload, by cause (the gRPC backlog cap is not countable "
-        "in the service: its refusals happen in gRPC's core and reach clients as CANCELLED).",
-        [({"cause": "limiter"}, value("shed"))],
-    )
     for name, key, help_text in (
         ("ranking_candidates_total", "candidates", "Candidates in answered calls."),
         ("ranking_unscored_candidates_total", "unscored_rows", "Candidates the budget left "
@@ -147,11 +140,33 @@ def _requests(w: _Writer, stats: Stats, s: npt.NDArray[np.float64]) -> None:
          "store (features.store_unavailable; cache and defaults, or UNAVAILABLE when strict)."),
         ("ranking_fetch_timeouts_total", "fetch_timeouts", "Answers whose feature fetch ran out "
          "of its share of the budget (features.fetch_timeout), apart from store failures."),
+        ("ranking_worker_restarts_total", "worker_restarts", "Workers that died and were "
+         "restarted by the parent."),
     ):  # fmt: skip
         w.metric(name, "counter", help_text, [({}, value(key))])
 
 
-def _states(w: _Writer, states: Sequence[tuple[int, ServiceState]]) -> None:
+def _states(w: _Writer, states: Sequence[tuple[int, ServiceState]], shed: float) -> None:
+    grpcs = [st.grpc for _, st in states if st.grpc is not None]
+    sheds = [({"cause": "limiter"}, shed)]
+    if grpcs:
+        sheds.append(({"cause": "backlog"}, _sum(grpcs, "backlog_refused")))
+    w.metric(
+        "ranking_shed_total",
+        "counter",
+        "Calls refused at once for overload, by cause: limiter (RESOURCE_EXHAUSTED), backlog "
+        "(gRPC's core refused the call before the service saw it, CANCELLED at the client; "
+        "estimated from channelz, at most the backlog cap ahead of the truth).",
+        sheds,
+    )
+    if grpcs:
+        w.metric(
+            "ranking_grpc_server_calls_started_total",
+            "counter",
+            "Calls gRPC's servers started (every method, refused ones included; channelz).",
+            [({}, _sum(grpcs, "started"))],
+        )
+
     def per_worker(get: str) -> list[tuple[Labels, float]]:
         return [({"worker": str(i)}, st.limiter.get(get, 0.0)) for i, st in states]
 

@@ -48,6 +48,9 @@ class ServiceState:
     #: Per replica of the online store: `name`, its `RedisStoreStats`, and the hedger's
     #: per-replica counts (`hedge_reads`, `hedge_errors`, `marked_down`).
     replicas: list[dict[str, Any]] = field(default_factory=list)
+    #: The worker's gRPC server calls from channelz and the backlog refusals estimated from
+    #: them (`backlog.BacklogRefusals`); None when not read (GetStats) or unavailable.
+    grpc: dict[str, float] | None = None
 
     def counters(self) -> dict[str, float]:
         """Flat numeric view for GetStats: limiter_*, cache_*, hedge_*, replica<i>_*."""
@@ -55,7 +58,7 @@ class ServiceState:
         out["model_reloads"] = float(self.reloads)
         out["model_reload_failures"] = float(self.reload_failures)
         out["model_loaded_at"] = self.model_loaded_at
-        for prefix, values in (("cache", self.cache), ("hedge", self.hedge)):
+        for prefix, values in (("cache", self.cache), ("hedge", self.hedge), ("grpc", self.grpc)):
             for k, v in (values or {}).items():
                 out[f"{prefix}_{k}"] = float(v)
         for i, replica in enumerate(self.replicas):

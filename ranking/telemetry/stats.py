@@ -136,6 +136,11 @@ class Stats:
     def add(self, name: str, value: float = 1.0) -> None:
         self.row[INDEX[name]] += value
 
+    def running(self) -> float:
+        """Calls this process began and has not ended."""
+        row = self.row
+        return row[INDEX["requests"]] - sum(row[INDEX[name]] for name in OUTCOMES)
+
     def summed(self) -> npt.NDArray[np.float64]:
         """Every field summed over the workers (a copy)."""
         return np.asarray(self._table.sum(axis=0), dtype=np.float64)
@@ -184,3 +189,14 @@ I_WALL = tuple(INDEX[f"{s}_ns"] for s in STAGES)
 I_CPU = tuple(INDEX[f"{s}_cpu_ns"] for s in STAGES)
 I_BUCKET = tuple(INDEX[f"{s}_bucket0"] for s in STAGES)
 BOUNDS_NS = tuple(tuple(round(b * 1e9) for b in _bounds_of(s)) for s in STAGES)
+
+
+def _count_layout() -> npt.NDArray[np.int64]:
+    """The row layout `_counting.count_call` reads (see its header comment)."""
+    out = [len(STAGES), I_CANDIDATES, I_SCORED, I_UNSCORED]
+    for wall, bucket, bounds in zip(I_WALL, I_BUCKET, BOUNDS_NS, strict=True):
+        out += [wall, bucket, len(bounds), *bounds]
+    return np.asarray(out, dtype=np.int64)
+
+
+COUNT_LAYOUT = _count_layout()

@@ -65,6 +65,8 @@ def test_a_value_on_a_bound_falls_in_that_bucket(clock: Clock) -> None:
     call = CallRecord(build_telemetry(stats))
     clock.now += 500_000  # exactly 0.5 ms: Prometheus buckets are "less than or equal"
     call.lap(st.SORT)
+    assert stats.histogram("sort")[1][-1] == 0  # counted when the call ends
+    call.end(None)
     bounds, counts, _ = stats.histogram("sort")
     first = next(i for i, c in enumerate(counts) if c)
     assert bounds[first] == pytest.approx(0.5e-3)

@@ -14,11 +14,8 @@ from ranking.telemetry.exposition import render
 from ranking.telemetry.state import ServiceState, _read_store
 from ranking.telemetry.stats import Stats
 from tests.conftest import SmallWorld, small_tables
-from tests.telemetry.servers import binary
+from tests.telemetry.servers import ALERTS, DASHBOARD, binary
 
-ROOT = Path(__file__).resolve().parents[2]
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-DASHBOARD = ROOT / "deploy" / "grafana" / "ranking.json"
 _NAME = re.compile(r"\b(ranking_[a-z_]+)\b")
 _SUFFIX = re.compile(r"_(bucket|sum|count)$")
 

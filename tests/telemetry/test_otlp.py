@@ -1,4 +1,4 @@
-"""Traces end to end: the server's OTLP exporter reaches a real OTLP/gRPC TraceService."""
+"""Traces and counters end to end: the OTLP exporters reach a real OTLP/gRPC collector."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ from tests.telemetry.servers import RankingProcess, running
 trace_service_pb2 = pytest.importorskip(
     "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
     reason="the dev extras (opentelemetry-exporter-otlp-proto-grpc) are not installed",
+)
+from opentelemetry.proto.collector.metrics.v1 import (  # noqa: E402
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
 )
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc  # noqa: E402
 from opentelemetry.proto.trace.v1 import trace_pb2  # noqa: E402
@@ -48,6 +52,37 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mis
             return [s for s in self.spans if s.trace_id.hex() == trace_hex]
 
 
+class MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+    """Keeps the last value of every metric data point it is sent, by metric name."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def Export(
+        self,
+        request: metrics_service_pb2.ExportMetricsServiceRequest,
+        context: grpc.ServicerContext,
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        with self.lock:
+            for rm in request.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        for point in m.sum.data_points:
+                            self.values[m.name] = point.as_double or float(point.as_int)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    def wait(self, name: str, want: float, timeout_s: float = 20) -> float | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                got = self.values.get(name)
+            if got == want:
+                return got
+            time.sleep(0.1)
+        return got
+
+
 def wait_spans(receiver: Receiver, trace_hex: str, count: int, timeout_s: float = 20) -> list:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -68,8 +103,10 @@ def attributes(span: trace_pb2.Span) -> dict[str, object]:
 
 def test_spans_reach_an_otlp_receiver_with_the_callers_parent(small_world: SmallWorld) -> None:
     receiver = Receiver()
+    metrics = MetricsReceiver()
     collector = grpc.server(futures.ThreadPoolExecutor(2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, collector)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(metrics, collector)
     port = free_port()
     collector.add_insecure_port(f"127.0.0.1:{port}")
     collector.start()
@@ -78,6 +115,10 @@ def test_spans_reach_an_otlp_receiver_with_the_callers_parent(small_world: Small
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}",
         "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_METRICS_INSECURE": "true",
+        "OTEL_METRIC_EXPORT_INTERVAL": "200",
         "OTEL_SERVICE_NAME": "ranking-under-test",
     }
     server = RankingProcess(small_world, "--workers", "1", env=env)
@@ -125,6 +166,10 @@ def test_spans_reach_an_otlp_receiver_with_the_callers_parent(small_world: Small
             # It failed in validation (admit): the stage before it, convert, was lapped.
             assert {s.name for s in failed} == {bad_root.name, "rank.convert"}
             assert all(s.parent_span_id == bad_root.span_id for s in failed if s is not bad_root)
+
+            # The counters reach the same collector through the OTLP metric exporter.
+            assert metrics.wait("ranking.ok", 1.0) == 1.0
+            assert metrics.wait("ranking.invalid", 1.0) == 1.0
         assert server.proc.returncode == 0
     finally:
         collector.stop(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import json
 import time
 from pathlib import Path
 
@@ -10,9 +11,15 @@ import grpc
 
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.api.v1 import ranking_pb2_grpc
-from ranking.telemetry.stats import REQUEST_BUCKETS_S
+from ranking.telemetry.stats import INDEX, REQUEST_BUCKETS_S, Stats
 from tests.conftest import SmallWorld
-from tests.telemetry.servers import Prometheus, RankingProcess, binary, running
+from tests.telemetry.servers import DASHBOARD, Prometheus, RankingProcess, binary, running
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
+
 
 CHANNELS = 20  # fresh connections: SO_REUSEPORT spreads them over both workers
 CALLS_PER_CHANNEL = 5
@@ -23,7 +30,9 @@ def test_prometheus_counts_every_call_of_both_workers(
     small_world: SmallWorld, tmp_path: Path
 ) -> None:
     binary("prometheus")
-    server = RankingProcess(small_world, "--workers", "2")
+    shared = tmp_path / "server-tmp"  # where the parent puts the workers' shared stats file
+    shared.mkdir()
+    server = RankingProcess(small_world, "--workers", "2", env={"TMPDIR": str(shared)})
     prom = Prometheus(tmp_path, [f"127.0.0.1:{server.metrics_port}"])
     with running(server, prom):
         server.wait_serving()
@@ -60,10 +69,15 @@ def test_prometheus_counts_every_call_of_both_workers(
         assert prom.wait_for('ranking_requests_total{code="OK"}', ok) == ok
         assert prom.wait_for('ranking_requests_total{code="INVALID_ARGUMENT"}', INVALID) == INVALID
         assert prom.scalar("ranking_request_duration_seconds_count") == total
+        # Both workers served some of them: the endpoint really sums two rows.
+        (stats_file,) = shared.glob("ranking-*/ranking-stats-*.bin")
+        per_worker = [Stats(2, stats_file, w).row[INDEX["requests"]] for w in range(2)]
+        assert min(per_worker) > 0 and sum(per_worker) == total, per_worker
         assert prom.scalar('ranking_stage_duration_seconds_count{stage="score"}') == ok
         # Both workers publish their state (one model_info series each).
         assert prom.scalar("count(ranking_model_info)") == 2.0
         assert prom.scalar('count(ranking_model_info{model_version="small-v1"})') == 2.0
+        assert prom.scalar("ranking_worker_restarts_total") == 0.0
 
         p99 = prom.scalar(
             "histogram_quantile(0.99, sum(rate(ranking_request_duration_seconds_bucket[1m]))"
@@ -80,4 +94,21 @@ def test_prometheus_counts_every_call_of_both_workers(
             "[1m])) by (le))"
         )
         assert p50 is not None and 0.0 < p50 <= p99
+
+        # Every dashboard query runs on this Prometheus; those for what this server has (no
+        # cache or hedging: the in-process store) return data.
+        answered = {}
+        for title, expr in dashboard_queries():
+            result = prom.query(expr.replace("$__rate_interval", "1m").replace("$job", "ranking"))
+            answered[title] = answered.get(title, False) or bool(result)
+        for title in (
+            "Request rate by status",
+            "Request latency p50 / p99 / p99.9 (server)",
+            "p99 by stage",
+            "p50 by stage",
+            "Shed rate (share of calls)",
+            "Concurrency limit and in flight",
+            "Model version and engine",
+        ):
+            assert answered[title], title
     assert server.proc.returncode == 0
