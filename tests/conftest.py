@@ -16,7 +16,7 @@ import pytest
 from benchmarks.ports import free_port
 from ranking.api.v1 import ranking_pb2_grpc
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
-from ranking.features.store import FetchResult, Lookup
+from ranking.features.store import FetchResult, Gathered, Lookup, Target
 from ranking.scoring.bundle import FeatureSpec, write_bundle
 from ranking.server.app import App
 from ranking.settings import Settings
@@ -167,7 +167,8 @@ def small_tables(world: SmallWorld) -> dict[str, EntityTable]:
 
 
 class GatedStore(MemoryFeatureStore):
-    """The in-process store, but every fetch waits for `gate` (to hold requests in flight)."""
+    """The in-process store, but every fetch or gather waits for `gate` (to hold requests in
+    flight)."""
 
     gate: asyncio.Event
 
@@ -176,6 +177,16 @@ class GatedStore(MemoryFeatureStore):
     ) -> list[FetchResult]:
         await self.gate.wait()
         return self.fetch_now(lookups)
+
+    async def gather(
+        self,
+        lookups: Sequence[Lookup],
+        targets: Sequence[Target],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Gathered]:
+        await self.gate.wait()
+        return self.gather_now(lookups, targets)
 
     @classmethod
     def of(cls, world: SmallWorld) -> GatedStore:

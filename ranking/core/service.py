@@ -133,7 +133,7 @@ class RankingService:
         flywheel: Flywheel | None = None,
     ) -> None:
         self.models = models
-        self.store = store
+        self.store = store  # the setter also decides, once, whether it gathers
         self.limiter = limiter
         self.telemetry = telemetry
         self.max_candidates = max_candidates
@@ -143,8 +143,6 @@ class RankingService:
         #: Served-feature log, drift and shadow (ranking/flywheel); None when off.
         self.flywheel = flywheel
         self._explainer: Explainer | None = None
-        # Decided once: a runtime Protocol check costs microseconds.
-        self._gatherer: Gatherer | None = store if isinstance(store, Gatherer) else None
         self._has_users = bool(columns_or_empty(store, "user"))
         self._has_items = bool(columns_or_empty(store, "item"))
         # Time the stages after scoring take; reserved before deciding how many rows fit.
@@ -160,6 +158,16 @@ class RankingService:
         """Start timing a call (the transport does this first thing). `metadata` is called
         for the caller's W3C trace context only when tracing records."""
         return CallRecord(self.telemetry, metadata)
+
+    @property
+    def store(self) -> FeatureStore:
+        return self._store
+
+    @store.setter
+    def store(self, store: FeatureStore) -> None:
+        self._store = store
+        # Decided once per store: a runtime Protocol check costs microseconds per request.
+        self._gatherer: Gatherer | None = store if isinstance(store, Gatherer) else None
 
     async def rank(
         self, query: RankQuery, deadline: Deadline, call: CallRecord | None = None

@@ -48,6 +48,7 @@ import numpy.typing as npt
 import ranking.features._index as _index
 from ranking.degraded import Degraded
 from ranking.errors import FeatureStoreTimeout, FeatureStoreUnavailable
+from ranking.features.index import FOUND, MISS, UNKNOWN, Keys, index_keys
 from ranking.features.store import FeatureStore, FetchResult, Gathered, Lookup, Target
 from ranking.ids import Ids
 from ranking.settings import CacheSettings
@@ -57,10 +58,6 @@ __all__ = ["CacheStats", "CachedFeatureStore"]
 logger = logging.getLogger(__name__)
 
 IntArray = npt.NDArray[np.int64]
-Keys = list[str] | tuple[bytes, IntArray]
-
-# Per-position states written by the native index.
-MISS, FOUND, UNKNOWN = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -78,13 +75,6 @@ class CacheStats:
     unavailable: int = 0  # misses answered not found because the store failed or timed out
     store_failures: int = 0  # inner reads that failed or timed out
     fetch_timeouts: int = 0  # requests whose wait for a read outlasted their time share
-
-
-def _keys(ids: Sequence[str]) -> Keys:
-    """The ids in a form the native index reads without a Python object per id."""
-    if isinstance(ids, Ids):
-        return (ids.data, ids.offsets)
-    return ids if type(ids) is list else list(ids)
 
 
 def _strs(ids: Sequence[str], positions: IntArray) -> list[str]:
@@ -190,7 +180,7 @@ class CachedFeatureStore:
         misses: list[tuple[int, IntArray]] = []
         for li, (lk, t) in enumerate(zip(lookups, targets, strict=True)):
             table = self._table(lk.entity_type)
-            k = _keys(lk.ids)
+            k = index_keys(lk.ids)
             state = np.empty(len(lk.ids), dtype=np.int8)
             found, neg = table.index.lookup(k, now, state, t.out, t.dst_cols, t.src_cols)
             stats.hits += found + neg
@@ -356,7 +346,7 @@ class CachedFeatureStore:
             index = self._table(sub.entity_type).index
             rows = np.ascontiguousarray(res.rows, dtype=np.float32)
             inserted, evicted = index.insert(
-                _keys(sub.ids),
+                index_keys(sub.ids),
                 rows,
                 res.found,
                 res.unknown_mask(),

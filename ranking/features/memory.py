@@ -1,13 +1,15 @@
-"""The in-process feature store: one numpy matrix per entity type and a dict from id to row.
+"""The in-process feature store: per entity type, the native id index the cache uses.
 
-The embedded default (no Redis needed). Per request the work is one dict lookup per id (a single
-`map`) and one vectorised `take`; no per-candidate Python beyond that.
+The embedded default (no Redis needed). Each table lives in one `_index.Index` (id bytes ->
+row, every entry found and never expiring), so a request's ids are looked up straight from the
+decoder's buffer and `gather` writes the found rows into the model-order matrix in the same
+native pass, as the cache does for its hits: no Python object per candidate.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ranking.features.store import FetchResult, Lookup
+import ranking.features._index as _index
+from ranking.features.index import FOUND, index_keys
+from ranking.features.store import FetchResult, Gathered, Lookup, Target
 
 __all__ = ["EntityTable", "MemoryFeatureStore", "read_entity_file"]
 
@@ -43,18 +47,18 @@ class MemoryFeatureStore:
 
     def __init__(self, tables: Mapping[str, EntityTable]) -> None:
         self._columns: dict[str, tuple[str, ...]] = {}
-        self._index: dict[str, dict[str, int]] = {}
-        self._matrix: dict[str, npt.NDArray[np.float32]] = {}
+        self._index: dict[str, _index.Index] = {}
         for entity_type, table in tables.items():
-            index = {entity_id: row for row, entity_id in enumerate(table.ids)}
-            if len(index) != len(table.ids):
+            n = len(table.ids)
+            if len(set(table.ids)) != n:
                 raise ValueError(f"{entity_type}: duplicate entity ids")
-            # One extra all-NaN row at the end: unknown ids gather it, so `take` needs no mask.
-            matrix = np.full((len(table.ids) + 1, len(table.columns)), np.nan, dtype=np.float32)
-            matrix[:-1] = table.matrix
+            index = _index.Index(max(n, 1), len(table.columns))
+            rows = np.ascontiguousarray(table.matrix, dtype=np.float32)
+            found = np.ones(n, dtype=np.bool_)
+            # Found forever: inserted at time 0 with an infinite TTL, looked up at time 0.
+            index.insert(list(table.ids), rows, found, ~found, 0.0, math.inf, math.inf)
             self._columns[entity_type] = table.columns
             self._index[entity_type] = index
-            self._matrix[entity_type] = matrix
 
     def columns(self, entity_type: str) -> tuple[str, ...]:
         return self._columns[entity_type]
@@ -65,27 +69,49 @@ class MemoryFeatureStore:
     def size(self, entity_type: str) -> int:
         return len(self._index[entity_type])
 
+    def _lookup(self, lookup: Lookup) -> _index.Index:
+        index = self._index.get(lookup.entity_type)
+        if index is None:
+            raise KeyError(lookup.entity_type)
+        return index
+
     def fetch_now(self, lookups: Sequence[Lookup]) -> list[FetchResult]:
         """The synchronous body of `fetch`, for callers that are not async."""
         out = []
         for lookup in lookups:
-            index = self._index.get(lookup.entity_type)
-            if index is None:
-                raise KeyError(lookup.entity_type)
-            matrix = self._matrix[lookup.entity_type]
-            missing = len(matrix) - 1
-            rows = np.fromiter(
-                map(index.get, lookup.ids, itertools.repeat(missing)),
-                dtype=np.intp,
-                count=len(lookup.ids),
-            )
-            out.append(FetchResult(matrix.take(rows, axis=0), rows != missing))
+            index = self._lookup(lookup)
+            n, width = len(lookup.ids), index.width
+            rows = np.full((n, width), np.nan, dtype=np.float32)
+            state = np.empty(n, dtype=np.int8)
+            cols = np.arange(width, dtype=np.int64)
+            index.lookup(index_keys(lookup.ids), 0.0, state, rows, cols, cols)
+            out.append(FetchResult(rows, state == FOUND))
+        return out
+
+    def gather_now(self, lookups: Sequence[Lookup], targets: Sequence[Target]) -> list[Gathered]:
+        """The synchronous body of `gather`: found rows go straight into each target."""
+        out = []
+        for lookup, t in zip(lookups, targets, strict=True):
+            index = self._lookup(lookup)
+            state = np.empty(len(lookup.ids), dtype=np.int8)
+            index.lookup(index_keys(lookup.ids), 0.0, state, t.out, t.dst_cols, t.src_cols)
+            found = state == FOUND
+            out.append(Gathered(found, ~found))
         return out
 
     async def fetch(
         self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
     ) -> list[FetchResult]:
         return self.fetch_now(lookups)
+
+    async def gather(
+        self,
+        lookups: Sequence[Lookup],
+        targets: Sequence[Target],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Gathered]:
+        return self.gather_now(lookups, targets)
 
     async def close(self) -> None:
         return None

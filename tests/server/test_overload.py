@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2_grpc
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.client import check_health
-from ranking.features.store import FetchResult, Lookup
+from ranking.features.store import FetchResult, Gathered, Lookup, Target
 from ranking.server.app import App
 from tests.conftest import GatedStore, SmallWorld, small_settings
 
@@ -110,13 +110,26 @@ class LoopBlockingStore(GatedStore):
     block_s = 1.0
     entered: threading.Event
 
+    def _block_once(self) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            time.sleep(self.block_s)
+
     async def fetch(
         self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
     ) -> list[FetchResult]:
-        if not self.entered.is_set():
-            self.entered.set()
-            time.sleep(self.block_s)  # noqa: ASYNC251 - the point: a busy loop takes no calls
+        self._block_once()
         return self.fetch_now(lookups)
+
+    async def gather(
+        self,
+        lookups: Sequence[Lookup],
+        targets: Sequence[Target],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Gathered]:
+        self._block_once()
+        return self.gather_now(lookups, targets)
 
 
 def burst_while_blocked(port: int, entered: threading.Event, extra: int) -> list[tuple[str, float]]:

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.features.memory import MemoryFeatureStore
-from ranking.features.store import FetchResult, Lookup
+from ranking.features.store import FetchResult, Gathered, Lookup, Target
 from ranking.server.app import App
 from ranking.telemetry import Stats, build_telemetry
 from tests.conftest import SmallWorld, small_settings, small_tables
@@ -118,11 +118,21 @@ async def test_inline_values_packed_or_not_are_one_request(
 
 
 class FailingStore(MemoryFeatureStore):
-    """A store with a bug: every fetch raises (an unexpected error, not a store outage)."""
+    """A store with a bug: every fetch or gather raises (an unexpected error, not a store
+    outage)."""
 
     async def fetch(
         self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
     ) -> list[FetchResult]:
+        raise RuntimeError("secret internals")
+
+    async def gather(
+        self,
+        lookups: Sequence[Lookup],
+        targets: Sequence[Target],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Gathered]:
         raise RuntimeError("secret internals")
 
 
