@@ -264,20 +264,7 @@ def train_from_log(
     held_table = table.slice(split_row)
 
     names = list(served.feature_names)
-    # The parameters `ranking.train` trains with (it has no standalone fit function yet).
-    lgb_params: dict[str, Any] = {
-        "objective": "lambdarank",
-        "metric": "ndcg",
-        "eval_at": [10],
-        "num_leaves": p.leaves,
-        "learning_rate": p.learning_rate,
-        "min_data_in_leaf": p.min_data_in_leaf,
-        "deterministic": True,
-        "force_row_wise": True,
-        "seed": p.seed,
-        "num_threads": p.num_threads,
-        "verbosity": -1,
-    }
+    lgb_params = p.lightgbm_params()
     train_set = lgb.Dataset(
         train.features, train.labels, group=train.group_sizes, feature_name=names
     )

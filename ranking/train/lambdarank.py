@@ -60,6 +60,24 @@ class TrainParams:
         if self.num_threads < 0:
             raise TrainDataError("num_threads must be >= 0 (0 = every core)")
 
+    def lightgbm_params(self) -> dict[str, Any]:
+        """LightGBM's parameters for these settings: every LambdaRank model the project trains
+        (from data files or from the served-feature log) is fitted with exactly these."""
+        return {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [10],
+            "num_leaves": self.leaves,
+            "learning_rate": self.learning_rate,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "deterministic": True,
+            # LightGBM otherwise picks row- or col-wise by timing: not repeatable.
+            "force_row_wise": True,
+            "seed": self.seed,
+            "num_threads": self.num_threads,
+            "verbosity": -1,
+        }
+
 
 @dataclass(frozen=True, eq=False)
 class TrainReport:
@@ -187,19 +205,7 @@ def train_command(
     if prior is not None and not any(s.name == prior and s.source == "item" for s in specs):
         raise TrainDataError(f"prior {prior!r} is not an item feature of {data}")
 
-    lgb_params: dict[str, Any] = {
-        "objective": "lambdarank",
-        "metric": "ndcg",
-        "eval_at": [10],
-        "num_leaves": p.leaves,
-        "learning_rate": p.learning_rate,
-        "min_data_in_leaf": p.min_data_in_leaf,
-        "deterministic": True,
-        "force_row_wise": True,  # LightGBM otherwise picks row/col-wise by timing: not repeatable
-        "seed": p.seed,
-        "num_threads": p.num_threads,
-        "verbosity": -1,
-    }
+    lgb_params = p.lightgbm_params()
     train_set = lgb.Dataset(
         train.features, train.labels, group=train.group_sizes, feature_name=names
     )
