@@ -34,9 +34,11 @@ if __package__ in (None, ""):  # `python benchmarks/warm_start.py`
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.run import log, machine_info, run_async
+from benchmarks.harness import log, machine_info, run_async
+from benchmarks.ports import free_port
+from benchmarks.redis_server import RedisServer, start_redis
 from benchmarks.scenario import find_scenario, load_scenario
-from benchmarks.servers import ManagedProcess, free_port, start_redis
+from benchmarks.servers import ManagedProcess
 from benchmarks.world import prepare_world
 from ranking.loadgen import RANK_METHOD, LoadConfig, LoadReport, RankPayload, run_load
 
@@ -194,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc = load_scenario(find_scenario(args.scenario))
     world = prepare_world(sc.world)
     logs = args.out / "logs" / "warm-start"
-    redis: ManagedProcess | None = None
+    redis: RedisServer | None = None
     if sc.store == "memory":
         world_args = [
             *("--bundle", str(world.bundle)),
@@ -202,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             *("--features", f"item={world.item_features}"),
         ]
     else:
-        redis, redis_port = start_redis(logs)
-        url = f"redis://127.0.0.1:{redis_port}/0"
+        redis = start_redis(logs, log_path=logs / "redis.log")
+        url = redis.url
         for entity, path in (("user", world.user_features), ("item", world.item_features)):
             load = [sys.executable, "-m", "ranking.cli", "features", "load"]
             load += ["--type", entity, "--file", str(path), "--redis", url]
