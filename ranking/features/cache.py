@@ -53,7 +53,7 @@ from ranking.features.store import FeatureStore, FetchResult, Gathered, Lookup, 
 from ranking.ids import Ids
 from ranking.settings import CacheSettings
 
-__all__ = ["CacheStats", "CachedFeatureStore"]
+__all__ = ["CacheStats", "CachedFeatureStore", "TypeLookups"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,16 @@ class CacheStats:
     unavailable: int = 0  # misses answered not found because the store failed or timed out
     store_failures: int = 0  # inner reads that failed or timed out
     fetch_timeouts: int = 0  # requests whose wait for a read outlasted their time share
+
+
+@dataclass(slots=True)
+class TypeLookups:
+    """Lookups (ids) of one entity type by result; `CacheStats` keeps the totals."""
+
+    hits: int = 0
+    negative_hits: int = 0
+    misses: int = 0
+    stale_served: int = 0
 
 
 def _strs(ids: Sequence[str], positions: IntArray) -> list[str]:
@@ -121,6 +131,8 @@ class CachedFeatureStore:
         self.stale_ttl_s = s.stale_ttl_s
         self._clock = clock
         self.stats = CacheStats()
+        #: The lookup counts of `stats`, split by entity type (for the metrics' labels).
+        self.type_lookups: dict[str, TypeLookups] = {}
         self._tables: dict[str, _Table] = {}
         self._inflight: dict[str, dict[str, _Flight]] = {}  # entity type -> id -> flight
         self._flights: set[asyncio.Task[list[FetchResult] | None]] = set()
@@ -133,6 +145,12 @@ class CachedFeatureStore:
 
     def columns(self, entity_type: str) -> tuple[str, ...]:
         return self._inner.columns(entity_type)
+
+    def _type_lookups(self, entity_type: str) -> TypeLookups:
+        counts = self.type_lookups.get(entity_type)
+        if counts is None:
+            counts = self.type_lookups[entity_type] = TypeLookups()
+        return counts
 
     def _table(self, entity_type: str) -> _Table:
         columns = self._inner.columns(entity_type)
@@ -185,9 +203,13 @@ class CachedFeatureStore:
             found, neg = table.index.lookup(k, now, state, t.out, t.dst_cols, t.src_cols)
             stats.hits += found + neg
             stats.negative_hits += neg
+            by_type = self._type_lookups(lk.entity_type)
+            by_type.hits += found + neg
+            by_type.negative_hits += neg
             if found + neg < len(state):
                 miss = np.flatnonzero(state == MISS)
                 stats.misses += len(miss)
+                by_type.misses += len(miss)
                 misses.append((li, miss))
             states.append(state)
             keys.append(k)
@@ -377,6 +399,7 @@ class CachedFeatureStore:
                 keys[li], pos, now, self.stale_ttl_s, states[li], t.out, t.dst_cols, t.src_cols
             )
             self.stats.stale_served += found
+            self._type_lookups(lookups[li].entity_type).stale_served += found
             self.stats.unavailable += len(pos) - found - neg
             if found:
                 why[li].add(Degraded.STALE)

@@ -206,7 +206,7 @@ def _states(w: _Writer, states: Sequence[tuple[int, ServiceState]], shed: float)
         "Bundles refused on reload (the old model kept serving).",
         [({}, float(sum(st.reload_failures for _, st in states)))],
     )
-    _cache(w, [st.cache for _, st in states if st.cache is not None])
+    _cache(w, [st.cache for _, st in states if st.cache is not None], states)
     _hedge(w, states)
     _replicas(w, states)
 
@@ -215,22 +215,32 @@ def _sum(dicts: Sequence[dict[str, float]], key: str) -> float:
     return float(sum(d.get(key, 0.0) for d in dicts))
 
 
-def _cache(w: _Writer, caches: Sequence[dict[str, float]]) -> None:
+def _cache(
+    w: _Writer, caches: Sequence[dict[str, float]], states: Sequence[tuple[int, ServiceState]]
+) -> None:
     if not caches:
         return
-    hits, negative = _sum(caches, "hits"), _sum(caches, "negative_hits")
-    misses, stale = _sum(caches, "misses"), _sum(caches, "stale_served")
+    by_type: dict[str, list[dict[str, float]]] = {}
+    for _, st in states:
+        for entity_type, one in st.cache_types.items():
+            by_type.setdefault(entity_type, []).append(one)
+    samples: list[tuple[dict[str, str], float]] = []
+    for entity_type, counts in sorted(by_type.items()):
+        hits, negative = _sum(counts, "hits"), _sum(counts, "negative_hits")
+        misses, stale = _sum(counts, "misses"), _sum(counts, "stale_served")
+        labels = {"entity_type": entity_type}
+        samples += [
+            ({**labels, "result": "hit"}, hits - negative),
+            ({**labels, "result": "negative"}, negative),
+            ({**labels, "result": "stale"}, stale),
+            ({**labels, "result": "miss"}, misses - stale),
+        ]
     w.metric(
         "ranking_cache_lookups_total",
         "counter",
-        "Cache lookups (ids) by result: hit, negative (a cached unknown id), stale (a miss "
-        "answered from an expired entry while the store failed), miss.",
-        [
-            ({"result": "hit"}, hits - negative),
-            ({"result": "negative"}, negative),
-            ({"result": "stale"}, stale),
-            ({"result": "miss"}, misses - stale),
-        ],
+        "Cache lookups (ids) by entity type and result: hit, negative (a cached unknown id), "
+        "stale (a miss answered from an expired entry while the store failed), miss.",
+        samples,
     )
     for name, key, help_text in (
         ("ranking_cache_inserts_total", "inserts", "Entries written into the cache."),

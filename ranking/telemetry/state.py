@@ -43,6 +43,8 @@ class ServiceState:
     limiter: dict[str, float]
     #: `CacheStats` of the cache in front of the store; None without a cache.
     cache: dict[str, float] | None = None
+    #: The cache's lookups by entity type: type -> `TypeLookups` fields; {} without a cache.
+    cache_types: dict[str, dict[str, float]] = field(default_factory=dict)
     #: `HedgeStats` scalars and `delay_ms`, the hedge delay in use; None without hedging.
     hedge: dict[str, float] | None = None
     #: Per replica of the online store: `name`, its `RedisStoreStats`, and the hedger's
@@ -96,6 +98,7 @@ def _read_store(store: object, state: ServiceState) -> None:
 
     if isinstance(store, CachedFeatureStore):
         state.cache = _numbers(store.stats)
+        state.cache_types = {et: _numbers(c) for et, c in store.type_lookups.items()}
         _read_store(store.inner, state)
     elif isinstance(store, HedgedFeatureStore):
         hs = store.stats

@@ -135,14 +135,22 @@ async def test_features_counters_from_redis_through_cache_and_hedger(
     finally:
         await app.stop(0.5)
     samples = parse(text)
-    lookups = {
-        r: value(samples, "ranking_cache_lookups_total", result=r)
+    by_type = {
+        (t, r): value(samples, "ranking_cache_lookups_total", entity_type=t, result=r)
+        for t in ("user", "item")
         for r in ("hit", "negative", "stale", "miss")
+    }
+    lookups = {
+        r: by_type[("user", r)] + by_type[("item", r)] for r in ("hit", "negative", "stale", "miss")
     }
     assert sum(lookups.values()) == 5 * 43  # 42 candidates + the user per call
     assert lookups["miss"] == 43  # the first call
     assert lookups["negative"] == 4 * 2  # the unknown ids, cached as unknown
     assert lookups["hit"] == cs.hits - cs.negative_hits == 4 * 41
+    # Split by entity type: the user is one lookup per call, hit after the first.
+    assert sum(v for (t, _), v in by_type.items() if t == "user") == 5
+    assert by_type[("user", "miss")] == 1 and by_type[("user", "hit")] == 4
+    assert by_type[("item", "miss")] == 42
     assert value(samples, "ranking_cache_inserts_total") == cs.inserts == 43
     assert value(samples, "ranking_hedge_reads_total") == hs.reads == 1
     assert value(samples, "ranking_hedges_sent_total") == hs.hedges_sent
