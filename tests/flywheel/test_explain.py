@@ -88,3 +88,27 @@ def test_explain_bytes_append_to_any_response_bytes() -> None:
     assert (e.id, e.bias, e.rest) == ("a", 0.1, 0.1)
     assert [(t.feature, t.contribution) for t in e.top] == [("u_a", 1.0), ("i_x", 0.3)]
     assert math.isnan(e.top[1].value)
+
+
+async def test_explain_partial_is_said_exactly_when_the_deadline_cuts_explanations(
+    small_world: SmallWorld,
+) -> None:
+    """`explain.partial` appears only when fewer items were explained than asked for."""
+    import dataclasses
+
+    from ranking.core.deadline import Deadline
+    from ranking.degraded import Degraded
+    from ranking.flywheel.explain import Explainer
+    from tests.core.test_service import make_core, query
+
+    core = make_core(small_world)
+    asked = dataclasses.replace(query(30), explain=True, top_k=5)
+    whole = await core.rank(asked, Deadline.from_budget(5.0, 5.0))
+    assert Degraded.EXPLAIN_PARTIAL not in whole.degraded
+    assert whole.explanations is not None and len(whole.explanations) == 5
+    # An explained item now "costs" 0.3 s: with a 1 s caller deadline only some fit.
+    core._explainer = Explainer()
+    core._explainer.per_item_s = 0.3
+    cut = await core.rank(asked, Deadline.from_budget(5.0, 1.0))
+    assert Degraded.EXPLAIN_PARTIAL in cut.degraded
+    assert cut.explanations is not None and 0 < len(cut.explanations) < 5
