@@ -10,14 +10,21 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from benchmarks.redis_server import RedisServer, start_redis
+from benchmarks.servers import ManagedProcess
+from benchmarks.world import BenchWorld
 from ranking.loadgen import LoadReport
 
-__all__ = ["log", "machine_info", "run_async"]
+#: The repository root (benchmarks run from a checkout).
+REPO = Path(__file__).resolve().parents[1]
+
+__all__ = ["REPO", "log", "machine_info", "run_async", "serve_world_args"]
 
 
 def log(msg: str) -> None:
@@ -57,3 +64,30 @@ def machine_info() -> dict[str, Any]:
         "lightgbm": lightgbm.__version__,
         "load_average_at_start": list(os.getloadavg()),
     }
+
+
+def serve_world_args(
+    world: BenchWorld, store: str, logs: Path
+) -> tuple[list[str], RedisServer | None]:
+    """The `ranking serve` arguments for a benchmark world and the redis-server behind them.
+
+    store "memory": the world's tables in the in-process store, no Redis. Otherwise a fresh
+    redis-server with the world's users and items loaded by `ranking features load`; the
+    caller stops it. SystemExit when loading fails (the server is stopped first).
+    """
+    if store == "memory":
+        args = [
+            *("--bundle", str(world.bundle)),
+            *("--features", f"user={world.user_features}"),
+            *("--features", f"item={world.item_features}"),
+        ]
+        return args, None
+    redis = start_redis(logs, log_path=logs / "redis.log")
+    for entity, path in (("user", world.user_features), ("item", world.item_features)):
+        load = [sys.executable, "-m", "ranking.cli", "features", "load"]
+        load += ["--type", entity, "--file", str(path), "--redis", redis.url]
+        with ManagedProcess(f"load-{entity}", load, logs / f"load-{entity}.log", cwd=REPO) as p:
+            if p.proc.wait(600) != 0:
+                redis.stop()
+                raise SystemExit(f"loading {entity} features into Redis failed: {p.tail(5)}")
+    return ["--bundle", str(world.bundle), "--redis", redis.url], redis

@@ -39,16 +39,14 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/overload.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import log, machine_info, run_async
+from benchmarks.harness import REPO, log, machine_info, run_async, serve_world_args
 from benchmarks.ports import free_port
-from benchmarks.redis_server import RedisServer, start_redis
 from benchmarks.scenario import find_scenario, load_scenario
 from benchmarks.servers import ManagedProcess, wait_ready
 from benchmarks.stats import get_stats
 from benchmarks.world import prepare_world
 from ranking.loadgen import LoadConfig, LoadReport, RankPayload, run_load
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 #: name -> RANKING_* settings. "off" has no admission control at all: no limiter and gRPC's
@@ -211,24 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc = load_scenario(find_scenario(args.scenario))
     world = prepare_world(sc.world)
     logs = args.out / "logs" / "overload"
-    redis: RedisServer | None = None
-    if sc.store == "memory":
-        world_args = [
-            *("--bundle", str(world.bundle)),
-            *("--features", f"user={world.user_features}"),
-            *("--features", f"item={world.item_features}"),
-        ]
-    else:
-        redis = start_redis(logs, log_path=logs / "redis.log")
-        url = redis.url
-        for entity, path in (("user", world.user_features), ("item", world.item_features)):
-            load = [sys.executable, "-m", "ranking.cli", "features", "load"]
-            load += ["--type", entity, "--file", str(path), "--redis", url]
-            with ManagedProcess(f"load-{entity}", load, logs / f"load-{entity}.log", cwd=REPO) as p:
-                if p.proc.wait(600) != 0:
-                    redis.stop()
-                    raise SystemExit(f"loading {entity} features into Redis failed: {p.tail(5)}")
-        world_args = ["--bundle", str(world.bundle), "--redis", url]
+    world_args, redis = serve_world_args(world, sc.store, logs)
     payload = RankPayload(sc.mix)
     runs: list[Run] = []
     started = time.time()

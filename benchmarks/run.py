@@ -28,9 +28,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import log, machine_info
+from benchmarks.harness import REPO, log, machine_info
 from benchmarks.report import write_reports
-from benchmarks.runner import REPO, Runner
+from benchmarks.runner import Runner
 from benchmarks.scenario import find_scenario, load_scenario
 from benchmarks.slo import evaluate
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import log, run_async
+from benchmarks.harness import REPO, log, run_async
 from benchmarks.ports import free_port
 from benchmarks.profile import start_profile, summarize_profile
 from benchmarks.redis_server import RedisServer, start_redis
@@ -31,8 +31,6 @@ from benchmarks.world import BenchWorld, prepare_world
 from ranking.loadgen import LoadConfig, LoadGenError, Payload, RankPayload, run_load
 
 __all__ = ["REPO", "Runner", "search_max_rate"]
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Runner:

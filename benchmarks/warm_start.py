@@ -34,15 +34,13 @@ if __package__ in (None, ""):  # `python benchmarks/warm_start.py`
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.harness import log, machine_info, run_async
+from benchmarks.harness import REPO, log, machine_info, run_async, serve_world_args
 from benchmarks.ports import free_port
-from benchmarks.redis_server import RedisServer, start_redis
 from benchmarks.scenario import find_scenario, load_scenario
 from benchmarks.servers import ManagedProcess
 from benchmarks.world import prepare_world
 from ranking.loadgen import RANK_METHOD, LoadConfig, LoadReport, RankPayload, run_load
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CONFIGS = {"cold": {"RANKING_WARMUP_ROUNDS": "0"}, "warm": {}}
 WINDOWS = (("first 1 s", 1.0), ("1-3 s", 2.0))
@@ -196,24 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc = load_scenario(find_scenario(args.scenario))
     world = prepare_world(sc.world)
     logs = args.out / "logs" / "warm-start"
-    redis: RedisServer | None = None
-    if sc.store == "memory":
-        world_args = [
-            *("--bundle", str(world.bundle)),
-            *("--features", f"user={world.user_features}"),
-            *("--features", f"item={world.item_features}"),
-        ]
-    else:
-        redis = start_redis(logs, log_path=logs / "redis.log")
-        url = redis.url
-        for entity, path in (("user", world.user_features), ("item", world.item_features)):
-            load = [sys.executable, "-m", "ranking.cli", "features", "load"]
-            load += ["--type", entity, "--file", str(path), "--redis", url]
-            with ManagedProcess(f"load-{entity}", load, logs / f"load-{entity}.log", cwd=REPO) as p:
-                if p.proc.wait(600) != 0:
-                    redis.stop()
-                    raise SystemExit(f"loading {entity} features into Redis failed: {p.tail(5)}")
-        world_args = ["--bundle", str(world.bundle), "--redis", url]
+    world_args, redis = serve_world_args(world, sc.store, logs)
     mix = RankPayload(sc.mix)
     payload = Prebuilt(mix, tuple(mix.build(sc.mix.pool_size, 1)))
     runs = []
