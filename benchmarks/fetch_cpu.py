@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import inspect
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from ranking.features.redis_factory import build_redis_store
 from ranking.features.redis_loader import load_entities
 from ranking.features.store import FetchResult, Gatherer, Lookup
 from ranking.ids import Ids
+from ranking.settings import CacheSettings
 from ranking.loadgen._mix import RequestMix
 from ranking.scoring.bundle import Bundle, FeatureSpec
 
@@ -105,6 +107,15 @@ def degraded_of(results: list[FetchResult]) -> list[str]:
     return degraded
 
 
+def _old_cache(oc: Any, oh: Any, replica: Any) -> Any:
+    """The baseline's cache(hedged(replica)), built with whichever signature that ref has."""
+    if "settings" in inspect.signature(oc.CachedFeatureStore).parameters:
+        hedged = oh.HedgedFeatureStore([replica])
+        return oc.CachedFeatureStore(hedged, CacheSettings.defaults(capacity=200_000))
+    hedged = oh.HedgedFeatureStore([replica], policy=oh.HedgePolicy(timeout_s=0.05))
+    return oc.CachedFeatureStore(hedged, capacity=200_000)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", default="main", help="git ref of the 'before' code")
@@ -137,10 +148,7 @@ async def main() -> None:
         replica = orr.RedisFeatureStore(orr.connect_redis(url), namespace=NS, timeout_s=0.05)
         await replica.start()
         await replica.ping()
-        old_store = oc.CachedFeatureStore(
-            oh.HedgedFeatureStore([replica], policy=oh.HedgePolicy(timeout_s=0.05)),
-            capacity=200_000,
-        )
+        old_store = _old_cache(oc, oh, replica)
         # One store per variant: a variant must not find the unknown ids another just cached.
         new_stores = [await build_redis_store([url], namespace=NS, timeout_s=0.05) for _ in "ab"]
         assert all(isinstance(s, Gatherer) for s in new_stores)
@@ -156,26 +164,33 @@ async def main() -> None:
             if assemble:
                 old_plan.assemble(results[1], results[0], len(ids[0]), context)
 
-        def new_fetch(as_ids: bool) -> Callable[[str, Any, bool], Awaitable[Any]]:
-            new_store = new_stores[as_ids]
-
+        def gather_fetch(
+            store: Any, plan: Any, as_ids: bool
+        ) -> Callable[[str, Any, bool], Awaitable[Any]]:
             async def run(user: str, ids: Any, assemble: bool) -> Any:
                 cands = ids[1] if as_ids else ids[0]
-                matrix = new_plan.new_matrix(len(cands))
-                got = await new_store.gather(  # type: ignore[attr-defined]
+                matrix = plan.new_matrix(len(cands))
+                got = await store.gather(
                     [Lookup("item", cands), Lookup("user", [user])],
-                    [new_plan.item_target(matrix), new_plan.user_target(matrix)],
+                    [plan.item_target(matrix), plan.user_target(matrix)],
                     timeout_s=0.004,
                 )
                 int(np.count_nonzero(got[0].unknown))
                 bool(got[1].unknown[0])
                 if assemble:
-                    new_plan.finish(matrix, bool(got[1].found[0]), context)
+                    plan.finish(matrix, bool(got[1].found[0]), context)
 
             return run
 
+        def new_fetch(as_ids: bool) -> Callable[[str, Any, bool], Awaitable[Any]]:
+            return gather_fetch(new_stores[as_ids], new_plan, as_ids)
+
+        # A baseline from before the gather seam (7eb82eb and older) fetches, then assembles.
+        before = old_fetch if hasattr(old_plan, "assemble") else gather_fetch(
+            old_store, old_plan, True
+        )
         systems = {
-            "before (list[str] ids)": old_fetch,
+            "before (baseline)": before,
             "after, list[str] ids": new_fetch(False),
             "after, Ids (native decoder)": new_fetch(True),
         }
@@ -195,7 +210,7 @@ async def main() -> None:
                     for u, ids in batch:
                         await run(u, ids, assemble)
                     per[(name, assemble)].append((time.thread_time_ns() - t0) / args.batch / 1e3)
-        base = {a: statistics.median(per[("before (list[str] ids)", a)]) for a in (False, True)}
+        base = {a: statistics.median(per[("before (baseline)", a)]) for a in (False, True)}
         print(f"R200-shaped fetch, {args.rounds} interleaved rounds x {args.batch} requests, "
               f"CPU us per request (median over rounds; baseline {args.baseline})")  # fmt: skip
         print("| system | fetch us | x before | fetch+assemble us | x before |")
