@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
+from ranking.telemetry.call import AnyRecorder, new_recorder
 from ranking.telemetry.stats import COUNTERS, STAGES, Stats
 
 __all__ = ["Telemetry", "build_telemetry"]
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Telemetry:
-    """What the request path needs: a tracer (recording or not) and the stats it counts in."""
+    """What the request path needs: a tracer (recording or not), the stats it counts in, and
+    the recorder that begins its calls (`call.begin_call`) and counts them into `stats`."""
 
     tracer: trace.Tracer
     stats: Stats
@@ -50,6 +52,10 @@ class Telemetry:
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
     _closed: bool = field(default=False, repr=False)
+    recorder: AnyRecorder = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.recorder = new_recorder(self.stats)
 
     def shutdown(self) -> None:
         if self._closed:
