@@ -109,10 +109,11 @@ def new_recorder(
     cpu_clock: Callable[[], int] | None = None,
     *,
     native: bool = True,
+    cpu_every: int | None = None,
 ) -> AnyRecorder:
     """The recorder that begins this worker's calls and counts them into `stats.row`.
     `clock` / `cpu_clock` replace the monotonic and thread-CPU clocks (tests); `native`
-    False gives the Python reference."""
+    False gives the Python reference; `cpu_every` defaults to `stats.CPU_SAMPLE_EVERY`."""
     kind = Recorder if native else PyRecorder
     return kind(
         stats.row,
@@ -124,7 +125,7 @@ def new_recorder(
         st.I_REQUESTS,
         st.I_DEGRADED,
         st.I_CPU_SAMPLED,
-        st.CPU_SAMPLE_EVERY,
+        st.CPU_SAMPLE_EVERY if cpu_every is None else cpu_every,
         clock,
         cpu_clock,
     )
