@@ -8,8 +8,9 @@ side, the sides interleaved call by call (in a fresh random order each time), an
 event-loop thread's CPU time of each side; a figure is the median over rounds of (side - off).
 The sides:
 
-    off       a record whose lap/ranked/end are C no-ops (`"".format`): what the core costs
-              with nothing recorded (the cheapest object the core's calls can land on)
+    off       a record whose lap/ranked/end are C no-ops (`"".format`), and the core's own
+              counters (`Stats.add`: unknown ids, store errors) no-ops too: what the core
+              costs with nothing recorded (the cheapest objects its calls can land on)
     off2      the same again: the method's own noise (A/A)
     C         the service's record (`_counting.Recorder`): stage laps, histograms, outcome and
               degraded counters, CPU sampled 1 in 8
@@ -18,8 +19,8 @@ The sides:
               the same work costs as Python between the native stages
 
 The queries carry R200's 1 % unknown ids, so every answer is degraded (`features.items_unknown`)
-and the record counts a reason; the core's own unknown-id counter (`Stats.add`) runs on every
-side alike. The recording calls are also timed alone (begin, seven laps, ranked with one
+and the record counts a reason, and the core counts the unknown ids (`Stats.add`) on every
+side but "off". The recording calls are also timed alone (begin, seven laps, ranked with one
 degraded reason, end, in a tight loop): the difference to the in-path figure is what running
 between the native stages adds.
 """
@@ -32,6 +33,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,7 +45,7 @@ from ranking.core.service import RankingService, RankQuery
 from ranking.features.memory import MemoryFeatureStore, read_entity_file
 from ranking.limits import build_limiter
 from ranking.scoring.bundle import load_bundle
-from ranking.telemetry import Stats, build_telemetry
+from ranking.telemetry import Stats, Telemetry, build_telemetry
 from ranking.telemetry import stats as st
 from ranking.telemetry.call import new_recorder
 
@@ -97,10 +99,25 @@ def build_core() -> tuple[RankingService, list[RankQuery]]:
     return core, queries
 
 
-async def one_call(core: RankingService, query: RankQuery, begin: Callable[[], Any]) -> int:
+class QuietStats(Stats):
+    """Stats whose `add` (the core's own counters: unknown ids, store errors) is a C no-op."""
+
+    add = "".format  # type: ignore[assignment]
+
+
+@dataclass
+class Side:
+    """How one side begins a call, and the telemetry the core counts its own counters into."""
+
+    begin: Callable[[], Any]
+    telemetry: Telemetry
+
+
+async def one_call(core: RankingService, query: RankQuery, side: Side) -> int:
     """Thread CPU ns of one call through the core, as the transport makes it."""
+    core.telemetry = side.telemetry
     cpu0 = time.thread_time_ns()
-    call = begin()
+    call = side.begin()
     call.lap(st.CONVERT)
     result = await core.rank(query, Deadline.from_budget(1.0, None), call)
     call.lap(st.RESPOND)
@@ -110,17 +127,20 @@ async def one_call(core: RankingService, query: RankQuery, begin: Callable[[], A
     return spent
 
 
-def sides(core: RankingService) -> dict[str, Callable[[], Any]]:
-    """Each side's `begin_call`; the recorded ones count into rows of their own."""
-    c = new_recorder(Stats())
-    no_cpu = new_recorder(Stats(), cpu_every=2**62)
-    python = new_recorder(Stats(), native=False)
+def sides() -> dict[str, Side]:
+    """The sides; each recorded one counts into a row of its own."""
+    quiet = build_telemetry(QuietStats())
+
+    def recorded(**kw: Any) -> Side:
+        tel = build_telemetry(Stats())
+        return Side(new_recorder(tel.stats, **kw).begin, tel)
+
     return {
-        "off": lambda: NO_RECORD,
-        "off2": lambda: NO_RECORD,
-        "C": c.begin,
-        "C no-cpu": no_cpu.begin,
-        "python": python.begin,
+        "off": Side(lambda: NO_RECORD, quiet),
+        "off2": Side(lambda: NO_RECORD, quiet),
+        "C": recorded(),
+        "C no-cpu": recorded(cpu_every=2**62),
+        "python": recorded(native=False),
     }
 
 
@@ -130,16 +150,16 @@ async def one_round(
     """CPU ns per call of each side; the sides alternate call by call on the same queries, in
     a fresh random order each time, so no side always runs first or right after another (the
     side before leaves its garbage and its cache footprint to the next)."""
-    begins = sides(core)
-    spent = dict.fromkeys(begins, 0)
-    names = list(begins)
+    each = sides()
+    spent = dict.fromkeys(each, 0)
+    names = list(each)
     rng = random.Random(seed)
     for i in range(calls):
         query = queries[i % len(queries)]
         rng.shuffle(names)
         for name in names:
-            spent[name] += await one_call(core, query, begins[name])
-    return {name: spent[name] / calls for name in begins}
+            spent[name] += await one_call(core, query, each[name])
+    return {name: spent[name] / calls for name in each}
 
 
 def recording_alone(begin: Callable[[], Any], calls: int) -> float:
