@@ -275,7 +275,7 @@ static PyObject *Recorder_begin(Recorder *r, PyObject *unused) {
     if (c == NULL) return NULL;
     c->rec = (Recorder *)Py_NewRef(r);
     memset(c->marks, 0, sizeof c->marks);
-    c->end = 0;
+    c->end = c->cpu0 = 0;
     c->ended = c->ranked = c->degraded = 0;
     c->sampled = (++r->calls % r->cpu_every) == 0;
     r->row[r->i_req] += 1;
