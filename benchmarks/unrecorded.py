@@ -9,8 +9,9 @@ one whose lap/ranked/end are C no-ops, so the difference in server CPU per reque
 `ranking serve` is what recording costs through the whole server. Nothing is counted, so it
 has no stage table. Benchmark instrument only (benchmarks/scenarios/r200-metrics.toml).
 
-The replacement is made at import, so the `--workers` processes (started with "spawn", which
-imports this module again as `__mp_main__`) serve unrecorded too.
+The replacement is made when this module runs as the program (`__main__`) and when the
+`--workers` processes, started with "spawn", run it again as `__mp_main__`; importing it (as
+tests/benchmarks/test_imports.py does) changes nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _begin_call(telemetry: Any, metadata: Any = None) -> Any:
     return _NO_RECORD
 
 
-service.begin_call = _begin_call  # type: ignore[assignment]
+if __name__ in ("__main__", "__mp_main__"):
+    service.begin_call = _begin_call  # type: ignore[assignment]
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
