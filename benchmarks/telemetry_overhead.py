@@ -127,13 +127,15 @@ async def one_call(core: RankingService, query: RankQuery, side: Side) -> int:
     return spent
 
 
-def sides() -> dict[str, Side]:
-    """The sides; each recorded one counts into a row of its own."""
+def sides(core: RankingService) -> dict[str, Side]:
+    """The sides; each recorded one begins its calls as the transport does (`core.begin_call`,
+    which `one_call` points at the side's telemetry) and counts into a row of its own."""
     quiet = build_telemetry(QuietStats())
 
     def recorded(**kw: Any) -> Side:
         tel = build_telemetry(Stats())
-        return Side(new_recorder(tel.stats, **kw).begin, tel)
+        tel.recorder = new_recorder(tel.stats, **kw)
+        return Side(core.begin_call, tel)
 
     return {
         "off": Side(lambda: NO_RECORD, quiet),
@@ -150,7 +152,7 @@ async def one_round(
     """CPU ns per call of each side; the sides alternate call by call on the same queries, in
     a fresh random order each time, so no side always runs first or right after another (the
     side before leaves its garbage and its cache footprint to the next)."""
-    each = sides()
+    each = sides(core)
     spent = dict.fromkeys(each, 0)
     names = list(each)
     rng = random.Random(seed)

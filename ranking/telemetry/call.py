@@ -41,7 +41,6 @@ from ranking.telemetry import stats as st
 from ranking.telemetry.reference import PyRecorder
 
 if TYPE_CHECKING:
-    from ranking.telemetry.providers import Telemetry
     from ranking.telemetry.stats import Stats
 
 __all__ = ["AnyRecorder", "CallRecord", "TracedCall", "begin_call", "new_recorder", "outcome_of"]
@@ -131,10 +130,23 @@ def new_recorder(
     )
 
 
-def begin_call(telemetry: Telemetry, metadata: Metadata | None = None) -> CallRecord:
+class Recording(Protocol):
+    """What `begin_call` uses of a `providers.Telemetry` (named structurally, so that this
+    module does not import providers)."""
+
+    recorder: AnyRecorder | None
+    stats: Stats
+    recording: bool
+    tracer: trace.Tracer
+
+
+def begin_call(telemetry: Recording, metadata: Metadata | None = None) -> CallRecord:
     """Start recording a call (the transport does this first thing). `metadata` is called for
     the caller's W3C trace context only when tracing records."""
-    call = telemetry.recorder.begin()
+    recorder = telemetry.recorder
+    if recorder is None:  # the first call
+        recorder = telemetry.recorder = new_recorder(telemetry.stats)
+    call = recorder.begin()
     if telemetry.recording:
         return TracedCall(call, telemetry.tracer, metadata)
     return call

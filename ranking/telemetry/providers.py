@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -33,7 +34,6 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
-from ranking.telemetry.call import AnyRecorder, new_recorder
 from ranking.telemetry.stats import COUNTERS, STAGES, Stats
 
 __all__ = ["Telemetry", "build_telemetry"]
@@ -52,10 +52,10 @@ class Telemetry:
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
     _closed: bool = field(default=False, repr=False)
-    recorder: AnyRecorder = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.recorder = new_recorder(self.stats)
+    #: The `call.AnyRecorder` that begins the calls and counts them into `stats`; built by
+    #: `call.begin_call` on first use (this module cannot import `call`: the C extension it
+    #: loads is imported through this package).
+    recorder: Any = field(default=None, repr=False)
 
     def shutdown(self) -> None:
         if self._closed:
