@@ -45,7 +45,7 @@ from ranking.ids import Ids
 from ranking.limits import Limiter
 from ranking.telemetry import Telemetry
 from ranking.telemetry import stats as st
-from ranking.telemetry.call import CallRecord, Metadata
+from ranking.telemetry.call import CallRecord, Metadata, begin_call
 from ranking.telemetry.state import ServiceState, service_state
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class RankingService:
     def begin_call(self, metadata: Metadata | None = None) -> CallRecord:
         """Start timing a call (the transport does this first thing). `metadata` is called
         for the caller's W3C trace context only when tracing records."""
-        return CallRecord(self.telemetry, metadata)
+        return begin_call(self.telemetry, metadata)
 
     @property
     def store(self) -> FeatureStore:

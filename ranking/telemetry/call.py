@@ -9,24 +9,24 @@
 This is the one place a call's outcome is counted (ok, invalid, shed, deadline, unavailable,
 internal, cancelled) and its latency observed, whichever layer the call ended in.
 
-Cost: a stage boundary is one `perf_counter_ns` read kept in a list; `end` then counts every
-stage at once (a bucket search and two adds into the stats row each). The event-loop thread's
-CPU clock (~0.2 us a read) is read only for one call in `CPU_SAMPLE_EVERY`. When tracing
-records, `end` also emits a finished child span `rank.<stage>` per stage that ran, with the
-stage's own start and end times, so the traced and untraced paths are one.
+Cost: the record is a C object (`_counting.Call`, begun by the worker's `_counting.Recorder`);
+a stage boundary is one C method call that reads the monotonic clock into a C array, `ranked`
+keeps two integers and the reasons' slots, and `end` counts every stage (a bucket search and
+two adds each), the outcome and what the call carried straight into the shared stats row. No
+Python frame runs per stage. The event-loop thread's CPU clock is read only for one call in
+`CPU_SAMPLE_EVERY`. When tracing records, `begin_call` wraps the C record in a `TracedCall`,
+which also emits the request span and a finished child span `rank.<stage>` per stage that ran
+from the same clock readings, so the traced and untraced paths count alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -38,12 +38,20 @@ from ranking.errors import (
     Unavailable,
 )
 from ranking.telemetry import stats as st
-from ranking.telemetry.providers import Telemetry
+from ranking.telemetry.reference import PyRecorder
 
-__all__ = ["CallRecord", "outcome_of"]
+if TYPE_CHECKING:
+    from ranking.telemetry.stats import Stats
 
-_perf = time.perf_counter_ns
-_cpu = time.thread_time_ns
+__all__ = ["AnyRecorder", "CallRecord", "TracedCall", "begin_call", "new_recorder", "outcome_of"]
+
+try:
+    from ranking.telemetry._counting import Recorder
+except ImportError:  # not built (python setup.py build_ext --inplace): the same, slower
+    Recorder = PyRecorder  # type: ignore[assignment,misc]
+
+#: The C recorder, or its Python reference.
+AnyRecorder = Recorder | PyRecorder
 
 #: Exception class -> outcome; the first match in this order wins.
 _OUTCOME_OF: tuple[tuple[type[BaseException], str], ...] = (
@@ -53,55 +61,16 @@ _OUTCOME_OF: tuple[tuple[type[BaseException], str], ...] = (
     (DeadlineExceeded, "deadline"),
     (Unavailable, "unavailable"),
 )
+#: The recorder's outcome table: ok first (no exception), internal last (any other exception).
+OUTCOMES: tuple[tuple[str, int, type[BaseException] | None], ...] = (
+    ("ok", st.I_OUTCOME["ok"], None),
+    *((name, st.I_OUTCOME[name], kind) for kind, name in _OUTCOME_OF),
+    ("internal", st.I_OUTCOME["internal"], None),
+)
 
 Metadata = Callable[[], Iterable[tuple[str, Any]] | None]
 
 SPAN_NAME = "ranking.v1.RankingService/Rank"
-
-#: Per stage number: (wall sum index, first bucket index, bucket bounds in ns, CPU sum index),
-#: one tuple so a stage makes one lookup.
-_STAGE = tuple(zip(st.I_WALL, st.I_BUCKET, st.BOUNDS_NS, st.I_CPU, strict=True))
-I_OUTCOME = st.I_OUTCOME
-I_REQUESTS = st.I_REQUESTS
-N_STAGES = st.TOTAL  # stages lapped one by one; the whole call ("total") is timed by end()
-LAYOUT = st.COUNT_LAYOUT
-
-
-def count_call_py(
-    row: memoryview[float],
-    layout: npt.NDArray[np.int64],
-    marks: list[int],
-    start: int,
-    now: int,
-    outcome: int,
-    candidates: int,
-    scored: int,
-) -> None:
-    """`_counting.count_call` in Python: the reference its tests compare against, and the
-    fallback when the extension is not built. `layout` is unused (the stats tables are read)."""
-    row[outcome] += 1
-    if candidates >= 0:
-        row[st.I_CANDIDATES] += candidates
-        row[st.I_SCORED] += scored
-        row[st.I_UNSCORED] += candidates - scored
-    prev = start
-    for stage in range(st.TOTAL):  # stages run in order; the ones that did not are 0
-        mark = marks[stage]
-        if mark:
-            wall, bucket, bounds, _ = _STAGE[stage]
-            dt = mark - prev
-            row[wall] += dt
-            row[bucket + bisect_left(bounds, dt)] += 1
-            prev = mark
-    wall, bucket, bounds, _ = _STAGE[st.TOTAL]
-    row[wall] += now - start
-    row[bucket + bisect_left(bounds, now - start)] += 1
-
-
-try:
-    from ranking.telemetry._counting import count_call
-except ImportError:  # not built (python setup.py build_ext --inplace): the same, slower
-    count_call = count_call_py
 
 
 def outcome_of(exc: BaseException | None) -> str:
@@ -114,125 +83,84 @@ def outcome_of(exc: BaseException | None) -> str:
     return "internal"
 
 
-class CallRecord:
-    """A call in flight; see the module docstring. Not thread-safe (one event loop)."""
+class CallRecord(Protocol):
+    """A call in flight (`_counting.Call`, or a `TracedCall` around one); see the module
+    docstring. Not thread-safe (one event loop)."""
 
-    __slots__ = (
-        "_cpu",
-        "_ctx",
-        "_ended",
-        "_epoch",
-        "_marks",
-        "_ranked",
-        "_row",
-        "_span",
-        "_start",
-        "_tracer",
-    )
-
-    def __init__(self, telemetry: Telemetry, metadata: Metadata | None = None) -> None:
-        stats = telemetry.stats
-        row = self._row = stats.row
-        row[I_REQUESTS] += 1
-        calls = stats.calls = stats.calls + 1
-        self._ended = False
-        self._ranked: tuple[int, int, Sequence[str]] | None = None
-        self._span: trace.Span | None = None
-        if telemetry.recording:  # _tracer, _ctx and _epoch are set (and read) only then
-            self._begin_span(telemetry.tracer, metadata)
-        #: Clock reading at the end of each stage (0: the stage did not run).
-        self._marks = [0] * N_STAGES
-        #: The thread-CPU clock at the start and at each stage's end, for a sampled call.
-        self._cpu: list[int] | None = None
-        if calls % st.CPU_SAMPLE_EVERY == 0:
-            cpu = self._cpu = [0] * (N_STAGES + 1)
-            cpu[N_STAGES] = _cpu()
-        self._start = _perf()
-
-    def lap(self, stage: int) -> None:
-        """The stage `stage` (a `stats` stage number) ended now; it began at the last boundary.
-
-        Only the clock is read here; the stage is counted in `end`. Python work done between
-        the native stages runs with cold caches, so the less of it per boundary the better
-        (measured: counting at each lap cost ~4x its cost in a tight loop)."""
-        self._marks[stage] = _perf()
-        cpu = self._cpu
-        if cpu is not None:
-            cpu[stage] = _cpu()
+    def lap(self, stage: int, /) -> None:
+        """The stage `stage` (a `stats` stage number) ended now; it began at the last boundary."""
 
     def ranked(
-        self, candidates: int, scored: int, degraded: Sequence[str], model_version: str
+        self, candidates: int, scored: int, degraded: Sequence[str], model_version: str, /
     ) -> None:
         """What an answered call carried (counted at `end`, even if the answer is not sent)."""
-        self._ranked = (candidates, scored, degraded)
-        span = self._span
-        if span is not None:
-            span.set_attribute("ranking.candidates", candidates)
-            span.set_attribute("ranking.model_version", model_version)
-            span.set_attribute("ranking.degraded_reasons", list(degraded))
 
-    def end(self, exc: BaseException | None) -> str:
+    def end(self, exc: BaseException | None, /) -> str:
         """The call ended (answered if `exc` is None): counts its outcome, what it carried,
         each stage that ran and its whole time. Only the first call counts; returns the
         outcome."""
-        outcome = "ok" if exc is None else outcome_of(exc)
-        if self._ended:
-            return outcome
-        self._ended = True
-        now = _perf()
-        row = self._row
-        ranked = self._ranked
-        if ranked is None:
-            count_call(row, LAYOUT, self._marks, self._start, now, I_OUTCOME[outcome], -1, 0)
-        else:
-            candidates, scored, degraded = ranked
-            count_call(
-                row, LAYOUT, self._marks, self._start, now, I_OUTCOME[outcome], candidates, scored
-            )
-            if degraded:
-                row[st.I_DEGRADED] += 1
-                for reason in degraded:
-                    row[st.I_REASON.get(reason, st.I_OTHER_REASON)] += 1
-        if self._cpu is not None:
-            self._count_cpu(outcome == "ok")
-        if self._span is not None:
-            self._end_spans(exc, outcome, now - self._start)
-        return outcome
+        ...
 
-    def _count_cpu(self, ok: bool) -> None:
-        cpu, row = self._cpu, self._row
-        assert cpu is not None
-        prev = first = cpu[st.TOTAL]
-        for stage in range(st.TOTAL):
-            mark = cpu[stage]
-            if mark:
-                row[st.I_CPU[stage]] += mark - prev
-                prev = mark
-        row[st.I_CPU[st.TOTAL]] += _cpu() - first
-        if ok:
-            row[st.I_CPU_SAMPLED] += 1
 
-    def _end_spans(self, exc: BaseException | None, outcome: str, total_ns: int) -> None:
-        span = self._span
-        assert span is not None
-        prev = self._start
-        for stage in range(st.TOTAL):
-            mark = self._marks[stage]
-            if mark:
-                child = self._tracer.start_span(
-                    f"rank.{st.STAGES[stage]}",
-                    context=self._ctx,
-                    start_time=self._epoch + (prev - self._start),
-                )
-                child.end(end_time=self._epoch + (mark - self._start))
-                prev = mark
-        code = exc.code if isinstance(exc, RankingError) else grpc.StatusCode[st.OUTCOMES[outcome]]
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if outcome != "ok":
-            span.set_status(Status(StatusCode.ERROR, code.name))
-        span.end(end_time=self._epoch + total_ns)
+def new_recorder(
+    stats: Stats,
+    clock: Callable[[], int] | None = None,
+    cpu_clock: Callable[[], int] | None = None,
+    *,
+    native: bool = True,
+    cpu_every: int | None = None,
+) -> AnyRecorder:
+    """The recorder that begins this worker's calls and counts them into `stats.row`.
+    `clock` / `cpu_clock` replace the monotonic and thread-CPU clocks (tests); `native`
+    False gives the Python reference; `cpu_every` defaults to `stats.CPU_SAMPLE_EVERY`."""
+    kind = Recorder if native else PyRecorder
+    return kind(
+        stats.row,
+        st.COUNT_LAYOUT,
+        st.I_CPU,
+        OUTCOMES,
+        st.I_REASON,
+        "other",
+        st.I_REQUESTS,
+        st.I_DEGRADED,
+        st.I_CPU_SAMPLED,
+        st.CPU_SAMPLE_EVERY if cpu_every is None else cpu_every,
+        clock,
+        cpu_clock,
+    )
 
-    def _begin_span(self, tracer: trace.Tracer, metadata: Metadata | None) -> None:
+
+class Recording(Protocol):
+    """What `begin_call` uses of a `providers.Telemetry` (named structurally, so that this
+    module does not import providers)."""
+
+    recorder: AnyRecorder | None
+    stats: Stats
+    recording: bool
+    tracer: trace.Tracer
+
+
+def begin_call(telemetry: Recording, metadata: Metadata | None = None) -> CallRecord:
+    """Start recording a call (the transport does this first thing). `metadata` is called for
+    the caller's W3C trace context only when tracing records."""
+    recorder = telemetry.recorder
+    if recorder is None:  # the first call
+        recorder = telemetry.recorder = new_recorder(telemetry.stats)
+    call = recorder.begin()
+    if telemetry.recording:
+        return TracedCall(call, telemetry.tracer, metadata)
+    return call
+
+
+class TracedCall:
+    """A call's record when tracing records: counts through the C record it wraps, and emits
+    the request span and one child span per stage from that record's clock readings."""
+
+    __slots__ = ("_call", "_ctx", "_ended", "_epoch", "_span", "_tracer")
+
+    def __init__(self, call: Any, tracer: trace.Tracer, metadata: Metadata | None) -> None:
+        self._call = call
+        self._ended = False
         carrier: dict[str, str] = {}
         if metadata is not None:
             carrier = {k: v for k, v in (metadata() or ()) if isinstance(v, str)}
@@ -247,3 +175,41 @@ class CallRecord:
         )
         self._span = span
         self._ctx = trace.set_span_in_context(span)
+
+    def lap(self, stage: int) -> None:
+        self._call.lap(stage)
+
+    def ranked(
+        self, candidates: int, scored: int, degraded: Sequence[str], model_version: str
+    ) -> None:
+        self._call.ranked(candidates, scored, degraded, model_version)
+        span = self._span
+        span.set_attribute("ranking.candidates", candidates)
+        span.set_attribute("ranking.model_version", model_version)
+        span.set_attribute("ranking.degraded_reasons", list(degraded))
+
+    def end(self, exc: BaseException | None) -> str:
+        outcome: str = self._call.end(exc)
+        if not self._ended:
+            self._ended = True
+            self._end_spans(exc, outcome)
+        return outcome
+
+    def _end_spans(self, exc: BaseException | None, outcome: str) -> None:
+        start, end, *marks = self._call.timeline()
+        span, epoch = self._span, self._epoch
+        prev = start
+        for stage, mark in enumerate(marks):
+            if mark:
+                child = self._tracer.start_span(
+                    f"rank.{st.STAGES[stage]}",
+                    context=self._ctx,
+                    start_time=epoch + (prev - start),
+                )
+                child.end(end_time=epoch + (mark - start))
+                prev = mark
+        code = exc.code if isinstance(exc, RankingError) else grpc.StatusCode[st.OUTCOMES[outcome]]
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if outcome != "ok":
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        span.end(end_time=epoch + (end - start))

@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Telemetry:
-    """What the request path needs: a tracer (recording or not) and the stats it counts in."""
+    """What the request path needs: a tracer (recording or not), the stats it counts in, and
+    the recorder that begins its calls (`call.begin_call`) and counts them into `stats`."""
 
     tracer: trace.Tracer
     stats: Stats
@@ -50,6 +52,10 @@ class Telemetry:
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
     _closed: bool = field(default=False, repr=False)
+    #: The `call.AnyRecorder` that begins the calls and counts them into `stats`; built by
+    #: `call.begin_call` on first use (this module cannot import `call`: the C extension it
+    #: loads is imported through this package).
+    recorder: Any = field(default=None, repr=False)
 
     def shutdown(self) -> None:
         if self._closed:

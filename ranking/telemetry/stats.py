@@ -123,8 +123,6 @@ class Stats:
         #: The hot path's view: item access on a memoryview costs about half a numpy scalar's.
         self.row: memoryview[float] = memoryview(self.array).cast("B").cast("d")
         self.path = path
-        #: Calls begun by this process; every CPU_SAMPLE_EVERY-th has its stage CPU time read.
-        self.calls = 0
 
     @staticmethod
     def create_shared(workers: int, folder: Path) -> Path:

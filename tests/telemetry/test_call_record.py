@@ -1,4 +1,6 @@
-"""CallRecord: one clock read per stage boundary, every outcome counted once, CPU sampled."""
+"""A call's record: one clock read per stage boundary, every outcome counted once, CPU sampled.
+
+Each test runs against the C record (`_counting`) and its Python reference (`reference.py`)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,15 @@ from collections.abc import Iterator
 import pytest
 
 from ranking.errors import DeadlineExceeded, InvalidRequest, Overloaded, Unavailable
-from ranking.telemetry import Stats, build_telemetry
-from ranking.telemetry import call as call_module
+from ranking.telemetry import Stats, Telemetry, build_telemetry
 from ranking.telemetry import stats as st
-from ranking.telemetry.call import CallRecord, outcome_of
+from ranking.telemetry.call import begin_call, new_recorder, outcome_of
+
+NATIVE = [True, False]
+try:
+    import ranking.telemetry._counting  # noqa: F401
+except ImportError:  # the Python reference only; test_counting.py says to build it
+    NATIVE = [False]
 
 
 class Clock:
@@ -27,16 +34,24 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
-    c = Clock()
-    monkeypatch.setattr(call_module, "_perf", c)
-    yield c
+def clock() -> Iterator[Clock]:
+    yield Clock()
 
 
-def test_laps_time_contiguous_stages_into_sums_and_buckets(clock: Clock) -> None:
-    stats = Stats()
+@pytest.fixture(params=NATIVE, ids=lambda n: "C" if n else "python")
+def native(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def telemetry(stats: Stats, native: bool, clock: Clock | None = None) -> Telemetry:
     tel = build_telemetry(stats)
-    call = CallRecord(tel)
+    tel.recorder = new_recorder(stats, clock, native=native)
+    return tel
+
+
+def test_laps_time_contiguous_stages_into_sums_and_buckets(clock: Clock, native: bool) -> None:
+    stats = Stats()
+    call = begin_call(telemetry(stats, native, clock))
     for stage, us in ((st.CONVERT, 40), (st.ADMIT, 5), (st.FETCH, 1_200), (st.SCORE, 900)):
         clock.now += us * 1000
         call.lap(stage)
@@ -60,9 +75,9 @@ def test_laps_time_contiguous_stages_into_sums_and_buckets(clock: Clock) -> None
     assert bounds[first] == pytest.approx(2.5e-3)  # 2.205 ms in (2.0, 2.5]
 
 
-def test_a_value_on_a_bound_falls_in_that_bucket(clock: Clock) -> None:
+def test_a_value_on_a_bound_falls_in_that_bucket(clock: Clock, native: bool) -> None:
     stats = Stats()
-    call = CallRecord(build_telemetry(stats))
+    call = begin_call(telemetry(stats, native, clock))
     clock.now += 500_000  # exactly 0.5 ms: Prometheus buckets are "less than or equal"
     call.lap(st.SORT)
     assert stats.histogram("sort")[1][-1] == 0  # counted when the call ends
@@ -84,9 +99,11 @@ def test_a_value_on_a_bound_falls_in_that_bucket(clock: Clock) -> None:
         (ValueError("a bug"), "internal"),
     ],
 )
-def test_each_outcome_is_counted_once(exc: BaseException | None, outcome: str) -> None:
+def test_each_outcome_is_counted_once(
+    exc: BaseException | None, outcome: str, native: bool
+) -> None:
     stats = Stats()
-    call = CallRecord(build_telemetry(stats))
+    call = begin_call(telemetry(stats, native))
     assert call.end(exc) == outcome
     call.end(None)  # a second end counts nothing
     totals = stats.totals()
@@ -95,12 +112,12 @@ def test_each_outcome_is_counted_once(exc: BaseException | None, outcome: str) -
     assert outcome_of(exc) == outcome
 
 
-def test_cpu_is_read_for_one_call_in_n() -> None:
+def test_cpu_is_read_for_one_call_in_n(native: bool) -> None:
     stats = Stats()
-    tel = build_telemetry(stats)
+    tel = telemetry(stats, native)
     calls = 4 * st.CPU_SAMPLE_EVERY
     for _ in range(calls):
-        call = CallRecord(tel)
+        call = begin_call(tel)
         sum(range(20_000))  # some CPU to measure
         call.lap(st.SCORE)
         call.end(None)
@@ -112,9 +129,9 @@ def test_cpu_is_read_for_one_call_in_n() -> None:
     assert stats.stage_means_us()["score"] == pytest.approx(totals["score_ns"] / calls / 1e3)
 
 
-def test_ranked_counts_candidates_and_each_degraded_reason() -> None:
+def test_ranked_counts_candidates_and_each_degraded_reason(native: bool) -> None:
     stats = Stats()
-    call = CallRecord(build_telemetry(stats))
+    call = begin_call(telemetry(stats, native))
     call.ranked(200, 150, ["features.items_unknown", "budget.partial_scoring", "new.reason"], "v")
     call.end(None)
     totals = stats.totals()
@@ -126,16 +143,16 @@ def test_ranked_counts_candidates_and_each_degraded_reason() -> None:
     assert totals["degraded:features.user_unknown"] == 0
 
 
-def test_workers_rows_are_summed(tmp_path: object) -> None:
+def test_workers_rows_are_summed(tmp_path: object, native: bool) -> None:
     from pathlib import Path
 
     folder = Path(str(tmp_path))
     path = Stats.create_shared(2, folder)
     w0, w1 = Stats(2, path, 0), Stats(2, path, 1)
     for stats, n in ((w0, 3), (w1, 4)):
-        tel = build_telemetry(stats)
+        tel = telemetry(stats, native)
         for _ in range(n):
-            CallRecord(tel).end(None)
+            begin_call(tel).end(None)
     reader = Stats(2, path, 0)
     assert reader.totals()["ok"] == 7
     assert reader.histogram("total")[1][-1] == 7
