@@ -170,18 +170,20 @@ class Shadow:
             self.cpu_s += spent
             self._tokens -= spent
         served.shadow_raw = raw
+        # The returned rows' shadow scores, for the log (written right after this).
+        if served.scored_rows is None:
+            served.shadow_scores = raw[served.rows]
+        else:
+            full = np.full(served.matrix.shape[0], np.nan)
+            full[served.scored_rows] = raw
+            served.shadow_scores = full[served.rows]
+        served.shadow_version = self.version
 
     def finish(self, served: Served) -> None:
-        """The background thread's part: the returned rows' shadow scores (for the log) and
-        the agreement with the live scores."""
+        """The background thread's part: the agreement with the live scores."""
         raw = served.shadow_raw
         if raw is None:
             return
-        n = served.matrix.shape[0]
-        full = np.full(n, np.nan)
-        full[np.arange(n) if served.scored_rows is None else served.scored_rows] = raw
-        served.shadow_scores = full[served.rows]
-        served.shadow_version = self.version
         rho, overlap = rank_agreement(served.scored, raw)
         self.scored += 1
         self.rho_sum += rho

@@ -167,8 +167,8 @@ def test_rank_agreement() -> None:
     assert rho == pytest.approx(0.8660254037844387)  # Pearson of ranks (0.5, 0.5, 2) and (0, 1, 2)
 
 
-def test_without_an_event_loop_the_thread_scores(small_world: SmallWorld, tmp_path: Path) -> None:
-    """A tool calling `observe` outside a loop still gets shadow scores (from the thread)."""
+def test_without_an_event_loop_observe_scores(small_world: SmallWorld, tmp_path: Path) -> None:
+    """A tool calling `observe` outside a loop still gets shadow scores (scored in the call)."""
     from ranking.core.models import build_serving_model
     from ranking.flywheel.hook import Flywheel
     from ranking.flywheel.shadow import Shadow
