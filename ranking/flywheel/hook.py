@@ -43,7 +43,7 @@ from ranking.flywheel.drift import DriftMonitor, FeatureDrift
 from ranking.flywheel.logproc import LogProcess
 from ranking.flywheel.reference import REFERENCE_FILE, load_reference
 from ranking.flywheel.served import Served
-from ranking.flywheel.shadow import Shadow, load_shadow
+from ranking.flywheel.shadow import Shadow, ShadowStats, load_shadow
 from ranking.scoring.bundle import Bundle
 from ranking.settings import Settings
 
@@ -73,7 +73,10 @@ class Flywheel:
         self.log = log
         self.log_sample = log_sample if log is not None else 0.0
         self.shadow = shadow
+        self._shadow_sample = shadow_sample
         self.shadow_sample = shadow_sample if shadow is not None else 0.0
+        #: The shadow's counters, kept across reloads (`set_shadow`).
+        self.shadow_stats = shadow.stats if shadow is not None else ShadowStats()
         self.drift_window_s = drift_window_s
         self.drift_sample = drift_sample
         self._queue: deque[Served] = deque()
@@ -203,6 +206,14 @@ class Flywheel:
         self._queue.append(served)
         self.queued += 1
 
+    def set_shadow(self, shadow: Shadow) -> None:
+        """Swap in a (re)loaded shadow model, on the event loop: requests already scored by
+        the old one finish with it; the counters carry on."""
+        shadow.stats = self.shadow_stats
+        self.shadow_stats.reloads += 1
+        self.shadow = shadow
+        self.shadow_sample = self._shadow_sample
+
     def _drift_on(self, bundle: Bundle) -> bool:
         known = self._has_reference.get(id(bundle))
         if known is None or known[0] is not bundle:
@@ -284,12 +295,13 @@ class Flywheel:
         self.batches += 1
         clock = time.thread_time
         t0 = clock()
-        if self.shadow is not None:
+        shadow = self.shadow  # once: a reload may swap it meanwhile
+        if shadow is not None:
             for served in batch:
                 if served.shadow:
                     if not served.shadow_tried:
-                        self.shadow.score(served)
-                    self.shadow.finish(served)
+                        shadow.score(served)
+                    shadow.finish(served)
         t1 = clock()
         try:
             self._count_drift(batch)
@@ -344,6 +356,8 @@ class Flywheel:
             out.update(self.log.metrics())
         if self.shadow is not None:
             out.update(self.shadow.metrics())
+        elif self.shadow_stats.reload_failures:
+            out["shadow_reload_failures"] = float(self.shadow_stats.reload_failures)
         for f in self.drift_report():
             out[f"drift_psi.{f.name}"] = f.psi
             out[f"drift_missing.{f.name}"] = f.missing_rate

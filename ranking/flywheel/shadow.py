@@ -28,6 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from ranking.core.models import ServingModel, build_serving_model
 from ranking.flywheel.served import Served
 from ranking.scoring.bundle import Bundle, load_bundle
 
-__all__ = ["Shadow", "load_shadow", "rank_agreement"]
+__all__ = ["Shadow", "ShadowStats", "load_shadow", "rank_agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,24 @@ def rank_agreement(
     return rho, float(overlap)
 
 
+@dataclass(slots=True)
+class ShadowStats:
+    """What the shadow models of one worker did, across reloads."""
+
+    scored: int = 0
+    failed: int = 0
+    skipped_budget: int = 0
+    incompatible: int = 0
+    cpu_s: float = 0.0
+    rho_sum: float = 0.0
+    overlap_sum: float = 0.0
+    reloads: int = 0
+    reload_failures: int = 0
+
+
 class Shadow:
-    """Scores `Served` requests with a second model; one thread only."""
+    """Scores `Served` requests with a second model (`score` on the event loop, `finish` on
+    the flywheel's thread)."""
 
     def __init__(
         self,
@@ -92,6 +109,7 @@ class Shadow:
         cpu_share: float = 0.1,
         burst_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stats: ShadowStats | None = None,
     ) -> None:
         self.model = model
         self.cpu_share = cpu_share
@@ -101,13 +119,8 @@ class Shadow:
         self._tokens = self.burst_s
         self._last = clock()
         self._columns: dict[int, npt.NDArray[np.intp] | None] = {}
-        self.scored = 0
-        self.failed = 0
-        self.skipped_budget = 0
-        self.incompatible = 0
-        self.cpu_s = 0.0
-        self.rho_sum = 0.0
-        self.overlap_sum = 0.0
+        #: Counters; a reloaded shadow is handed its predecessor's (they count per worker).
+        self.stats = ShadowStats() if stats is None else stats
 
     @property
     def version(self) -> str:
@@ -146,10 +159,10 @@ class Shadow:
         served.shadow_tried = True
         columns = self._columns_for(served.bundle)
         if columns is None:
-            self.incompatible += 1
+            self.stats.incompatible += 1
             return
         if not self._admit():
-            self.skipped_budget += 1
+            self.stats.skipped_budget += 1
             return
         started = time.thread_time()
         try:
@@ -161,13 +174,15 @@ class Shadow:
             if not np.all(np.isfinite(raw)):
                 raise ValueError("non-finite shadow scores")
         except Exception:
-            self.failed += 1
-            if self.failed == 1 or math.log2(self.failed).is_integer():
-                log.exception("shadow %s failed to score (%d failures)", self.version, self.failed)
+            self.stats.failed += 1
+            if self.stats.failed == 1 or math.log2(self.stats.failed).is_integer():
+                log.exception(
+                    "shadow %s failed to score (%d failures)", self.version, self.stats.failed
+                )
             return
         finally:
             spent = time.thread_time() - started
-            self.cpu_s += spent
+            self.stats.cpu_s += spent
             self._tokens -= spent
         served.shadow_raw = raw
         # The returned rows' shadow scores, for the log (written right after this).
@@ -185,20 +200,24 @@ class Shadow:
         if raw is None:
             return
         rho, overlap = rank_agreement(served.scored, raw)
-        self.scored += 1
-        self.rho_sum += rho
-        self.overlap_sum += overlap
+        self.stats.scored += 1
+        self.stats.rho_sum += rho
+        self.stats.overlap_sum += overlap
 
     def metrics(self) -> dict[str, float]:
-        n = max(self.scored, 1)
+        n = max(self.stats.scored, 1)
         return {
-            "shadow_scored": float(self.scored),
-            "shadow_failed": float(self.failed),
-            "shadow_skipped_budget": float(self.skipped_budget),
-            "shadow_incompatible": float(self.incompatible),
-            "shadow_cpu_s": self.cpu_s,
-            "shadow_spearman_mean": self.rho_sum / n if self.scored else math.nan,
-            "shadow_top10_overlap_mean": self.overlap_sum / n if self.scored else math.nan,
+            "shadow_reloads": float(self.stats.reloads),
+            "shadow_reload_failures": float(self.stats.reload_failures),
+            "shadow_scored": float(self.stats.scored),
+            "shadow_failed": float(self.stats.failed),
+            "shadow_skipped_budget": float(self.stats.skipped_budget),
+            "shadow_incompatible": float(self.stats.incompatible),
+            "shadow_cpu_s": self.stats.cpu_s,
+            "shadow_spearman_mean": self.stats.rho_sum / n if self.stats.scored else math.nan,
+            "shadow_top10_overlap_mean": self.stats.overlap_sum / n
+            if self.stats.scored
+            else math.nan,
         }
 
 

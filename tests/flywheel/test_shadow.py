@@ -143,7 +143,7 @@ async def test_shadow_failing_to_score_never_affects_live(
             reqs = [small_request(rng, k) for k in range(10)]
             responses = await send(ranking_pb2_grpc.RankingServiceStub(ch), reqs)
         app.flywheel.flush()
-        assert app.flywheel.shadow.failed == 10
+        assert app.flywheel.shadow.stats.failed == 10
     finally:
         await app.stop(grace_s=0.5)
     for (_, base), resp in zip(pairs, responses, strict=True):
@@ -188,8 +188,8 @@ def test_without_an_event_loop_observe_scores(small_world: SmallWorld, tmp_path:
             0, [], None, scores,
         )  # fmt: skip
         assert fly.flush()
-        assert fly.shadow is not None and fly.shadow.scored == 1
+        assert fly.shadow is not None and fly.shadow.stats.scored == 1
         rho, _ = rank_agreement(scores, booster.predict(x, raw_score=True))
-        assert fly.shadow.rho_sum == pytest.approx(rho, abs=1e-12)
+        assert fly.shadow.stats.rho_sum == pytest.approx(rho, abs=1e-12)
     finally:
         fly.close()
