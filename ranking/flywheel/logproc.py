@@ -43,6 +43,7 @@ from ranking.flywheel.logwriter import LogSchema, LogWriter
 from ranking.flywheel.ring import (
     SLOT_ERRORS,
     SLOT_FILES,
+    SLOT_HEAD,
     SLOT_RECORDS,
     SLOT_ROWS,
     LogRing,
@@ -267,13 +268,13 @@ def _serve(args: argparse.Namespace) -> int:
                 buf = buf[_FLUSH.size :]
                 flushes.append((head, roll == b"R"))
         while ring.available() > 0:
-            batch, tail = ring.read()
-            if batch:
-                try:
-                    writer.write(batch)
-                except Exception:
-                    failed("write")
-            records += len(batch)
+            try:
+                count, tail = ring.read_into(writer)
+            except Exception:
+                # A record the writer could not take (or a corrupt ring): skip what is there.
+                failed("write")
+                count, tail = 0, ring.counter(SLOT_HEAD)
+            records += count
             ring.release(tail)
             publish()
         try:

@@ -48,13 +48,12 @@ import os
 import struct
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ranking.flywheel.logwriter import LogRecord, LogSchema, log_schema
+from ranking.flywheel.logwriter import LogSchema, LogWriter, log_schema
 from ranking.ids import Ids
 from ranking.scoring.bundle import Bundle
 
@@ -240,14 +239,6 @@ class LogRing(_Mapped):
         return self._head
 
 
-@dataclass(slots=True)
-class _Counters:
-    rows: int = 0
-    files: int = 0
-    errors: int = 0
-    records: int = 0
-
-
 class RingReader(_Mapped):
     """The consumer side: the log process (one thread)."""
 
@@ -263,16 +254,14 @@ class RingReader(_Mapped):
     def available(self) -> int:
         return self.counter(SLOT_HEAD) - self.tail
 
-    def read(self, max_records: int = 1024) -> tuple[list[LogRecord], int]:
-        """Decode (copying out) up to `max_records` served records; returns them and the tail
-        to release once they are safely handled (`release`)."""
-        import pyarrow as pa
-
+    def read_into(self, writer: LogWriter, max_records: int = 256) -> tuple[int, int]:
+        """Hand up to `max_records` served records to `writer.add` (which copies them out of
+        the ring); returns how many, and the tail to `release` once they are added."""
         cap = self.capacity
         tail = self.tail
         head = self.counter(SLOT_HEAD)
-        out: list[LogRecord] = []
-        while tail < head and len(out) < max_records:
+        count = 0
+        while tail < head and count < max_records:
             pos = tail % cap
             if cap - pos < 16:
                 tail += cap - pos
@@ -287,54 +276,44 @@ class RingReader(_Mapped):
                 d = json.loads(bytes(self.mm[at + 8 : end]).rstrip(b"\0"))
                 self.schemas[sid] = LogSchema(d["version"], tuple(d["names"]), d["key"])
             elif kind == KIND_SERVED:
-                record = self._served(pos, pa)
-                if record is not None:
-                    out.append(record)
+                self._served(pos, writer)
+                count += 1
             tail += size
-        return out, tail
+        return count, tail
 
-    def _served(self, pos: int, pa: Any) -> LogRecord | None:
+    def _served(self, pos: int, writer: LogWriter) -> None:
         (ts, n, nf, sid, unscored, n_cand, ids_len, flags, rid_len, uid_len, deg_len, sv_len) = (
             _SERVED.unpack_from(self.mm, HEADER + pos + 16)
         )
         schema = self.schemas.get(sid)
         if schema is None:  # a consumer that missed the schema (should not happen): skip
             self.unknown_schema += 1
-            return None
+            return
         w = (pos + 16 + _SERVED.size) // 8
         f64, i64 = self.f64, self.i64
-        features = f64[w : w + n * nf].reshape(n, nf).copy()
+        features = f64[w : w + n * nf].reshape(n, nf)
         w += n * nf
-        scores = f64[w : w + n].copy()
+        scores = f64[w : w + n]
         w += n
         shadow = None
         if flags & 1:
-            shadow = f64[w : w + n].copy()
+            shadow = f64[w : w + n]
             w += n
-        rows = i64[w : w + n].copy()
+        rows = i64[w : w + n]
         w += n
-        offsets = i64[w : w + n_cand + 1].copy()
+        offsets = i64[w : w + n_cand + 1]
         b = (w + n_cand + 1) * 8
-        data = bytes(self.u8[b : b + ids_len])
+        data = self.u8[b : b + ids_len]
         b += ids_len
-        rid = bytes(self.u8[b : b + rid_len]).decode()
-        b += rid_len
-        uid = bytes(self.u8[b : b + uid_len]).decode()
-        b += uid_len
-        deg = bytes(self.u8[b : b + deg_len]).decode()
-        b += deg_len
-        sv = bytes(self.u8[b : b + sv_len]).decode()
-        ids = pa.LargeStringArray.from_buffers(n_cand, pa.py_buffer(offsets), pa.py_buffer(data))
-        return LogRecord(
-            ts, rid, uid, schema, features, ids.take(pa.array(rows)), scores, unscored,
+        strings = bytes(self.u8[b : b + rid_len + uid_len + deg_len + sv_len])
+        rid = strings[:rid_len].decode()
+        uid = strings[rid_len : rid_len + uid_len].decode()
+        deg = strings[rid_len + uid_len : rid_len + uid_len + deg_len].decode()
+        sv = strings[rid_len + uid_len + deg_len :].decode()
+        writer.add(
+            ts, rid, uid, schema, features, data, offsets, rows, scores, unscored,
             deg.split("\n") if deg else [], shadow, sv,
         )  # fmt: skip
 
     def release(self, tail: int) -> None:
         self.slots[SLOT_TAIL] = tail
-
-    def set_counters(self, c: _Counters) -> None:
-        self.slots[SLOT_ROWS] = c.rows
-        self.slots[SLOT_FILES] = c.files
-        self.slots[SLOT_ERRORS] = c.errors
-        self.slots[SLOT_RECORDS] = c.records
