@@ -107,8 +107,8 @@ class LogRing(_Mapped):
     def __init__(self, fd: int, capacity: int) -> None:
         super().__init__(fd, capacity)
         self._head = self.counter(SLOT_HEAD)
-        #: id(bundle) -> (bundle, schema id, schema); ids announced in the ring.
-        self._schemas: dict[int, tuple[Bundle, int, LogSchema]] = {}
+        #: id(bundle) -> (bundle, schema id, its record's JSON); ids announced in the ring.
+        self._schemas: dict[int, tuple[Bundle, int, bytes]] = {}
         self._announced: set[int] = set()
         self.schemas: dict[int, LogSchema] = {}  # every schema id given out (for a new consumer)
         self.offered = 0
@@ -141,14 +141,15 @@ class LogRing(_Mapped):
             schema = log_schema(bundle)
             sid = next((k for k, v in self.schemas.items() if v == schema), len(self.schemas))
             self.schemas[sid] = schema
-            known = (bundle, sid, schema)
+            text = json.dumps({"version": schema.version, "names": schema.names,
+                               "key": schema.key}).encode()  # fmt: skip
+            known = (bundle, sid, text)
             self._schemas[id(bundle)] = known
             if len(self._schemas) > 16:
                 self._schemas.pop(next(iter(self._schemas)))
         sid = known[1]
         if sid not in self._announced:
-            text = json.dumps({"version": known[2].version, "names": known[2].names,
-                               "key": known[2].key}).encode()  # fmt: skip
+            text = known[2]
             pos = self._reserve(8 + len(text))
             if pos is None:
                 return None
