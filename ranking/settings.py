@@ -257,6 +257,11 @@ class Settings(BaseSettings):
     shadow_cpu_share: float = Field(
         0.1, gt=0, le=1, description="Share of one core the shadow model may use on average."
     )
+    shadow_busy_inflight: int = Field(
+        1,
+        ge=0,
+        description="Skip the shadow while this many live calls are in flight (0: never skip).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

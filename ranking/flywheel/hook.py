@@ -26,6 +26,7 @@ clean shutdown loses nothing that was queued.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -33,7 +34,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,10 @@ class Flywheel:
         self.log = log
         self.log_sample = log_sample if log is not None else 0.0
         self.shadow = shadow
+        #: True while the worker is too busy for the shadow (live calls in flight): the app
+        #: sets it (`RANKING_SHADOW_BUSY_INFLIGHT`); a shadow score then waits for no one and
+        #: is skipped, counted as `shadow_skipped_busy`.
+        self.busy: Callable[[], bool] | None = None
         self._shadow_sample = shadow_sample
         self.shadow_sample = shadow_sample if shadow is not None else 0.0
         #: The shadow's counters, kept across reloads (`set_shadow`).
@@ -196,7 +201,15 @@ class Flywheel:
 
     def _shadow_then_queue(self, served: Served) -> None:
         if self.shadow is not None:
-            self.shadow.score(served)
+            busy = self.busy
+            if busy is not None and busy():
+                # Other live calls are in flight on this worker: scoring now would delay them
+                # by the shadow's whole scoring time. Skipped, not deferred (a backlog of
+                # shadow work would only move the delay later).
+                served.shadow_tried = True
+                self.shadow_stats.skipped_busy += 1
+            else:
+                self.shadow.score(served)
         s = served
         if s.log:
             self._offer(
@@ -365,9 +378,15 @@ class Flywheel:
 
 
 def build_flywheel(
-    settings: Settings, live_bundle: Bundle | None = None, worker: int = 0
+    settings: Settings,
+    live_bundle: Bundle | None = None,
+    worker: int = 0,
+    inflight: Callable[[], int] = lambda: 0,
 ) -> Flywheel | None:
     """The worker's flywheel for these settings, or None when nothing asks for one (blocking).
+
+    `inflight` says how many live calls the worker has in flight (its limiter's count): the
+    shadow is skipped while it is at least `shadow_busy_inflight`.
 
     On when a log folder or a shadow bundle is set, or when the live bundle has a reference
     distribution (drift). A shadow bundle that cannot be loaded is logged and left out.
@@ -404,5 +423,11 @@ def build_flywheel(
         queue_size=s.log_queue,
         worker=worker,
     )
+    if s.shadow_busy_inflight > 0:
+        fly.busy = functools.partial(_at_least, inflight, s.shadow_busy_inflight)
     fly.start()
     return fly
+
+
+def _at_least(inflight: Callable[[], int], n: int) -> bool:
+    return inflight() >= n

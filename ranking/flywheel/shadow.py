@@ -90,6 +90,7 @@ class ShadowStats:
     scored: int = 0
     failed: int = 0
     skipped_budget: int = 0
+    skipped_busy: int = 0
     incompatible: int = 0
     cpu_s: float = 0.0
     rho_sum: float = 0.0
@@ -212,6 +213,7 @@ class Shadow:
             "shadow_scored": float(self.stats.scored),
             "shadow_failed": float(self.stats.failed),
             "shadow_skipped_budget": float(self.stats.skipped_budget),
+            "shadow_skipped_busy": float(self.stats.skipped_busy),
             "shadow_incompatible": float(self.stats.incompatible),
             "shadow_cpu_s": self.stats.cpu_s,
             "shadow_spearman_mean": self.stats.rho_sum / n if self.stats.scored else math.nan,

@@ -200,7 +200,12 @@ class App:
         )
         limiter = _limiter(s)
         self.flywheel = await loop.run_in_executor(
-            self._build_executor, build_flywheel, s, model.bundle, self.worker
+            self._build_executor,
+            build_flywheel,
+            s,
+            model.bundle,
+            self.worker,
+            lambda: limiter.inflight,
         )
         self.core = RankingService(
             models=holder,

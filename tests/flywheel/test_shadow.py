@@ -3,6 +3,8 @@ they fail to load or to score."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -12,10 +14,19 @@ import pytest
 
 from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2_grpc
 from ranking.api.v1 import ranking_pb2 as pb
+from ranking.features.memory import MemoryFeatureStore
+from ranking.features.store import FetchResult, Gathered, Lookup, Target
 from ranking.flywheel.shadow import rank_agreement
 from ranking.scoring.bundle import FeatureSpec, write_bundle
 from ranking.server.app import App
-from tests.conftest import FEATURES, SmallWorld, free_port, small_settings, train_small
+from tests.conftest import (
+    FEATURES,
+    SmallWorld,
+    free_port,
+    small_settings,
+    small_tables,
+    train_small,
+)
 from tests.flywheel.helpers import by_request, read_log_rows, send, small_request
 
 NAMES = [f.name for f in FEATURES]
@@ -193,3 +204,71 @@ def test_without_an_event_loop_observe_scores(small_world: SmallWorld, tmp_path:
         assert fly.shadow.stats.rho_sum == pytest.approx(rho, abs=1e-12)
     finally:
         fly.close()
+
+
+class UserGatedStore(MemoryFeatureStore):
+    """The in-process store, but a fetch for user `u_slow` waits for `gate` (a live call held
+    in flight while others are served)."""
+
+    gate: asyncio.Event
+
+    async def fetch(
+        self, lookups: Sequence[Lookup], *, timeout_s: float | None = None
+    ) -> list[FetchResult]:
+        if any(lk.entity_type == "user" and "u_slow" in list(lk.ids) for lk in lookups):
+            await self.gate.wait()
+        return self.fetch_now(lookups)
+
+    async def gather(
+        self,
+        lookups: Sequence[Lookup],
+        targets: Sequence[Target],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Gathered]:
+        if any(lk.entity_type == "user" and "u_slow" in list(lk.ids) for lk in lookups):
+            await self.gate.wait()
+        return self.gather_now(lookups, targets)
+
+
+async def test_shadow_waits_for_no_live_call(small_world: SmallWorld, tmp_path: Path) -> None:
+    """While a live call is in flight on the worker the shadow is skipped (counted), so its
+    scoring never delays one; once the worker is idle again it scores."""
+    shadow_bundle(tmp_path / "shadow")
+    app = App(
+        small_settings(
+            small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0,
+            shadow_cpu_share=1.0, limiter="fixed", limiter_fixed=8,
+        )
+    )  # fmt: skip
+    await app.start()
+    try:
+        assert app.core is not None and app.flywheel is not None
+        store = UserGatedStore(small_tables(small_world))
+        store.gate = asyncio.Event()
+        app.core.store = store
+        stats = app.flywheel.shadow_stats
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            stub = ranking_pb2_grpc.RankingServiceStub(ch)
+            rng = np.random.default_rng(9)
+            slow = small_request(rng, 0)
+            slow.user_id = "u_slow"
+            held = asyncio.ensure_future(stub.Rank(slow, timeout=10))  # type: ignore[call-overload]
+            await until_true(lambda: app.core is not None and app.core.limiter.inflight == 1)
+            await send(stub, [small_request(rng, k) for k in range(1, 6)])
+            await asyncio.sleep(0.05)  # their shadow callbacks have run
+            assert stats.skipped_busy == 5 and stats.scored == 0
+            store.gate.set()
+            await held
+            await send(stub, [small_request(rng, k) for k in range(6, 11)])
+            assert app.flywheel.flush()
+            assert stats.skipped_busy == 5 and stats.scored == 6  # the slow one, then 5
+    finally:
+        await app.stop(grace_s=0.5)
+
+
+async def until_true(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
