@@ -41,9 +41,9 @@ from ranking.features.redis_factory import build_redis_store
 from ranking.features.redis_loader import load_entities
 from ranking.features.store import FetchResult, Gatherer, Lookup
 from ranking.ids import Ids
-from ranking.settings import CacheSettings
 from ranking.loadgen._mix import RequestMix
 from ranking.scoring.bundle import Bundle, FeatureSpec
+from ranking.settings import CacheSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS, USER_COLS, ITEM_COLS, CONTEXT = 10_000, 50_000, 24, 32, 8
@@ -186,8 +186,8 @@ async def main() -> None:
             return gather_fetch(new_stores[as_ids], new_plan, as_ids)
 
         # A baseline from before the gather seam (7eb82eb and older) fetches, then assembles.
-        before = old_fetch if hasattr(old_plan, "assemble") else gather_fetch(
-            old_store, old_plan, True
+        before = (
+            old_fetch if hasattr(old_plan, "assemble") else gather_fetch(old_store, old_plan, True)
         )
         systems = {
             "before (baseline)": before,
@@ -222,7 +222,7 @@ async def main() -> None:
             )
         for label, store in (("before", old_store), ("after, list", new_stores[0]),
                              ("after, Ids", new_stores[1])):  # fmt: skip
-            st = store.stats  # type: ignore[attr-defined]
+            st = store.stats  # type: ignore[union-attr]
             print(f"{label}: cache hits {st.hits}, misses {st.misses}, inner reads "
                   f"{st.inner_reads}, store failures {st.store_failures}")  # fmt: skip
             await store.close()
