@@ -262,6 +262,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Skip the shadow while this many live calls are in flight (0: never skip).",
     )
+    shadow_min_idle: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Skip the shadow while less of the machine's CPU was idle (0: never skip).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking.flywheel.drift import DriftMonitor, FeatureDrift
+from ranking.flywheel.idle import IdleMeter
 from ranking.flywheel.logproc import LogProcess
 from ranking.flywheel.reference import REFERENCE_FILE, load_reference
 from ranking.flywheel.served import Served
@@ -78,6 +79,10 @@ class Flywheel:
         #: sets it (`RANKING_SHADOW_BUSY_INFLIGHT`); a shadow score then waits for no one and
         #: is skipped, counted as `shadow_skipped_busy`.
         self.busy: Callable[[], bool] | None = None
+        #: The machine's idle share (read by the thread); the shadow is skipped while it is
+        #: below `min_idle` (`RANKING_SHADOW_MIN_IDLE`), also as `shadow_skipped_busy`.
+        self.idle: IdleMeter | None = None
+        self.min_idle = 0.0
         self._shadow_sample = shadow_sample
         self.shadow_sample = shadow_sample if shadow is not None else 0.0
         #: The shadow's counters, kept across reloads (`set_shadow`).
@@ -202,10 +207,12 @@ class Flywheel:
     def _shadow_then_queue(self, served: Served) -> None:
         if self.shadow is not None:
             busy = self.busy
-            if busy is not None and busy():
-                # Other live calls are in flight on this worker: scoring now would delay them
-                # by the shadow's whole scoring time. Skipped, not deferred (a backlog of
-                # shadow work would only move the delay later).
+            idle = self.idle
+            if (busy is not None and busy()) or (idle is not None and idle.idle < self.min_idle):
+                # Other live calls are in flight on this worker (scoring now would delay them
+                # by the shadow's whole scoring time), or the machine has little CPU to spare
+                # (live calls queue long before it is all busy). Skipped, not deferred: a
+                # backlog of shadow work would only move the delay later.
                 served.shadow_tried = True
                 self.shadow_stats.skipped_busy += 1
             else:
@@ -284,6 +291,8 @@ class Flywheel:
                     break
                 self._wake.wait(self._poll_s)
                 self._wake.clear()
+            if self.idle is not None:
+                self.idle.tick()
             if self.log is not None and time.monotonic() - checked > 0.5:
                 checked = time.monotonic()
                 try:
@@ -425,6 +434,9 @@ def build_flywheel(
     )
     if s.shadow_busy_inflight > 0:
         fly.busy = functools.partial(_at_least, inflight, s.shadow_busy_inflight)
+    if s.shadow_bundle is not None and s.shadow_min_idle > 0:
+        fly.idle = IdleMeter()
+        fly.min_idle = s.shadow_min_idle
     fly.start()
     return fly
 

@@ -8,14 +8,17 @@ hot reload) makes those requests skip the shadow, counted as `shadow_incompatibl
 Scoring runs on the event loop right after the response was handed to gRPC (a callback
 `Flywheel.observe` schedules with `call_soon`), within a CPU budget: a token bucket of CPU
 seconds filled at `cpu_share` seconds per second (up to half a second's worth); a request that
-finds it empty is not shadow-scored (`shadow_skipped_budget`). Every failure (loading, scoring, a
-non-finite score) is caught, logged once and counted; live answers never depend on it.
+finds it empty is not shadow-scored (`shadow_skipped_budget`). Nor is it while the worker has
+other live calls in flight (`Flywheel.busy`, `RANKING_SHADOW_BUSY_INFLIGHT`, counted as
+`shadow_skipped_busy`): a shadow score then would hold those calls for its whole scoring
+time. Every failure (loading, scoring, a non-finite score) is caught, logged once and counted;
+live answers never depend on it. The folder is hot-reloaded (`shadow_watch.py`).
 
 Why the loop and not the background thread: measured with the demo model, scoring in the
 thread tripled the live p99 (its Python steps hold the GIL, and the loop then waits up to the
 5 ms switch interval for it), while on the loop a shadow score delays the next request by at
-most its own ~1 ms, and the budget bounds how often. The background thread then computes the
-agreement and logs the scores.
+most its own ~1 ms, and the budget bounds how often. The shadow's scores are logged right
+after it scored; the background thread computes the agreement.
 
 Agreement per shadow-scored request, over the candidates the live model scored: Spearman rank
 correlation of the two score vectors and the overlap of their top 10 (|live ∩ shadow| / k),

@@ -16,6 +16,7 @@ from ranking.api.v1 import admin_pb2, admin_pb2_grpc, ranking_pb2_grpc
 from ranking.api.v1 import ranking_pb2 as pb
 from ranking.features.memory import MemoryFeatureStore
 from ranking.features.store import FetchResult, Gathered, Lookup, Target
+from ranking.flywheel.idle import IdleMeter, read_proc_stat
 from ranking.flywheel.shadow import rank_agreement
 from ranking.scoring.bundle import FeatureSpec, write_bundle
 from ranking.server.app import App
@@ -41,6 +42,8 @@ def shadow_bundle(folder: Path, seed: int = 42) -> lgb.Booster:
 async def serve_and_send(
     world: SmallWorld, n: int, **settings: object
 ) -> tuple[list[tuple[pb.RankRequest, pb.RankResponse]], dict[str, float]]:
+    # shadow_min_idle 0: count every shadow score whatever else runs on this shared machine.
+    settings.setdefault("shadow_min_idle", 0.0)
     app = App(small_settings(world, admin_port=free_port(), **settings))
     await app.start()
     try:
@@ -144,7 +147,11 @@ async def test_shadow_failing_to_score_never_affects_live(
         def score(self, matrix: np.ndarray) -> np.ndarray:
             raise RuntimeError("boom")
 
-    app = App(small_settings(small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0))
+    app = App(
+        small_settings(
+            small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0, shadow_min_idle=0.0
+        )
+    )
     await app.start()
     try:
         assert app.flywheel is not None and app.flywheel.shadow is not None
@@ -238,7 +245,7 @@ async def test_shadow_waits_for_no_live_call(small_world: SmallWorld, tmp_path: 
     app = App(
         small_settings(
             small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0,
-            shadow_cpu_share=1.0, limiter="fixed", limiter_fixed=8,
+            shadow_cpu_share=1.0, limiter="fixed", limiter_fixed=8, shadow_min_idle=0.0,
         )
     )  # fmt: skip
     await app.start()
@@ -272,3 +279,61 @@ async def until_true(check: Callable[[], bool], timeout_s: float = 10.0) -> None
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+def write_stat(path: Path, idle: int, busy: int) -> None:
+    # cpu  user nice system idle iowait irq softirq steal guest guest_nice
+    path.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n")
+
+
+def test_idle_meter_reads_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    write_stat(stat, idle=1000, busy=1000)
+    now = [0.0]
+    meter = IdleMeter(every_s=0.1, read=lambda: read_proc_stat(stat), clock=lambda: now[0])
+    assert meter.idle == 1.0  # nothing measured yet
+    write_stat(stat, idle=1030, busy=1070)  # 30 of 100 ticks idle
+    meter.tick()
+    assert meter.idle == 1.0  # too soon: no new reading
+    now[0] = 0.2
+    meter.tick()
+    assert meter.idle == pytest.approx(0.3)
+    assert read_proc_stat(tmp_path / "missing") is None
+    real = read_proc_stat()
+    assert real is not None and 0 <= real[0] <= real[1]
+
+
+async def test_shadow_skipped_while_the_machine_is_busy(
+    small_world: SmallWorld, tmp_path: Path
+) -> None:
+    """A real server whose idle meter reads a stat file the test writes: while the machine
+    reads busy the shadow is skipped, once it reads idle again it scores."""
+    shadow_bundle(tmp_path / "shadow")
+    app = App(
+        small_settings(
+            small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0,
+            shadow_cpu_share=1.0, shadow_min_idle=0.5,
+        )
+    )  # fmt: skip
+    await app.start()
+    stat = tmp_path / "stat"
+    write_stat(stat, idle=0, busy=0)
+    try:
+        fly = app.flywheel
+        assert fly is not None and fly.idle is not None and fly.min_idle == 0.5
+        fly.idle = IdleMeter(every_s=0.01, read=lambda: read_proc_stat(stat))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            stub = ranking_pb2_grpc.RankingServiceStub(ch)
+            rng = np.random.default_rng(10)
+            write_stat(stat, idle=20, busy=80)  # 20 % idle
+            await until_true(lambda: fly.idle is not None and fly.idle.idle < 0.5)
+            await send(stub, [small_request(rng, k) for k in range(5)])
+            assert fly.flush()
+            assert fly.shadow_stats.skipped_busy == 5 and fly.shadow_stats.scored == 0
+            write_stat(stat, idle=1020, busy=100)  # the next interval: 1000 of 1020 idle
+            await until_true(lambda: fly.idle is not None and fly.idle.idle > 0.5)
+            await send(stub, [small_request(rng, k) for k in range(5, 10)])
+            assert fly.flush()
+            assert fly.shadow_stats.skipped_busy == 5 and fly.shadow_stats.scored == 5
+    finally:
+        await app.stop(grace_s=0.5)
