@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -169,4 +171,45 @@ def test_log_process_death_is_survived(small_world: SmallWorld, tmp_path: Path) 
     table = pa.concat_tables([pq.ParquetFile(f).read() for f in files(tmp_path)])
     got = set(table.column("request_id").to_pylist())
     assert got == {f"a{k}" for k in range(10)} | {f"b{k}" for k in range(10)}
+    assert hidden(tmp_path) == []
+
+
+def test_worker_death_leaves_no_orphan(small_world: SmallWorld, tmp_path: Path) -> None:
+    """A worker that dies without closing its log: the log process sees the control pipe close,
+    writes out what the ring held, completes its file and exits on its own."""
+    script = f"""
+import os, sys, numpy as np
+from pathlib import Path
+from ranking.flywheel.hook import Flywheel
+from ranking.flywheel.logproc import LogProcess
+from ranking.scoring.bundle import load_bundle
+bundle = load_bundle(Path({str(small_world.bundle)!r}))
+log = LogProcess(Path({str(tmp_path)!r}), roll_s=3600)
+log.start()
+fly = Flywheel(log=log)
+m = np.zeros((3, len(bundle.features)))
+rows = np.arange(3, dtype=np.intp)
+for k in range(7):
+    fly.observe(f"r{{k}}", "u1", bundle, m, ["a", "b", "c"], rows, np.zeros(3), 0, [], None,
+                np.zeros(3))
+print(log.pid, flush=True)
+os._exit(0)  # no close: as if killed
+"""
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, capture_output=True, timeout=60, check=True
+    )
+    pid = int(done.stdout.split()[-1])
+    until = time.monotonic() + 30
+    while time.monotonic() < until:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the log process outlived its worker")
+    table = pa.concat_tables([pq.ParquetFile(f).read() for f in files(tmp_path)])
+    assert sorted(set(table.column("request_id").to_pylist())) == [f"r{k}" for k in range(7)]
     assert hidden(tmp_path) == []
