@@ -1,8 +1,9 @@
 """How each benchmarked system is started: the table the runner reads, and a scenario's overrides.
 
-Placeholders in braces (`{python}`, `{port}`, `{bundle}`, `{redis_url}`, ...) are filled by the
-runner for each start. A scenario's `[systems_config.NAME]` table overrides any key of an entry,
-and its `args` are appended to the command.
+`env` entries are added to the environment the system starts with. Placeholders in braces
+(`{python}`, `{port}`, `{bundle}`, `{redis_url}`, ...) are filled by the runner for each start.
+A scenario's `[systems_config.NAME]` table overrides any key of an entry, and its `args` are
+appended to the command.
 """
 
 from __future__ import annotations
@@ -12,10 +13,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_SYSTEMS", "MLSERVER_VENV", "system_spec"]
+from ranking.server.experiments import ENV as GRPC_EXPERIMENTS
+from ranking.settings import Settings
+
+__all__ = ["DEFAULT_SYSTEMS", "GRPC_EXPERIMENTS", "MLSERVER_VENV", "system_spec"]
 
 #: MLServer's own virtualenv (it pins packages that would fight ours).
 MLSERVER_VENV = Path(os.environ.get("MLSERVER_VENV", "/tmp/venv-mlserver"))
+
+#: The floor runs on the gRPC core settings `ranking serve` applies (the same stack).
+_SERVE_GRPC_ENV = {GRPC_EXPERIMENTS: Settings.model_fields["grpc_experiments"].default}
 
 #: How each system is started. Scenario tables [systems_config.NAME] override any key, and
 #: `args` appends to the command.
@@ -71,6 +78,7 @@ DEFAULT_SYSTEMS: dict[str, dict[str, Any]] = {
     "floor": {
         "label": "floor (empty grpc.aio RPC)",
         "command": ["{python}", "-m", "benchmarks.baselines.floor", "--port", "{port}"],
+        "env": _SERVE_GRPC_ENV,
         "ready": "grpc-health",
     },
     "naive": {

@@ -75,6 +75,9 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise SystemExit(f"bad settings:\n{exc}") from None
+    from ranking.server.experiments import apply
+
+    apply(settings.grpc_experiments)  # before anything below imports grpc
     from ranking.server.app import demo_bundle_path
     from ranking.server.listeners import serving_credentials
     from ranking.server.workers import serve
