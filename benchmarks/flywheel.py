@@ -3,11 +3,14 @@
     python -m benchmarks.flywheel [--bundle DIR] [--rounds 15] [--requests 200] [--rate 300]
 
 The core (`RankingService.rank`, in-process store with the demo world, 200 candidates x 64
-features) runs the same requests with the flywheel off, with the served-feature log on (every
-request logged, the writer thread running and writing Parquet), with drift counting as well,
-and with a shadow model scoring every request. Rounds are interleaved so that machine noise
-hits every variant alike; the figures are medians over rounds of the per-request mean. The
-hook itself (`Flywheel.observe`) is also timed alone, with the writer draining behind it.
+features) runs the same requests with the flywheel off, with the hook refusing every record
+(a ring too small for one: the hook's own floor), with the served-feature log on (every
+request copied into the shared ring, the log process writing Parquet), with drift counting as
+well, and with a shadow model scoring every request. Rounds are interleaved so that machine
+noise hits every variant alike; the figures are medians over rounds of the per-request mean
+of the event-loop thread's CPU. The log processes' own CPU per logged request is read from
+/proc at the end. The hook itself (`Flywheel.observe`, the copy included) is also timed
+alone, with the log process draining behind it.
 
 Without `--bundle` a 100-tree x 31-leaf model is trained on the world (a few seconds): the
 hook's cost does not depend on the model, only on the matrix shape.
@@ -33,7 +36,7 @@ from ranking.demo.model import demo_feature_specs
 from ranking.demo.world import CONTEXT_COLUMNS, World, make_world
 from ranking.features.memory import EntityTable, MemoryFeatureStore
 from ranking.flywheel.hook import Flywheel
-from ranking.flywheel.logwriter import LogWriter
+from ranking.flywheel.logproc import LogProcess
 from ranking.flywheel.reference import REFERENCE_FILE, build_reference, write_reference
 from ranking.flywheel.shadow import Shadow
 from ranking.ids import Ids
@@ -88,6 +91,7 @@ async def _round(
             await asyncio.sleep(max(0.0, start + k / rate - time.perf_counter()))
         w0, c0 = time.perf_counter(), time.thread_time()
         await core.rank(q, Deadline.from_budget(1.0, None))
+        await asyncio.sleep(0)  # run what the call scheduled (the shadow), as a server's loop does
         wall += time.perf_counter() - w0
         cpu += time.thread_time() - c0
     n = len(queries)
@@ -101,18 +105,25 @@ def _hook_alone(fly: Flywheel, core: RankingService, query: RankQuery, calls: in
     matrix = np.random.default_rng(0).normal(size=(n, len(model.bundle.features)))
     rows = np.arange(n, dtype=np.intp)
     scores = np.random.default_rng(1).normal(size=n)
-    listed = scores.tolist()
     out = []
     for _ in range(calls // 100):
         started = time.perf_counter()
         for _ in range(100):
             fly.observe(
-                "", query.user_id, model.bundle, matrix, query.candidate_ids, rows, listed,
+                "", query.user_id, model.bundle, matrix, query.candidate_ids, rows, scores,
                 0, [], None, scores,
             )  # fmt: skip
         out.append((time.perf_counter() - started) / 100)
         fly.flush()  # keep the queue short: measure the hook, not a full queue
     return out
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -154,26 +165,24 @@ async def main(argv: list[str] | None = None) -> int:
             flywheel=fly,
         )
 
-    def logged(name: str) -> LogWriter:
-        return LogWriter(tmp / name, roll_s=3600)
+    def logged(name: str, capacity: int = 16 << 20, shadow: bool = False) -> LogProcess:
+        return LogProcess(tmp / name, capacity=capacity, roll_s=3600, shadow=shadow)
 
     variants: dict[str, Any] = {"off": None}
-    # The hook alone, in place: every record dropped at once (a zero-length queue).
-    variants["hook, queue of 0 (drops)"] = Flywheel(writer=logged("drop"), queue_size=0)
-    # Records kept but nothing drained until the round ends: the cost of holding references
-    # without a thread competing for the CPU and the GIL.
-    variants["hook, kept, no thread"] = Flywheel(writer=logged("kept"), queue_size=10**6)
-    variants["log (every request)"] = Flywheel(writer=logged("log"))
-    variants["log, writer polls every 50 ms"] = Flywheel(writer=logged("log50"), poll_s=0.05)
+    # The hook alone, in place: every record refused at once (a ring smaller than a record).
+    variants["hook, ring full (drops)"] = Flywheel(log=logged("drop", capacity=4096))
+    variants["log (every request)"] = Flywheel(log=logged("log"))
     if has_reference:
-        variants["log + drift"] = Flywheel(writer=logged("log-drift"))
+        variants["log + drift"] = Flywheel(log=logged("log-drift"))
     variants["log + shadow (every request)"] = Flywheel(
-        writer=LogWriter(tmp / "log-shadow", roll_s=3600, shadow=True),
+        log=logged("log-shadow", shadow=True),
         shadow=Shadow(shadow_model, cpu_share=1.0),
         shadow_sample=1.0,
     )
     for name, fly in variants.items():
-        if fly is not None and not name.startswith("hook,"):
+        if fly is not None:
+            if not name.startswith("hook,"):
+                fly.log.start()
             fly.start()
     cores = {name: core(fly) for name, fly in variants.items()}
     # The log + drift variant is the only one whose model has a reference: the others
@@ -186,13 +195,19 @@ async def main(argv: list[str] | None = None) -> int:
         bare_model = build_serving_model(
             load_bundle(bare), store.columns("user"), store.columns("item")
         )
-        for name, c in cores.items():
+        for name, each in cores.items():
             if name != "log + drift":
-                c.models = ModelHolder(bare_model, build=lambda b: bare_model)
+                each.models = ModelHolder(bare_model, build=lambda b: bare_model)
 
     queries = _queries(world, args.requests)
-    for c in cores.values():  # warm-up
-        await _round(c, queries[:20])
+    for warm in cores.values():  # warm-up
+        await _round(warm, queries[:20])
+    log_cpu0: dict[str, float] = {}
+    for name, fly in variants.items():
+        if fly is not None and not name.startswith("hook,"):
+            fly.flush()
+            log_cpu0[name] = _process_cpu_s(fly.log.pid)  # its start-up (imports) not counted
+            fly.log.ring.offered = 0
     wall: dict[str, list[float]] = {n: [] for n in cores}
     cpu: dict[str, list[float]] = {n: [] for n in cores}
     for r in range(args.rounds):
@@ -202,9 +217,7 @@ async def main(argv: list[str] | None = None) -> int:
             wall[name].append(w)
             cpu[name].append(c)
             fly = variants[name]
-            if name == "hook, kept, no thread":
-                fly._queue.clear()  # drop the round's records (no thread to write them)
-            elif fly is not None:
+            if fly is not None and not name.startswith("hook,"):
                 fly.flush()
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
 
@@ -222,10 +235,18 @@ async def main(argv: list[str] | None = None) -> int:
         f" us, p90 {hook[int(0.9 * len(hook))] * 1e6:.2f} us per call (batches of 100)"
     )
     for name, fly in variants.items():
-        if fly is not None and not name.startswith("hook,"):
-            m = fly.metrics()
-            fly.close()
-            print(f"{name}: {m}", file=sys.stderr)
+        if fly is None:
+            continue
+        m = fly.metrics()
+        pid = fly.log.pid if not name.startswith("hook,") else None
+        if pid is not None:
+            fly.flush()
+        cpu_s = _process_cpu_s(pid) - log_cpu0[name] if pid is not None else 0.0
+        fly.close()
+        print(f"{name}: {m}", file=sys.stderr)
+        if pid is not None and m.get("log_queued"):
+            per = cpu_s / m["log_queued"] * 1e6
+            print(f"{name}: log process CPU {per:.0f} us per logged request")
     _ = base_w
     return 0
 

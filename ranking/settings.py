@@ -242,7 +242,16 @@ class Settings(BaseSettings):
     log_roll_s: float = Field(300.0, gt=0, le=86_400, description="Close a log file this old.")
     log_roll_rows: int = Field(1_000_000, ge=1, description="Close a log file at this many rows.")
     log_queue: int = Field(
-        4096, ge=1, le=1_000_000, description="Requests queued for the writer; more are dropped."
+        4096,
+        ge=1,
+        le=1_000_000,
+        description="Shadow/drift requests queued for the flywheel thread; more are dropped.",
+    )
+    log_buffer_mb: int = Field(
+        16,
+        ge=1,
+        le=16_384,
+        description="Shared ring per worker for its log process; rows beyond it are dropped.",
     )
     drift_window_s: float = Field(
         600.0, gt=0, le=7 * 86_400, description="Sliding window of the served distributions."
@@ -256,6 +265,17 @@ class Settings(BaseSettings):
     shadow_sample: float = Field(0.1, ge=0, le=1, description="Share of requests shadow-scored.")
     shadow_cpu_share: float = Field(
         0.1, gt=0, le=1, description="Share of one core the shadow model may use on average."
+    )
+    shadow_busy_inflight: int = Field(
+        1,
+        ge=0,
+        description="Skip the shadow while this many live calls are in flight (0: never skip).",
+    )
+    shadow_min_idle: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Skip the shadow while less of the machine's CPU was idle (0: never skip).",
     )
 
     @model_validator(mode="after")

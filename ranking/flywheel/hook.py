@@ -1,48 +1,52 @@
-"""The flywheel's one hook on the request path, and the background thread behind it.
+"""The flywheel's one hook on the request path, and what runs behind it.
 
 `Flywheel.observe` is called by the core once per answered request, after sorting. It decides
-(by sample ratios) whether the request is logged, shadow-scored and counted for drift, and if
-any, appends one `Served` record holding references to the request's matrix and results to a
-bounded deque: no copy, no lock, no wait. When the deque is full the record is dropped and
-counted (`flywheel_dropped`); a request never waits for the log.
+(by sample ratios) whether the request is logged, shadow-scored and counted for drift.
 
-A shadow-sampled request is scored by the shadow model first, on the event loop in a
-`call_soon` callback (after the response was handed to gRPC, within the shadow's CPU budget;
-see shadow.py for why not in the thread), and queued after that.
+A logged request is copied at once into the log's shared ring (`LogProcess.ring.offer`: the
+returned rows of the matrix in one gather, the scores, the id buffer, a few strings; about
+100 KB for 200 x 64 float64) and written to Parquet by the worker's log process
+(`logproc.py`), which holds neither the worker's GIL nor its memory. When the ring is full the
+request is not logged and is counted (`log_dropped`, in `flywheel_dropped`); a request never
+waits for the log.
 
-A daemon thread drains the deque every `poll_s`, 5 ms (it is not woken per request: that
-would cost the request path a lock; a short poll keeps fewer matrices alive, though 5 and
-50 ms measured alike within the noise) and, per batch: computes the shadow's agreement, counts
-the drift-sampled requests' features into the drift monitor of their model (a share,
-`drift_sample`, default 0.1: binning 200 x 64 values costs far more than logging them, and a
-sample describes a distribution as well), and writes the logged ones.
+A shadow-sampled request is scored by the shadow model on the event loop in a `call_soon`
+callback (after the response was handed to gRPC, within the shadow's CPU budget, and only
+while no other live call is in flight and the machine has CPU to spare; see shadow.py for why
+not in a thread), compared with the live scores there, then logged with its shadow scores
+beside the live ones. Drift-sampled requests are appended, by reference, to a bounded deque
+that a daemon thread drains every `poll_s` (5 ms): it counts their features into the drift
+monitor of their model (a share,
+`drift_sample`, default 0.1: binning 200 x 64 values costs far more than copying them, and a
+sample describes a distribution as well). The thread also restarts a log process that died.
 `close` (called by the app after the gRPC server has drained, i.e. on SIGTERM) processes
-everything still queued, completes the open log file and stops the thread: a clean shutdown
-loses nothing that was queued.
+everything still queued and lets the log process write out the ring and complete its file: a
+clean shutdown loses nothing that was queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
-import math
 import os
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from ranking.flywheel.drift import DriftMonitor, FeatureDrift
-from ranking.flywheel.logwriter import LogWriter
+from ranking.flywheel.idle import IdleMeter
+from ranking.flywheel.logproc import LogProcess
 from ranking.flywheel.reference import REFERENCE_FILE, load_reference
 from ranking.flywheel.served import Served
-from ranking.flywheel.shadow import Shadow, load_shadow
+from ranking.flywheel.shadow import Shadow, ShadowStats, load_shadow
 from ranking.scoring.bundle import Bundle
 from ranking.settings import Settings
 
@@ -59,7 +63,7 @@ class Flywheel:
     def __init__(
         self,
         *,
-        writer: LogWriter | None = None,
+        log: LogProcess | None = None,
         log_sample: float = 1.0,
         shadow: Shadow | None = None,
         shadow_sample: float = 0.1,
@@ -69,10 +73,21 @@ class Flywheel:
         worker: int = 0,
         poll_s: float = 0.005,
     ) -> None:
-        self.writer = writer
-        self.log_sample = log_sample if writer is not None else 0.0
+        self.log = log
+        self.log_sample = log_sample if log is not None else 0.0
         self.shadow = shadow
+        #: True while the worker is too busy for the shadow (live calls in flight): the app
+        #: sets it (`RANKING_SHADOW_BUSY_INFLIGHT`); a shadow score then waits for no one and
+        #: is skipped, counted as `shadow_skipped_busy`.
+        self.busy: Callable[[], bool] | None = None
+        #: The machine's idle share (read by the thread); the shadow is skipped while it is
+        #: below `min_idle` (`RANKING_SHADOW_MIN_IDLE`), also as `shadow_skipped_busy`.
+        self.idle: IdleMeter | None = None
+        self.min_idle = 0.0
+        self._shadow_sample = shadow_sample
         self.shadow_sample = shadow_sample if shadow is not None else 0.0
+        #: The shadow's counters, kept across reloads (`set_shadow`).
+        self.shadow_stats = shadow.stats if shadow is not None else ShadowStats()
         self.drift_window_s = drift_window_s
         self.drift_sample = drift_sample
         self._queue: deque[Served] = deque()
@@ -88,13 +103,11 @@ class Flywheel:
         self._monitor: DriftMonitor | None = None
         self.queued = 0
         self.dropped = 0
-        self.log_errors = 0
         self.drift_errors = 0
         self.batches = 0
         self._processed = 0
-        self._rolls_wanted = self._rolls_done = 0
         #: The background thread's CPU seconds by step (its cost, paid off the request path).
-        self.cpu_s = {"shadow": 0.0, "drift": 0.0, "log": 0.0}
+        self.cpu_s = {"drift": 0.0}
 
     # ------------------------------------------------------------------ request path
 
@@ -112,11 +125,12 @@ class Flywheel:
         scored_rows: npt.NDArray[np.intp] | None,
         scored: npt.NDArray[np.float64],
     ) -> str:
-        """Queue the request for the background thread; returns its request id.
+        """Log, shadow-score, count the request (each if sampled); returns its request id.
 
         The id is the caller's, or (when the request is logged and had none) a generated one
         that the response should echo so the caller can report outcomes against it. The
-        arguments are kept by reference: the caller must not modify them afterwards.
+        arguments are kept by reference for shadow and drift: the caller must not modify them
+        afterwards.
         """
         rnd = random.random
         logged = self.log_sample > 0.0 and rnd() < self.log_sample
@@ -126,11 +140,20 @@ class Flywheel:
             return request_id
         if logged and not request_id:
             request_id = self._id_prefix + str(next(self._id_seq))
+        now = time.time()
+        if logged and not shadowed:
+            self._offer(now, request_id, user_id, bundle, matrix, ids, rows, scores, unscored,
+                        degraded)  # fmt: skip
+        if not (shadowed or drift):
+            return request_id
         if self._closed or len(self._queue) >= self._cap:
             self.dropped += 1
+            if logged and shadowed:  # logged without its shadow scores
+                self._offer(now, request_id, user_id, bundle, matrix, ids, rows, scores,
+                            unscored, degraded)  # fmt: skip
             return request_id
         served = Served(
-            time.time(),
+            now,
             request_id,
             user_id,
             bundle,
@@ -149,21 +172,72 @@ class Flywheel:
         if shadowed:
             try:
                 loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop (a tool or a test): the thread scores it
-                pass
+            except RuntimeError:  # no loop (a tool or a test): score it here and now
+                self._shadow_then_queue(served)
             else:
                 # After this request's response is on its way: the shadow never delays it.
                 loop.call_soon(self._shadow_then_queue, served)
-                return request_id
+            return request_id
         self._queue.append(served)
         self.queued += 1
         return request_id
 
+    def _offer(
+        self,
+        now: float,
+        request_id: str,
+        user_id: str,
+        bundle: Bundle,
+        matrix: npt.NDArray[np.float64],
+        ids: Sequence[str],
+        rows: npt.NDArray[np.intp],
+        scores: npt.NDArray[np.float64],
+        unscored: int,
+        degraded: list[str],
+        shadow: npt.NDArray[np.float64] | None = None,
+        shadow_version: str = "",
+    ) -> None:
+        log = self.log
+        if log is None or self._closed:
+            self.dropped += 1
+            return
+        if not log.ring.offer(now, request_id, user_id, bundle, matrix, ids, rows, scores,
+                              unscored, degraded, shadow, shadow_version):  # fmt: skip
+            self.dropped += 1
+
     def _shadow_then_queue(self, served: Served) -> None:
         if self.shadow is not None:
-            self.shadow.score(served)
-        self._queue.append(served)
-        self.queued += 1
+            busy = self.busy
+            idle = self.idle
+            if (busy is not None and busy()) or (idle is not None and idle.idle < self.min_idle):
+                # Other live calls are in flight on this worker (scoring now would delay them
+                # by the shadow's whole scoring time), or the machine has little CPU to spare
+                # (live calls queue long before it is all busy). Skipped, not deferred: a
+                # backlog of shadow work would only move the delay later.
+                served.shadow_tried = True
+                self.shadow_stats.skipped_busy += 1
+            else:
+                self.shadow.score(served)
+                # The agreement too, here (~30 us): on the thread its Python would take the
+                # GIL from the loop, which then waits up to the 5 ms switch interval.
+                self.shadow.finish(served)
+        s = served
+        if s.log:
+            self._offer(
+                s.timestamp, s.request_id, s.user_id, s.bundle, s.matrix, s.ids, s.rows,
+                s.scores, s.unscored, s.degraded, s.shadow_scores, s.shadow_version,
+            )  # fmt: skip
+        if s.drift:
+            self._queue.append(served)
+            self.queued += 1
+
+    def set_shadow(self, shadow: Shadow) -> None:
+        """Swap in a (re)loaded shadow model, on the event loop: requests already scored by
+        the old one finish with it; the counters carry on."""
+        shadow.stats = self.shadow_stats
+        self.shadow_stats.reloads += 1
+        self.shadow = shadow
+        self.shadow_sample = self._shadow_sample
 
     def _drift_on(self, bundle: Bundle) -> bool:
         known = self._has_reference.get(id(bundle))
@@ -183,7 +257,8 @@ class Flywheel:
         self._thread.start()
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Process what is queued, complete the open log file, stop the thread (blocking)."""
+        """Process what is queued, let the log process write out the ring and complete its
+        file, stop the thread (blocking)."""
         self._closed = True
         self._wake.set()
         if self._thread is not None:
@@ -191,52 +266,44 @@ class Flywheel:
             if self._thread.is_alive():
                 log.error("flywheel thread did not finish within %.0f s", timeout_s)
             self._thread = None
-        elif self.writer is not None:
-            self._drain()
-            self.writer.close()
+        else:
+            while self._drain():
+                pass
+        if self.log is not None:
+            self.log.close(timeout_s)
 
     def flush(self, timeout_s: float = 10.0, *, roll: bool = False) -> bool:
-        """Wait until everything queued so far is processed and, with `roll`, the open log file
-        is complete (for tests and tools; the thread does the work). False on timeout."""
+        """Wait until everything queued so far is processed and logged and, with `roll`, the
+        open log file is complete (for tests and tools). False on timeout."""
         target = self.queued
-        if roll:
-            self._rolls_wanted += 1
-        rolls = self._rolls_wanted
         until = time.monotonic() + timeout_s
         self._wake.set()
-        while self._processed < target or self._rolls_done < rolls:
+        while self._processed < target:
             if time.monotonic() >= until or self._thread is None:
                 return False
             time.sleep(0.005)
+        if self.log is not None:
+            return self.log.flush(max(0.0, until - time.monotonic()), roll=roll)
         return True
 
     # ------------------------------------------------------------------ background thread
 
     def _run(self) -> None:
-        try:
-            while True:
-                if not self._drain():
-                    if self._closed:
-                        break
-                    self._wake.wait(self._poll_s)
-                    self._wake.clear()
-                wanted = self._rolls_wanted
-                roll = wanted > self._rolls_done and not self._queue
-                if self.writer is not None:
-                    try:
-                        self.writer.tick()
-                        if roll:
-                            self.writer.roll()
-                    except Exception:
-                        self._log_failure()
-                if roll:
-                    self._rolls_done = wanted
-        finally:
-            if self.writer is not None:
+        checked = 0.0
+        while True:
+            if not self._drain():
+                if self._closed:
+                    break
+                self._wake.wait(self._poll_s)
+                self._wake.clear()
+            if self.idle is not None:
+                self.idle.tick()
+            if self.log is not None and time.monotonic() - checked > 0.5:
+                checked = time.monotonic()
                 try:
-                    self.writer.close()
+                    self.log.check()
                 except Exception:
-                    self._log_failure()
+                    log.exception("restarting the log process failed")
 
     def _drain(self) -> bool:
         """Process up to one batch; False when the queue was empty."""
@@ -251,40 +318,15 @@ class Flywheel:
         return True
 
     def process(self, batch: list[Served]) -> None:
-        """Shadow-score, count drift, write: each step isolated from the others' failures."""
+        """Drift counting (the shadow was scored and compared on the loop)."""
         self.batches += 1
-        clock = time.thread_time
-        t0 = clock()
-        if self.shadow is not None:
-            for served in batch:
-                if served.shadow:
-                    if not served.shadow_tried:
-                        self.shadow.score(served)
-                    self.shadow.finish(served)
-        t1 = clock()
+        t0 = time.thread_time()
         try:
             self._count_drift(batch)
         except Exception:
             self.drift_errors += 1
             log.exception("drift counting failed")
-        t2 = clock()
-        if self.writer is not None:
-            logged = [s for s in batch if s.log]
-            if logged:
-                try:
-                    self.writer.write(logged)
-                except Exception:
-                    self._log_failure()
-        t3 = clock()
-        cpu = self.cpu_s
-        cpu["shadow"] += t1 - t0
-        cpu["drift"] += t2 - t1
-        cpu["log"] += t3 - t2
-
-    def _log_failure(self) -> None:
-        self.log_errors += 1
-        if self.log_errors == 1 or math.log2(self.log_errors).is_integer():
-            log.exception("served-feature log write failed (%d failures)", self.log_errors)
+        self.cpu_s["drift"] += time.thread_time() - t0
 
     def _count_drift(self, batch: list[Served]) -> None:
         by_bundle: dict[int, list[npt.NDArray[np.float64]]] = {}
@@ -325,12 +367,12 @@ class Flywheel:
         }
         for step, seconds in self.cpu_s.items():
             out[f"flywheel_cpu_s.{step}"] = seconds
-        if self.writer is not None:
-            out["log_rows"] = float(self.writer.rows_written)
-            out["log_files"] = float(self.writer.files_written)
-            out["log_errors"] = float(self.log_errors)
+        if self.log is not None:
+            out.update(self.log.metrics())
         if self.shadow is not None:
             out.update(self.shadow.metrics())
+        elif self.shadow_stats.reload_failures:
+            out["shadow_reload_failures"] = float(self.shadow_stats.reload_failures)
         for f in self.drift_report():
             out[f"drift_psi.{f.name}"] = f.psi
             out[f"drift_missing.{f.name}"] = f.missing_rate
@@ -338,9 +380,15 @@ class Flywheel:
 
 
 def build_flywheel(
-    settings: Settings, live_bundle: Bundle | None = None, worker: int = 0
+    settings: Settings,
+    live_bundle: Bundle | None = None,
+    worker: int = 0,
+    inflight: Callable[[], int] = lambda: 0,
 ) -> Flywheel | None:
     """The worker's flywheel for these settings, or None when nothing asks for one (blocking).
+
+    `inflight` says how many live calls the worker has in flight (its limiter's count): the
+    shadow is skipped while it is at least `shadow_busy_inflight`.
 
     On when a log folder or a shadow bundle is set, or when the live bundle has a reference
     distribution (drift). A shadow bundle that cannot be loaded is logged and left out.
@@ -356,17 +404,19 @@ def build_flywheel(
     shadow = None
     if s.shadow_bundle is not None:
         shadow = load_shadow(s.shadow_bundle, engine=s.engine, cpu_share=s.shadow_cpu_share)
-    writer = None
+    log_process = None
     if s.log_dir is not None:
-        writer = LogWriter(
+        log_process = LogProcess(
             s.log_dir,
+            capacity=s.log_buffer_mb << 20,
             roll_s=s.log_roll_s,
             roll_rows=s.log_roll_rows,
             shadow=s.shadow_bundle is not None,
             worker=worker,
         )
+        log_process.start()
     fly = Flywheel(
-        writer=writer,
+        log=log_process,
         log_sample=s.log_sample,
         shadow=shadow,
         shadow_sample=s.shadow_sample,
@@ -375,5 +425,14 @@ def build_flywheel(
         queue_size=s.log_queue,
         worker=worker,
     )
+    if s.shadow_busy_inflight > 0:
+        fly.busy = functools.partial(_at_least, inflight, s.shadow_busy_inflight)
+    if s.shadow_bundle is not None and s.shadow_min_idle > 0:
+        fly.idle = IdleMeter()
+        fly.min_idle = s.shadow_min_idle
     fly.start()
     return fly
+
+
+def _at_least(inflight: Callable[[], int], n: int) -> bool:
+    return inflight() >= n

@@ -8,14 +8,17 @@ hot reload) makes those requests skip the shadow, counted as `shadow_incompatibl
 Scoring runs on the event loop right after the response was handed to gRPC (a callback
 `Flywheel.observe` schedules with `call_soon`), within a CPU budget: a token bucket of CPU
 seconds filled at `cpu_share` seconds per second (up to half a second's worth); a request that
-finds it empty is not shadow-scored (`shadow_skipped_budget`). Every failure (loading, scoring, a
-non-finite score) is caught, logged once and counted; live answers never depend on it.
+finds it empty is not shadow-scored (`shadow_skipped_budget`). Nor is it while the worker has
+other live calls in flight (`Flywheel.busy`, `RANKING_SHADOW_BUSY_INFLIGHT`, counted as
+`shadow_skipped_busy`): a shadow score then would hold those calls for its whole scoring
+time. Every failure (loading, scoring, a non-finite score) is caught, logged once and counted;
+live answers never depend on it. The folder is hot-reloaded (`shadow_watch.py`).
 
 Why the loop and not the background thread: measured with the demo model, scoring in the
 thread tripled the live p99 (its Python steps hold the GIL, and the loop then waits up to the
 5 ms switch interval for it), while on the loop a shadow score delays the next request by at
-most its own ~1 ms, and the budget bounds how often. The background thread then computes the
-agreement and logs the scores.
+most its own ~1 ms, and the budget bounds how often. The shadow's scores are logged right
+after it scored; the background thread computes the agreement.
 
 Agreement per shadow-scored request, over the candidates the live model scored: Spearman rank
 correlation of the two score vectors and the overlap of their top 10 (|live ∩ shadow| / k),
@@ -28,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +41,7 @@ from ranking.core.models import ServingModel, build_serving_model
 from ranking.flywheel.served import Served
 from ranking.scoring.bundle import Bundle, load_bundle
 
-__all__ = ["Shadow", "load_shadow", "rank_agreement"]
+__all__ = ["Shadow", "ShadowStats", "load_shadow", "rank_agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +86,25 @@ def rank_agreement(
     return rho, float(overlap)
 
 
+@dataclass(slots=True)
+class ShadowStats:
+    """What the shadow models of one worker did, across reloads."""
+
+    scored: int = 0
+    failed: int = 0
+    skipped_budget: int = 0
+    skipped_busy: int = 0
+    incompatible: int = 0
+    cpu_s: float = 0.0
+    rho_sum: float = 0.0
+    overlap_sum: float = 0.0
+    reloads: int = 0
+    reload_failures: int = 0
+
+
 class Shadow:
-    """Scores `Served` requests with a second model; one thread only."""
+    """Scores `Served` requests with a second model (`score` on the event loop, `finish` on
+    the flywheel's thread)."""
 
     def __init__(
         self,
@@ -92,6 +113,7 @@ class Shadow:
         cpu_share: float = 0.1,
         burst_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stats: ShadowStats | None = None,
     ) -> None:
         self.model = model
         self.cpu_share = cpu_share
@@ -101,13 +123,8 @@ class Shadow:
         self._tokens = self.burst_s
         self._last = clock()
         self._columns: dict[int, npt.NDArray[np.intp] | None] = {}
-        self.scored = 0
-        self.failed = 0
-        self.skipped_budget = 0
-        self.incompatible = 0
-        self.cpu_s = 0.0
-        self.rho_sum = 0.0
-        self.overlap_sum = 0.0
+        #: Counters; a reloaded shadow is handed its predecessor's (they count per worker).
+        self.stats = ShadowStats() if stats is None else stats
 
     @property
     def version(self) -> str:
@@ -146,10 +163,10 @@ class Shadow:
         served.shadow_tried = True
         columns = self._columns_for(served.bundle)
         if columns is None:
-            self.incompatible += 1
+            self.stats.incompatible += 1
             return
         if not self._admit():
-            self.skipped_budget += 1
+            self.stats.skipped_budget += 1
             return
         started = time.thread_time()
         try:
@@ -161,42 +178,51 @@ class Shadow:
             if not np.all(np.isfinite(raw)):
                 raise ValueError("non-finite shadow scores")
         except Exception:
-            self.failed += 1
-            if self.failed == 1 or math.log2(self.failed).is_integer():
-                log.exception("shadow %s failed to score (%d failures)", self.version, self.failed)
+            self.stats.failed += 1
+            if self.stats.failed == 1 or math.log2(self.stats.failed).is_integer():
+                log.exception(
+                    "shadow %s failed to score (%d failures)", self.version, self.stats.failed
+                )
             return
         finally:
             spent = time.thread_time() - started
-            self.cpu_s += spent
+            self.stats.cpu_s += spent
             self._tokens -= spent
         served.shadow_raw = raw
+        # The returned rows' shadow scores, for the log (written right after this).
+        if served.scored_rows is None:
+            served.shadow_scores = raw[served.rows]
+        else:
+            full = np.full(served.matrix.shape[0], np.nan)
+            full[served.scored_rows] = raw
+            served.shadow_scores = full[served.rows]
+        served.shadow_version = self.version
 
     def finish(self, served: Served) -> None:
-        """The background thread's part: the returned rows' shadow scores (for the log) and
-        the agreement with the live scores."""
+        """The background thread's part: the agreement with the live scores."""
         raw = served.shadow_raw
         if raw is None:
             return
-        n = served.matrix.shape[0]
-        full = np.full(n, np.nan)
-        full[np.arange(n) if served.scored_rows is None else served.scored_rows] = raw
-        served.shadow_scores = full[served.rows]
-        served.shadow_version = self.version
         rho, overlap = rank_agreement(served.scored, raw)
-        self.scored += 1
-        self.rho_sum += rho
-        self.overlap_sum += overlap
+        self.stats.scored += 1
+        self.stats.rho_sum += rho
+        self.stats.overlap_sum += overlap
 
     def metrics(self) -> dict[str, float]:
-        n = max(self.scored, 1)
+        n = max(self.stats.scored, 1)
         return {
-            "shadow_scored": float(self.scored),
-            "shadow_failed": float(self.failed),
-            "shadow_skipped_budget": float(self.skipped_budget),
-            "shadow_incompatible": float(self.incompatible),
-            "shadow_cpu_s": self.cpu_s,
-            "shadow_spearman_mean": self.rho_sum / n if self.scored else math.nan,
-            "shadow_top10_overlap_mean": self.overlap_sum / n if self.scored else math.nan,
+            "shadow_reloads": float(self.stats.reloads),
+            "shadow_reload_failures": float(self.stats.reload_failures),
+            "shadow_scored": float(self.stats.scored),
+            "shadow_failed": float(self.stats.failed),
+            "shadow_skipped_budget": float(self.stats.skipped_budget),
+            "shadow_skipped_busy": float(self.stats.skipped_busy),
+            "shadow_incompatible": float(self.stats.incompatible),
+            "shadow_cpu_s": self.stats.cpu_s,
+            "shadow_spearman_mean": self.stats.rho_sum / n if self.stats.scored else math.nan,
+            "shadow_top10_overlap_mean": self.stats.overlap_sum / n
+            if self.stats.scored
+            else math.nan,
         }
 
 

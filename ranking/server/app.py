@@ -35,6 +35,7 @@ from ranking.errors import BundleError
 from ranking.features.memory import EntityTable, MemoryFeatureStore, read_entity_file
 from ranking.features.store import FeatureStore, columns_or_empty
 from ranking.flywheel.hook import Flywheel, build_flywheel
+from ranking.flywheel.shadow_watch import watch_shadow
 from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
 from ranking.server.listeners import (
@@ -148,6 +149,7 @@ class App:
         self._score_executor: ThreadPoolExecutor | None = None
         self._build_executor: ThreadPoolExecutor | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._shadow_watcher: asyncio.Task[None] | None = None
         self._readiness: asyncio.Task[None] | None = None
         self._serving: tuple[bool, bool] | None = None
         self._draining = False
@@ -198,7 +200,12 @@ class App:
         )
         limiter = _limiter(s)
         self.flywheel = await loop.run_in_executor(
-            self._build_executor, build_flywheel, s, model.bundle, self.worker
+            self._build_executor,
+            build_flywheel,
+            s,
+            model.bundle,
+            self.worker,
+            lambda: limiter.inflight,
         )
         self.core = RankingService(
             models=holder,
@@ -257,6 +264,17 @@ class App:
         self._readiness = asyncio.create_task(self._follow_readiness())
         if s.bundle is not None and s.reload_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch(s.bundle, s.reload_poll_s))
+        if s.shadow_bundle is not None and s.reload_poll_s > 0 and self.flywheel is not None:
+            self._shadow_watcher = asyncio.create_task(
+                watch_shadow(
+                    self.flywheel,
+                    s.shadow_bundle,
+                    s.reload_poll_s,
+                    engine=s.engine,
+                    cpu_share=s.shadow_cpu_share,
+                    executor=self._build_executor,
+                )
+            )
         self._start_metrics()
         log.info(
             "worker %d serving model %s (%s) on %s:%d (%s)%s; limiter %s, gRPC backlog %s",
@@ -378,11 +396,12 @@ class App:
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for watcher in (self._watcher, self._shadow_watcher):
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        self._watcher = self._shadow_watcher = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
