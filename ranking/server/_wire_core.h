@@ -6,7 +6,8 @@
  * The decoder follows protobuf's wire rules as upb (protobuf's C runtime, the Python parser's
  * backend) applies them to ranking/v1/ranking.proto, checked against it by property tests:
  *   - every length and varint is bounds-checked; a varint has at most 10 bytes, a tag or a
- *     length at most 5; a tag is < 2^32 with a field number > 0; wire types 6 and 7 are corrupt;
+ *     length at most 5; a tag is < 2^32 with a field number > 0 (except inside a skipped
+ *     group, where upb accepts field 0); wire types 6 and 7 are corrupt;
  *   - a field of unknown number, or of a known number with another wire type, is skipped by its
  *     wire type; a group (wire type 3) is skipped to its matching end tag, at most
  *     WIRE_MAX_DEPTH deep counting submessages; a stray end-group tag is corrupt;
@@ -158,8 +159,9 @@ static inline const uint8_t *wire_varint(wire_reader *rd, const uint8_t *p, cons
 }
 
 /* A tag: at most 5 bytes, < 2^32, field number > 0. */
-static inline const uint8_t *wire_tag(wire_reader *rd, const uint8_t *p, const uint8_t *end,
-                                      uint32_t *field, int *wt) {
+/* A tag of any field number, 0 included: what upb reads inside a group it skips. */
+static inline const uint8_t *wire_tag_any(wire_reader *rd, const uint8_t *p,
+                                          const uint8_t *end, uint32_t *field, int *wt) {
     uint64_t v;
     if (p < end && p[0] < 0x80) {
         v = p[0];
@@ -176,10 +178,17 @@ static inline const uint8_t *wire_tag(wire_reader *rd, const uint8_t *p, const u
     }
     *field = (uint32_t)(v >> 3);
     *wt = (int)(v & 7);
-    if (*field == 0) {
-        return wire_fail(rd, p, WIRE_BAD_TAG);
-    }
     return p;
+}
+
+/* A message's tag: field number 0 is corrupt there. */
+static inline const uint8_t *wire_tag(wire_reader *rd, const uint8_t *p, const uint8_t *end,
+                                      uint32_t *field, int *wt) {
+    const uint8_t *q = wire_tag_any(rd, p, end, field, wt);
+    if (q != NULL && *field == 0) {
+        return wire_fail(rd, q, WIRE_BAD_TAG);
+    }
+    return q;
 }
 
 /* A length-delimited payload: sets `*s` and returns the byte after it. */
@@ -307,7 +316,9 @@ static const uint8_t *wire_skip_group(wire_reader *rd, const uint8_t *p, const u
         uint32_t f;
         int wt;
         const uint8_t *tag_at = p;
-        p = wire_tag(rd, p, end, &f, &wt);
+        /* upb skips a group's fields without checking their numbers: a field 0 inside an
+           unknown group is accepted (found by tests/server/test_wire_properties.py). */
+        p = wire_tag_any(rd, p, end, &f, &wt);
         if (p == NULL) {
             return NULL;
         }

@@ -205,6 +205,21 @@ EDGES = [
     ld(4, ld(1, b"\xff")),
     ld(4, ld(1, b"k") + ld(1, b"j")),
     tag(9, 1) + b"\0" * 7,
+    # Field number 0 inside a skipped group: upb accepts it (hypothesis found the decoder
+    # refusing such a group), by every wire type; an end-group of field 0 still mismatches.
+    group(9, tag(0, 0) + varint(1)),
+    group(9, tag(0, 1) + b"\0" * 8),
+    group(9, tag(0, 2) + varint(1) + b"x"),
+    group(9, tag(0, 5) + b"\0" * 4),
+    group(9, group(0, b"")),
+    group(9, group(2, tag(0, 0) + varint(0))),
+    group(9, b"\x80\x00" + varint(0)),  # a two-byte tag of field 0
+    group(9, tag(0, 4)),
+    group(9, tag(0, 6)),
+    group(1, tag(0, 0) + varint(0)),  # request_id (a string) as a group holding field 0
+    ld(3, ld(1, b"a") + group(9, tag(0, 0) + varint(0))),
+    ld(4, group(3, tag(0, 0) + varint(0))),
+    tag(0, 3) + tag(0, 4),  # field 0 outside a group: corrupt
     nested_groups(100),
     nested_groups(101),
     ld(3, ld(1, b"a") + nested_groups(99)),
