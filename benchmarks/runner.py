@@ -26,10 +26,9 @@ from benchmarks.servers import ManagedProcess, process_tree_cpu_s, process_tree_
 from benchmarks.slo import CLIENT_BEHIND, judge
 from benchmarks.stats import get_stats, stage_delta
 from benchmarks.steps import Step, SystemResult
-from benchmarks.systems import GRPC_EXPERIMENTS, MLSERVER_VENV, system_spec
+from benchmarks.systems import MLSERVER_VENV, system_spec
 from benchmarks.world import BenchWorld, prepare_world
 from ranking.loadgen import LoadConfig, LoadGenError, Payload, RankPayload, run_load
-from ranking.server.experiments import merged
 
 __all__ = ["REPO", "Runner", "search_max_rate"]
 
@@ -127,8 +126,7 @@ class Runner:
         command += fmt(spec.get("args", []))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        for key, value in spec.get("env", {}).items():
-            env[key] = merged(env.get(key, ""), value) if key == GRPC_EXPERIMENTS else value
+        env.update(spec.get("env", {}))
         for i, argv in enumerate(setup):
             log(f"{name}: setup {' '.join(fmt(argv))}")
             with ManagedProcess(

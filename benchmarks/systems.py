@@ -14,15 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from ranking.server.experiments import ENV as GRPC_EXPERIMENTS
+from ranking.server.experiments import merged
 from ranking.settings import Settings
 
-__all__ = ["DEFAULT_SYSTEMS", "GRPC_EXPERIMENTS", "MLSERVER_VENV", "system_spec"]
+__all__ = ["DEFAULT_SYSTEMS", "MLSERVER_VENV", "system_spec"]
 
 #: MLServer's own virtualenv (it pins packages that would fight ours).
 MLSERVER_VENV = Path(os.environ.get("MLSERVER_VENV", "/tmp/venv-mlserver"))
 
-#: The floor runs on the gRPC core settings `ranking serve` applies (the same stack).
-_SERVE_GRPC_ENV = {GRPC_EXPERIMENTS: Settings.model_fields["grpc_experiments"].default}
+#: The floor runs on the gRPC core settings `ranking serve` applies (the same stack), merged
+#: into the caller's own GRPC_EXPERIMENTS the way `ranking serve` merges them.
+_SERVE_GRPC_ENV = {
+    GRPC_EXPERIMENTS: merged(
+        os.environ.get(GRPC_EXPERIMENTS, ""), Settings.model_fields["grpc_experiments"].default
+    )
+}
 
 #: How each system is started. Scenario tables [systems_config.NAME] override any key, and
 #: `args` appends to the command.
