@@ -30,5 +30,7 @@ setup(
         extension("ranking.features._index", "ranking/features/_index.c"),
         # Counting a finished call into the stats row (ranking/telemetry/call.py).
         extension("ranking.telemetry._counting", "ranking/telemetry/_counting.c"),
+        # The served-feature log's copy into its shared ring (ranking/flywheel/ring.py).
+        extension("ranking.flywheel._ring", "ranking/flywheel/_ring.c"),
     ],
 )

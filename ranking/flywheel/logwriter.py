@@ -121,6 +121,30 @@ class LogRecord:
     shadow_version: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class FeatureParts:
+    """One request's feature rows as the log ring holds them (`ring.py`): each column's kind
+    (0 float64 per row, 1 one value for every row, 2 float32 per row, exact), the kind-1
+    values, and the kind-0 and kind-2 columns of each row (views of the ring)."""
+
+    kinds: npt.NDArray[np.uint8]
+    const_values: npt.NDArray[np.float64]
+    double: npt.NDArray[np.float64]
+    single: npt.NDArray[np.float32]
+
+    def into(self, out: npt.NDArray[np.float64]) -> None:
+        """Write the rows, transposed, into `out` (features x rows), exactly."""
+        kinds = self.kinds
+        if self.double.shape[1] == kinds.shape[0]:
+            out[...] = self.double.T
+            return
+        for kind, values in ((0, self.double.T), (2, self.single.T)):
+            if values.shape[0]:
+                out[np.flatnonzero(kinds == kind)] = values
+        if self.const_values.shape[0]:
+            out[np.flatnonzero(kinds == 1)] = self.const_values[:, None]
+
+
 class LogWriter:
     """Writes `LogRecord` batches into rolled Parquet files under `folder` (one thread only)."""
 
@@ -175,20 +199,24 @@ class LogWriter:
         request_id: str,
         user_id: str,
         schema: LogSchema,
-        features: npt.NDArray[np.float64],
+        features: npt.NDArray[np.float64] | None,
         id_data: Any,
         id_offsets: npt.NDArray[np.int64],
-        id_rows: npt.NDArray[np.int64],
+        id_rows: npt.NDArray[np.int64] | None,
         scores: npt.NDArray[np.float64],
         unscored: int,
         degraded: list[str],
         shadow_scores: npt.NDArray[np.float64] | None = None,
         shadow_version: str = "",
+        *,
+        parts: FeatureParts | None = None,
     ) -> None:
-        """Add one request's rows: `features` (n x features, response order) and `scores` are
-        copied into the pending row group's columns (they may be views of the ring); item `k`'s
-        id is `id_data[id_offsets[id_rows[k]]:id_offsets[id_rows[k] + 1]]`."""
-        n = features.shape[0]
+        """Add one request's rows: `features` (n x features, response order; or None and
+        `parts`, the ring's split of them) and `scores` are copied into the pending row
+        group's columns (they may be views of the ring); item `k`'s id is
+        `id_data[id_offsets[id_rows[k]]:id_offsets[id_rows[k] + 1]]` (with `id_rows` None:
+        `id_offsets[k]`, the ids in response order)."""
+        n = scores.shape[0]
         if n == 0:
             return
         hour = time.strftime("date=%Y-%m-%d/hour=%H", time.gmtime(timestamp))
@@ -203,7 +231,7 @@ class LogWriter:
             rows = self._rows = _Rows(len(schema.names), max(self.group_rows, n), self.shadow)
         rows.add(
             timestamp, request_id, user_id, schema.version, features, id_data, id_offsets,
-            id_rows, scores, unscored, degraded, shadow_scores, shadow_version,
+            id_rows, scores, unscored, degraded, shadow_scores, shadow_version, parts,
         )  # fmt: skip
         if rows.rows >= self.group_rows:
             self._flush_pending()
@@ -335,19 +363,24 @@ class _Rows:
         request_id: str,
         user_id: str,
         version: str,
-        features: npt.NDArray[np.float64],
+        features: npt.NDArray[np.float64] | None,
         id_data: Any,
         id_offsets: npt.NDArray[np.int64],
-        id_rows: npt.NDArray[np.int64],
+        id_rows: npt.NDArray[np.int64] | None,
         scores: npt.NDArray[np.float64],
         unscored: int,
         degraded: list[str],
         shadow_scores: npt.NDArray[np.float64] | None,
         shadow_version: str,
+        parts: FeatureParts | None = None,
     ) -> None:
-        n = features.shape[0]
+        n = scores.shape[0]
         r0, r1 = self.rows, self.rows + n
-        self.features[:, r0:r1] = features.T
+        if parts is None:
+            assert features is not None
+            self.features[:, r0:r1] = features.T
+        else:
+            parts.into(self.features[:, r0:r1])
         self.scores[r0:r1] = scores
         if self.shadow is not None:
             self.shadow[r0:r1] = np.nan if shadow_scores is None else shadow_scores
@@ -360,9 +393,13 @@ class _Rows:
         self.degraded.append(degraded)
         self.unscored.append(unscored)
         self.shadow_versions.append((shadow_version or None) if shadow_scores is not None else None)
-        starts = id_offsets[id_rows]
+        if id_rows is None:
+            starts = id_offsets[:-1].copy()
+            self.id_lengths.append(id_offsets[1:] - starts)
+        else:
+            starts = id_offsets[id_rows]
+            self.id_lengths.append(id_offsets[id_rows + 1] - starts)
         self.id_starts.append(starts)
-        self.id_lengths.append(id_offsets[id_rows + 1] - starts)
         self.id_data.append(bytes(id_data))
 
     def columns(self) -> list[Any]:
