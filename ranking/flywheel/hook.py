@@ -231,6 +231,13 @@ class Flywheel:
             self._queue.append(served)
             self.queued += 1
 
+    @property
+    def dropped_total(self) -> int:
+        """Everything not logged or counted because a queue or the ring was full: `dropped`
+        (refused on the request path) and the requests the log's copy thread found no room
+        for in the ring."""
+        return self.dropped + (self.log.ring.refused if self.log is not None else 0)
+
     def set_shadow(self, shadow: Shadow) -> None:
         """Swap in a (re)loaded shadow model, on the event loop: requests already scored by
         the old one finish with it; the counters carry on."""
@@ -298,6 +305,8 @@ class Flywheel:
                 self._wake.clear()
             if self.idle is not None:
                 self.idle.tick()
+            if self.log is not None:
+                self.log.ring.reap()  # the copied requests' matrices, without waiting for traffic
             if self.log is not None and time.monotonic() - checked > 0.5:
                 checked = time.monotonic()
                 try:
@@ -362,7 +371,7 @@ class Flywheel:
         """Counters for GetStats and /metrics: flat names, float values (this worker's)."""
         out = {
             "flywheel_queued": float(self.queued),
-            "flywheel_dropped": float(self.dropped),
+            "flywheel_dropped": float(self.dropped_total),
             "flywheel_backlog": float(len(self._queue)),
         }
         for step, seconds in self.cpu_s.items():

@@ -153,6 +153,9 @@ class LogProcess:
     def flush(self, timeout_s: float = 10.0, *, roll: bool = False) -> bool:
         """Wait until the log process has written everything offered so far and, with `roll`,
         completed the open file. False on timeout or when it is not running (blocking)."""
+        until = time.monotonic() + timeout_s
+        if not self.ring.sync(timeout_s):  # the copy thread first: then the ring's head
+            return False
         with self._lock:
             ctl, reply, target = self._ctl, self._reply, self.ring.head
             if ctl < 0:
@@ -161,7 +164,6 @@ class LogProcess:
                 os.write(ctl, _FLUSH.pack(b"F", target, b"R" if roll else b"-"))
             except OSError:
                 return False
-            until = time.monotonic() + timeout_s
             buf = b""
             while True:
                 left = until - time.monotonic()
@@ -179,6 +181,7 @@ class LogProcess:
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Let the log process write out everything in the ring and exit (blocking)."""
+        self.ring.sync(timeout_s)  # every queued request into the ring first
         with self._lock:
             self._closed = True
             proc = self._proc
@@ -214,6 +217,10 @@ class LogProcess:
             "log_queued": float(r.offered),
             "log_dropped": float(r.refused),
             "log_backlog_bytes": float(r.pending_bytes()),
+            "log_copy_pending": float(r.pending),
+            "log_copy_cpu_s": r.copy_cpu_s,
+            "log_copy_inline": float(r.copied_inline),
+            "log_copy_inline_cpu_s": r.inline_cpu_s,
             "log_rows": float(r.counter(SLOT_ROWS)),
             "log_files": float(r.counter(SLOT_FILES)),
             "log_errors": float(r.counter(SLOT_ERRORS)),

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ranking.flywheel._ring import put_served
+from ranking.flywheel._ring import Copier
 from ranking.flywheel.logwriter import FeatureParts, LogSchema, LogWriter, log_schema
 from ranking.ids import Ids
 from ranking.scoring.bundle import Bundle
@@ -115,40 +115,17 @@ class _Mapped:
 
 
 class LogRing(_Mapped):
-    """The producer side: the serving worker's event loop (one thread)."""
+    """The producer side: the serving worker's event loop queues requests (`offer`), a native
+    thread (`_ring.Copier`) copies them into the ring and owns its head."""
 
     def __init__(self, fd: int, capacity: int) -> None:
         super().__init__(fd, capacity)
-        self._head = self.counter(SLOT_HEAD)
-        #: id(bundle) -> (bundle, schema id, its record's JSON); ids announced in the ring.
+        self._copier: Copier | _Closed = Copier(self.whole)
+        #: id(bundle) -> (bundle, schema id, its record's JSON).
         self._schemas: dict[int, tuple[Bundle, int, bytes]] = {}
-        self._announced: set[int] = set()
         self.schemas: dict[int, LogSchema] = {}  # every schema id given out (for a new consumer)
-        self.offered = 0
-        self.refused = 0
 
-    def _reserve(self, body: int) -> int | None:
-        """The ring offset of a record of `body` bytes (prefix not included), or None when
-        the ring is full. Pads the end when the record would not fit before it."""
-        size = _align(body + 16)
-        head, cap = self._head, self.capacity
-        free = cap - (head - int(self.slots[SLOT_TAIL]))
-        pos = head % cap
-        pad = cap - pos if pos + size > cap else 0
-        if pad + size > free:
-            return None
-        if pad:
-            if pad >= 16:
-                _PREFIX.pack_into(self.mm, HEADER + pos, pad, KIND_PAD)
-            head += pad
-            pos = 0
-        self._head = head + size
-        return pos
-
-    def _publish(self) -> None:
-        self.slots[SLOT_HEAD] = self._head
-
-    def _schema_id(self, bundle: Bundle) -> int | None:
+    def _schema(self, bundle: Bundle) -> tuple[Bundle, int, bytes]:
         known = self._schemas.get(id(bundle))
         if known is None or known[0] is not bundle:
             schema = log_schema(bundle)
@@ -160,19 +137,7 @@ class LogRing(_Mapped):
             self._schemas[id(bundle)] = known
             if len(self._schemas) > 16:
                 self._schemas.pop(next(iter(self._schemas)))
-        sid = known[1]
-        if sid not in self._announced:
-            text = known[2]
-            pos = self._reserve(8 + len(text))
-            if pos is None:
-                return None
-            at = HEADER + pos
-            _PREFIX.pack_into(self.mm, at, _align(8 + len(text) + 16), KIND_SCHEMA)
-            _SCHEMA.pack_into(self.mm, at + 16, sid)
-            self.mm[at + 24 : at + 24 + len(text)] = text
-            self._announced.add(sid)
-            self._publish()
-        return sid
+        return known
 
     def offer(
         self,
@@ -189,36 +154,101 @@ class LogRing(_Mapped):
         shadow: npt.NDArray[np.float64] | None = None,
         shadow_version: str = "",
     ) -> bool:
-        """Copy one answered request into the ring; False (nothing written) when it is full.
-
-        One native call (`_ring.put_served`): the returned rows of `matrix` (each column
-        that is the same in every returned row once), the scores, the returned items' ids;
-        no Python object per row, no allocation."""
+        """Queue one answered request for the copy thread (or, when its queue is full, copy it
+        here: a burst; `copied_inline`). The arrays are kept by reference until copied: the
+        caller must not modify them. A request the thread finds no room for in the ring is
+        dropped and counted (`refused`), so True means "accepted", not "in the ring". Raises
+        ValueError for inconsistent arguments (nothing queued)."""
         if len(rows) == 0:
             return True
-        sid = self._schema_id(bundle)
-        if sid is None:
-            self.refused += 1
-            return False
+        _, sid, text = self._schema(bundle)
         if not isinstance(ids, Ids):
             ids = Ids.from_strs(ids)
-        head = put_served(
-            self.whole, self._head, timestamp, sid, matrix, rows, scores, unscored, shadow,
-            ids.data, ids.offsets, request_id, user_id, degraded, shadow_version,
+        self._copier.put_served(
+            timestamp, sid, text, matrix, rows, scores, unscored, shadow, ids.data,
+            ids.offsets, request_id, user_id, degraded, shadow_version,
         )  # fmt: skip
-        if head < 0:
-            self.refused += 1
-            return False
-        self._head = head
-        self.offered += 1
         return True
 
+    def sync(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued request is in the ring (or dropped); False on timeout."""
+        return self._copier.sync(timeout_s)
+
+    def reap(self) -> None:
+        """Release the references of requests already copied (the flywheel thread calls it:
+        without traffic, the last few would otherwise be held until the next request)."""
+        self._copier.reap()
+
+    @property
+    def offered(self) -> int:
+        """Requests written into the ring."""
+        return int(self._copier.written)
+
+    @property
+    def refused(self) -> int:
+        """Requests dropped: the ring was full."""
+        return int(self._copier.refused)
+
+    @property
+    def copied_inline(self) -> int:
+        """Requests the caller copied itself (the copy queue was full: a burst)."""
+        return int(self._copier.inline)
+
+    @property
+    def inline_cpu_s(self) -> float:
+        """The caller's CPU seconds for those (on the request path)."""
+        return float(self._copier.inline_cpu_s)
+
+    @property
+    def copy_cpu_s(self) -> float:
+        """The copy thread's CPU seconds (off the request path)."""
+        return float(self._copier.cpu_s)
+
+    @property
+    def pending(self) -> int:
+        """Requests queued for the copy thread, not yet copied."""
+        return int(self._copier.pending)
+
     def pending_bytes(self) -> int:
-        return self._head - int(self.slots[SLOT_TAIL])
+        return self.head - int(self.slots[SLOT_TAIL])
 
     @property
     def head(self) -> int:
-        return self._head
+        return int(self._copier.head)
+
+    def close(self) -> None:
+        """Copy what is queued, stop the thread, unmap (the counters stay readable)."""
+        copier = self._copier
+        copier.close()
+        if isinstance(copier, Copier):
+            self._copier = _Closed(copier)
+        del copier
+        super().close()
+
+
+class _Closed:
+    """A closed ring's copier: its last counters (the native one holds the mapping)."""
+
+    def __init__(self, c: Copier) -> None:
+        self.head: int = c.head
+        self.written: int = c.written
+        self.refused: int = c.refused
+        self.pending = 0
+        self.cpu_s: float = c.cpu_s
+        self.inline: int = c.inline
+        self.inline_cpu_s: float = c.inline_cpu_s
+
+    def put_served(self, *args: Any) -> bool:
+        raise ValueError("put_served: the log ring is closed")
+
+    def sync(self, timeout_s: float) -> bool:
+        return True
+
+    def reap(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class RingReader(_Mapped):

@@ -1,6 +1,8 @@
-"""The log ring's native record (`_ring.put_served`, read back by `RingReader`): every returned
-row comes back bit for bit (columns the same in every row stored once), in response order,
-with its id, scores and strings; a full ring refuses without writing; bad inputs raise."""
+"""The log ring's native copy (`LogRing.offer` queues, `_ring.Copier`'s thread writes, read
+back by `RingReader`): every returned row comes back bit for bit (columns the same in every row
+stored once, float32 ones as float32), in response order, with its id, scores and strings; a
+full ring drops and counts without writing; bad inputs raise at once and queue nothing; the
+core's arrays are held until copied, the degraded reasons copied when offered."""
 
 from __future__ import annotations
 
@@ -113,10 +115,14 @@ def case(rng: np.random.Generator, n_cand: int, nf: int) -> dict[str, Any]:
 
 
 def offer(ring: LogRing, bundle: Bundle, c: dict[str, Any], ts: float) -> bool:
-    return ring.offer(
+    """Queue the request and wait for the copy thread: True when it is in the ring."""
+    written = ring.offered
+    queued = ring.offer(
         ts, c["rid"], c["uid"], bundle, c["matrix"], c["ids"], c["rows"], c["scores"],
         c["unscored"], c["degraded"], c["shadow"], c["sv"],
     )  # fmt: skip
+    assert queued and ring.sync(10.0)
+    return ring.offered == written + 1
 
 
 def check(c: dict[str, Any], got: dict[str, Any], ts: float) -> None:
@@ -167,6 +173,7 @@ def test_records_round_trip_bit_for_bit_across_the_wrap(
     assert len(mixed) > 50  # constant, float32 and float64 columns in one record, often
     assert ring.head > 1 << 18  # wrapped several times
     assert ring.offered == sent and int(ring.slots[SLOT_HEAD]) == ring.head
+    assert ring.refused == 0 and ring.pending == 0 and ring.copy_cpu_s > 0
 
 
 def test_wide_and_non_contiguous_inputs(small_world: SmallWorld, tmp_path: Path) -> None:
@@ -199,6 +206,7 @@ def test_full_ring_refuses_without_writing(small_world: SmallWorld) -> None:
     assert kept >= 1 and int(ring.slots[SLOT_HEAD]) == head
     assert not offer(ring, bundle, c, 1.0)
     assert ring.head == head == int(ring.slots[SLOT_HEAD]) and ring.refused == 2
+    assert ring.offered == kept
     big = case(np.random.default_rng(2), 200, 64)  # larger than the whole ring: never fits
     assert not offer(ring, bundle, big, 1.0) and ring.head == head
 
@@ -228,4 +236,45 @@ def test_bad_inputs_raise_and_write_nothing(
     head = ring.head
     with pytest.raises(ValueError, match=message):
         offer(ring, bundle, dict(c, **change), 2.0)
-    assert ring.head == head == int(ring.slots[SLOT_HEAD])
+    assert ring.sync(10.0) and ring.head == head == int(ring.slots[SLOT_HEAD])
+    assert ring.offered == 1 and ring.refused == 0
+
+
+def test_queued_arrays_are_held_and_degraded_copied_at_once(
+    small_world: SmallWorld, tmp_path: Path
+) -> None:
+    """The request path only queues: the matrix stays alive (referenced) until copied, even
+    when the caller drops it, and reasons appended to its degraded list afterwards (the core
+    may add `explain.partial`) are not logged. Many requests at once, then one sync."""
+    import gc
+    import weakref
+
+    bundle = load_bundle(small_world.bundle)
+    ring, reader = ring_pair(1 << 22)
+    capture = Capture(tmp_path)
+    rng = np.random.default_rng(11)
+    cases = [case(rng, 30, 9) for _ in range(200)]
+    wanted = [(dict(c), c["matrix"][c["rows"]].copy()) for c in cases]
+    refs = []
+    for k, c in enumerate(cases):
+        assert ring.offer(
+            float(k), c["rid"], c["uid"], bundle, c["matrix"], c["ids"], c["rows"],
+            c["scores"], c["unscored"], c["degraded"], c["shadow"], c["sv"],
+        )  # fmt: skip
+        c["degraded"].append("explain.partial")
+        refs.append(weakref.ref(c["matrix"]))
+    cases.clear()
+    for c, _ in wanted:
+        del c["matrix"]
+    gc.collect()
+    assert ring.sync(10.0) and ring.offered == 200 and ring.pending == 0
+    while ring.head > reader.tail:
+        _, tail = reader.read_into(capture)
+        reader.release(tail)
+    assert len(capture.got) == 200
+    for (c, want), g in zip(wanted, capture.got, strict=True):
+        assert g["features"].view(np.uint64).tolist() == want.view(np.uint64).tolist()
+        assert g["degraded"] == [d for d in c["degraded"] if d != "explain.partial"]
+    ring.reap()
+    gc.collect()
+    assert all(r() is None for r in refs)  # released once copied
