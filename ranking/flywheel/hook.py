@@ -55,6 +55,7 @@ __all__ = ["Flywheel", "build_flywheel"]
 log = logging.getLogger(__name__)
 
 _BATCH = 1024
+_thread_ns = time.thread_time_ns
 
 
 class Flywheel:
@@ -108,6 +109,9 @@ class Flywheel:
         self._processed = 0
         #: The background thread's CPU seconds by step (its cost, paid off the request path).
         self.cpu_s = {"drift": 0.0}
+        #: The request path's cost, thread CPU ns: everything `observe` does for sampled
+        #: requests (the log's copy is the ring's copy thread's: `log_copy_cpu_s`).
+        self.hook_ns = 0
 
     # ------------------------------------------------------------------ request path
 
@@ -138,6 +142,32 @@ class Flywheel:
         drift = self.drift_sample > 0.0 and rnd() < self.drift_sample and self._drift_on(bundle)
         if not (logged or shadowed or drift):
             return request_id
+        t0 = _thread_ns()
+        try:
+            return self._sampled(
+                request_id, user_id, bundle, matrix, ids, rows, scores, unscored, degraded,
+                scored_rows, scored, logged, shadowed, drift,
+            )  # fmt: skip
+        finally:
+            self.hook_ns += _thread_ns() - t0
+
+    def _sampled(
+        self,
+        request_id: str,
+        user_id: str,
+        bundle: Bundle,
+        matrix: npt.NDArray[np.float64],
+        ids: Sequence[str],
+        rows: npt.NDArray[np.intp],
+        scores: npt.NDArray[np.float64],
+        unscored: int,
+        degraded: list[str],
+        scored_rows: npt.NDArray[np.intp] | None,
+        scored: npt.NDArray[np.float64],
+        logged: bool,
+        shadowed: bool,
+        drift: bool,
+    ) -> str:
         if logged and not request_id:
             request_id = self._id_prefix + str(next(self._id_seq))
         now = time.time()
@@ -376,6 +406,7 @@ class Flywheel:
         }
         for step, seconds in self.cpu_s.items():
             out[f"flywheel_cpu_s.{step}"] = seconds
+        out["flywheel_cpu_s.hook"] = self.hook_ns / 1e9
         if self.log is not None:
             out.update(self.log.metrics())
         if self.shadow is not None:
