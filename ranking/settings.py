@@ -277,6 +277,18 @@ class Settings(BaseSettings):
         le=1,
         description="Skip the shadow while less of the machine's CPU was idle (0: never skip).",
     )
+    shadow_max_lag_ms: float = Field(
+        2.0,
+        ge=0,
+        le=10_000,
+        description="Skip the shadow while the event loop runs it later than this (0: never).",
+    )
+    shadow_lag_hold_s: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="After a late shadow, skip every shadow for this long.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

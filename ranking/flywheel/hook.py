@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking.flywheel.drift import DriftMonitor, FeatureDrift
+from ranking.flywheel.gate import LagGate
 from ranking.flywheel.idle import IdleMeter
 from ranking.flywheel.logproc import LogProcess
 from ranking.flywheel.reference import REFERENCE_FILE, load_reference
@@ -82,9 +83,12 @@ class Flywheel:
         #: is skipped, counted as `shadow_skipped_busy`.
         self.busy: Callable[[], bool] | None = None
         #: The machine's idle share (read by the thread); the shadow is skipped while it is
-        #: below `min_idle` (`RANKING_SHADOW_MIN_IDLE`), also as `shadow_skipped_busy`.
+        #: below `min_idle` (`RANKING_SHADOW_MIN_IDLE`), as `shadow_skipped_idle`.
         self.idle: IdleMeter | None = None
         self.min_idle = 0.0
+        #: The gate on the event loop's lag (`gate.py`, `RANKING_SHADOW_MAX_LAG_MS`): skipped
+        #: as `shadow_skipped_lag`.
+        self.lag_gate: LagGate | None = None
         self._shadow_sample = shadow_sample
         self.shadow_sample = shadow_sample if shadow is not None else 0.0
         #: The shadow's counters, kept across reloads (`set_shadow`).
@@ -206,6 +210,8 @@ class Flywheel:
                 self._shadow_then_queue(served)
             else:
                 # After this request's response is on its way: the shadow never delays it.
+                # The time until the loop runs it is the loop's lag (the lag gate's input).
+                served.scheduled = time.perf_counter()
                 loop.call_soon(self._shadow_then_queue, served)
             return request_id
         self._queue.append(served)
@@ -237,15 +243,29 @@ class Flywheel:
 
     def _shadow_then_queue(self, served: Served) -> None:
         if self.shadow is not None:
+            stats = self.shadow_stats
+            lag = time.perf_counter() - served.scheduled if served.scheduled else 0.0
+            # The gate takes every sample (even when another bound skips this one), so it
+            # stays closed while the loop stays late.
+            late = self.lag_gate is not None and not self.lag_gate.admit(lag)
             busy = self.busy
             idle = self.idle
-            if (busy is not None and busy()) or (idle is not None and idle.idle < self.min_idle):
+            # Skipped, not deferred: a backlog of shadow work would only move the delay later.
+            skipped = True
+            if late:  # live work queued on this loop: scoring now would add to it
+                stats.skipped_lag += 1
+            elif busy is not None and busy():
                 # Other live calls are in flight on this worker (scoring now would delay them
-                # by the shadow's whole scoring time), or the machine has little CPU to spare
-                # (live calls queue long before it is all busy). Skipped, not deferred: a
-                # backlog of shadow work would only move the delay later.
+                # by the shadow's whole scoring time).
+                stats.skipped_busy += 1
+            elif idle is not None and idle.idle < self.min_idle:
+                # The machine has little CPU to spare (live calls queue long before it is all
+                # busy).
+                stats.skipped_idle += 1
+            else:
+                skipped = False
+            if skipped:
                 served.shadow_tried = True
-                self.shadow_stats.skipped_busy += 1
             else:
                 self.shadow.score(served)
                 # The agreement too, here (~30 us): on the thread its Python would take the
@@ -470,6 +490,8 @@ def build_flywheel(
     if s.shadow_bundle is not None and s.shadow_min_idle > 0:
         fly.idle = IdleMeter()
         fly.min_idle = s.shadow_min_idle
+    if s.shadow_bundle is not None and s.shadow_max_lag_ms > 0:
+        fly.lag_gate = LagGate(s.shadow_max_lag_ms / 1e3, s.shadow_lag_hold_s)
     fly.start()
     return fly
 

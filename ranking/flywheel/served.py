@@ -49,3 +49,5 @@ class Served:
     #: it was tried at all (it may have been refused by its budget or failed).
     shadow_raw: npt.NDArray[np.float64] | None = None
     shadow_tried: bool = False
+    #: When the shadow's callback was scheduled (`time.perf_counter`; 0: run at once).
+    scheduled: float = 0.0

@@ -94,6 +94,8 @@ class ShadowStats:
     failed: int = 0
     skipped_budget: int = 0
     skipped_busy: int = 0
+    skipped_idle: int = 0
+    skipped_lag: int = 0
     incompatible: int = 0
     cpu_s: float = 0.0
     rho_sum: float = 0.0
@@ -217,6 +219,8 @@ class Shadow:
             "shadow_failed": float(self.stats.failed),
             "shadow_skipped_budget": float(self.stats.skipped_budget),
             "shadow_skipped_busy": float(self.stats.skipped_busy),
+            "shadow_skipped_idle": float(self.stats.skipped_idle),
+            "shadow_skipped_lag": float(self.stats.skipped_lag),
             "shadow_incompatible": float(self.stats.incompatible),
             "shadow_cpu_s": self.stats.cpu_s,
             "shadow_spearman_mean": self.stats.rho_sum / n if self.stats.scored else math.nan,

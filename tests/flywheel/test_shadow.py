@@ -42,8 +42,10 @@ def shadow_bundle(folder: Path, seed: int = 42) -> lgb.Booster:
 async def serve_and_send(
     world: SmallWorld, n: int, **settings: object
 ) -> tuple[list[tuple[pb.RankRequest, pb.RankResponse]], dict[str, float]]:
-    # shadow_min_idle 0: count every shadow score whatever else runs on this shared machine.
+    # shadow_min_idle and _max_lag_ms 0: count every shadow score whatever else runs on this
+    # shared machine.
     settings.setdefault("shadow_min_idle", 0.0)
+    settings.setdefault("shadow_max_lag_ms", 0.0)
     app = App(small_settings(world, admin_port=free_port(), **settings))
     await app.start()
     try:
@@ -149,7 +151,8 @@ async def test_shadow_failing_to_score_never_affects_live(
 
     app = App(
         small_settings(
-            small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0, shadow_min_idle=0.0
+            small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0, shadow_min_idle=0.0,
+            shadow_max_lag_ms=0.0,
         )
     )
     await app.start()
@@ -246,6 +249,7 @@ async def test_shadow_waits_for_no_live_call(small_world: SmallWorld, tmp_path: 
         small_settings(
             small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0,
             shadow_cpu_share=1.0, limiter="fixed", limiter_fixed=8, shadow_min_idle=0.0,
+            shadow_max_lag_ms=0.0,
         )
     )  # fmt: skip
     await app.start()
@@ -312,7 +316,7 @@ async def test_shadow_skipped_while_the_machine_is_busy(
     app = App(
         small_settings(
             small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0,
-            shadow_cpu_share=1.0, shadow_min_idle=0.5,
+            shadow_cpu_share=1.0, shadow_min_idle=0.5, shadow_max_lag_ms=0.0,
         )
     )  # fmt: skip
     await app.start()
@@ -329,11 +333,12 @@ async def test_shadow_skipped_while_the_machine_is_busy(
             await until_true(lambda: fly.idle is not None and fly.idle.idle < 0.5)
             await send(stub, [small_request(rng, k) for k in range(5)])
             assert fly.flush()
-            assert fly.shadow_stats.skipped_busy == 5 and fly.shadow_stats.scored == 0
+            assert fly.shadow_stats.skipped_idle == 5 and fly.shadow_stats.scored == 0
             write_stat(stat, idle=1020, busy=100)  # the next interval: 1000 of 1020 idle
             await until_true(lambda: fly.idle is not None and fly.idle.idle > 0.5)
             await send(stub, [small_request(rng, k) for k in range(5, 10)])
             assert fly.flush()
-            assert fly.shadow_stats.skipped_busy == 5 and fly.shadow_stats.scored == 5
+            assert fly.shadow_stats.skipped_idle == 5 and fly.shadow_stats.scored == 5
+            assert fly.shadow_stats.skipped_busy == 0
     finally:
         await app.stop(grace_s=0.5)

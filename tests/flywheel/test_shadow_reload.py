@@ -47,7 +47,7 @@ async def test_shadow_hot_reload(small_world: SmallWorld, tmp_path: Path) -> Non
     app = App(
         small_settings(
             small_world, log_dir=log_dir, shadow_bundle=shadow_dir, shadow_sample=1.0,
-            shadow_cpu_share=1.0, reload_poll_s=0.05, shadow_min_idle=0.0,
+            shadow_cpu_share=1.0, reload_poll_s=0.05, shadow_min_idle=0.0, shadow_max_lag_ms=0.0,
         )
     )  # fmt: skip
     await app.start()
@@ -106,7 +106,7 @@ async def test_shadow_broken_at_start_then_fixed(small_world: SmallWorld, tmp_pa
     app = App(
         small_settings(
             small_world, shadow_bundle=shadow_dir, shadow_sample=1.0, shadow_cpu_share=1.0,
-            reload_poll_s=0.05, shadow_min_idle=0.0,
+            reload_poll_s=0.05, shadow_min_idle=0.0, shadow_max_lag_ms=0.0,
         )
     )  # fmt: skip
     await app.start()
