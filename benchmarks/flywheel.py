@@ -8,9 +8,12 @@ features) runs the same requests with the flywheel off, with the hook refusing e
 request copied into the shared ring, the log process writing Parquet), with drift counting as
 well, and with a shadow model scoring every request. Rounds are interleaved so that machine
 noise hits every variant alike; the figures are medians over rounds of the per-request mean
-of the event-loop thread's CPU. The log processes' own CPU per logged request is read from
-/proc at the end. The hook itself (`Flywheel.observe`, the copy included) is also timed
-alone, with the log process draining behind it.
+of the event-loop thread's CPU. Beside them: the hook's own CPU per sampled request
+(`flywheel_cpu_s.hook`: the request path's share of the flywheel) and the log ring's copy
+thread's CPU per logged request (`log_copy_cpu_s`, off the request path). The log processes'
+own CPU per logged request is read from /proc at the end. The hook itself (`Flywheel.observe`)
+is also timed alone (wall and thread CPU per call), with the copy thread and the log process
+draining behind it.
 
 Without `--bundle` a 100-tree x 31-leaf model is trained on the world (a few seconds): the
 hook's cost does not depend on the model, only on the matrix shape.
@@ -98,24 +101,28 @@ async def _round(
     return wall / n, cpu / n
 
 
-def _hook_alone(fly: Flywheel, core: RankingService, query: RankQuery, calls: int) -> list[float]:
-    """Seconds per `observe` call (batches of 100 calls, one figure per batch)."""
+def _hook_alone(
+    fly: Flywheel, core: RankingService, query: RankQuery, calls: int
+) -> tuple[list[float], list[float]]:
+    """Wall and thread-CPU seconds per `observe` call (batches of 100 calls, one figure per
+    batch; the copy thread and the log process drain behind it)."""
     model = core.models.current
     n = len(query.candidate_ids)
     matrix = np.random.default_rng(0).normal(size=(n, len(model.bundle.features)))
     rows = np.arange(n, dtype=np.intp)
     scores = np.random.default_rng(1).normal(size=n)
-    out = []
+    wall, cpu = [], []
     for _ in range(calls // 100):
-        started = time.perf_counter()
+        started, c0 = time.perf_counter(), time.thread_time()
         for _ in range(100):
             fly.observe(
                 "", query.user_id, model.bundle, matrix, query.candidate_ids, rows, scores,
                 0, [], None, scores,
             )  # fmt: skip
-        out.append((time.perf_counter() - started) / 100)
+        wall.append((time.perf_counter() - started) / 100)
+        cpu.append((time.thread_time() - c0) / 100)
         fly.flush()  # keep the queue short: measure the hook, not a full queue
-    return out
+    return wall, cpu
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -203,11 +210,13 @@ async def main(argv: list[str] | None = None) -> int:
     for warm in cores.values():  # warm-up
         await _round(warm, queries[:20])
     log_cpu0: dict[str, float] = {}
+    base: dict[str, dict[str, float]] = {}
     for name, fly in variants.items():
         if fly is not None and not name.startswith("hook,"):
             fly.flush()
             log_cpu0[name] = _process_cpu_s(fly.log.pid)  # its start-up (imports) not counted
-            fly.log.ring.offered = 0
+        if fly is not None:
+            base[name] = fly.metrics()  # the warm-up not counted
     wall: dict[str, list[float]] = {n: [] for n in cores}
     cpu: dict[str, list[float]] = {n: [] for n in cores}
     for r in range(args.rounds):
@@ -221,18 +230,39 @@ async def main(argv: list[str] | None = None) -> int:
                 fly.flush()
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
 
-    hook = _hook_alone(variants["log (every request)"], cores["off"], queries[0], 20_000)
+    per_request: dict[str, dict[str, float]] = {}
+    for name, fly in variants.items():
+        if fly is not None:
+            fly.flush()
+            m = fly.metrics()
+            logged = m.get("log_queued", 0.0) - base[name].get("log_queued", 0.0)
+            sampled = logged or args.rounds * len(queries)
+            per_request[name] = {
+                "hook": (m["flywheel_cpu_s.hook"] - base[name]["flywheel_cpu_s.hook"]) / sampled,
+                "copy": (m.get("log_copy_cpu_s", 0.0) - base[name].get("log_copy_cpu_s", 0.0))
+                / max(logged, 1.0),
+            }
+    hook, hook_cpu = _hook_alone(variants["log (every request)"], cores["off"], queries[0], 20_000)
     base_w, base_c = statistics.median(wall["off"]), statistics.median(cpu["off"])
     print(f"model {model.version}: {model.num_trees} trees, {model.scorer.name}; 200 candidates")
-    print("| variant | wall us/request | loop CPU us/request | CPU over off |")
-    print("|---|---|---|---|")
+    print(
+        "| variant | wall us/request | loop CPU us/request | CPU over off "
+        "| hook CPU us/request | copy thread CPU us/logged |"
+    )
+    print("|---|---|---|---|---|---|")
     for name in cores:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        print(f"| {name} | {w * 1e6:.0f} | {c * 1e6:.0f} | {(c - base_c) * 1e6:+.1f} |")
+        pr = per_request.get(name)
+        extra = "| - | - |"
+        if pr is not None:
+            extra = f"| {pr['hook'] * 1e6:.1f} | {pr['copy'] * 1e6:.1f} |"
+        print(f"| {name} | {w * 1e6:.0f} | {c * 1e6:.0f} | {(c - base_c) * 1e6:+.1f} {extra}")
     hook.sort()
+    hook_cpu.sort()
     print(
         f"Flywheel.observe alone (logged, id generated): median {statistics.median(hook) * 1e6:.2f}"
-        f" us, p90 {hook[int(0.9 * len(hook))] * 1e6:.2f} us per call (batches of 100)"
+        f" us wall, {statistics.median(hook_cpu) * 1e6:.2f} us thread CPU,"
+        f" p90 {hook[int(0.9 * len(hook))] * 1e6:.2f} us wall per call (batches of 100)"
     )
     for name, fly in variants.items():
         if fly is None:
@@ -244,8 +274,9 @@ async def main(argv: list[str] | None = None) -> int:
         cpu_s = _process_cpu_s(pid) - log_cpu0[name] if pid is not None else 0.0
         fly.close()
         print(f"{name}: {m}", file=sys.stderr)
-        if pid is not None and m.get("log_queued"):
-            per = cpu_s / m["log_queued"] * 1e6
+        logged = m.get("log_queued", 0.0) - base[name].get("log_queued", 0.0)
+        if pid is not None and logged > 0:
+            per = cpu_s / logged * 1e6
             print(f"{name}: log process CPU {per:.0f} us per logged request")
     _ = base_w
     return 0

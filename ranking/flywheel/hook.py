@@ -3,17 +3,17 @@
 `Flywheel.observe` is called by the core once per answered request, after sorting. It decides
 (by sample ratios) whether the request is logged, shadow-scored and counted for drift.
 
-A logged request is copied at once into the log's shared ring (`LogProcess.ring.offer`: the
-returned rows of the matrix in one gather, the scores, the id buffer, a few strings; about
-100 KB for 200 x 64 float64) and written to Parquet by the worker's log process
-(`logproc.py`), which holds neither the worker's GIL nor its memory. When the ring is full the
-request is not logged and is counted (`log_dropped`, in `flywheel_dropped`); a request never
-waits for the log.
+A logged request is queued for the log ring's copy thread (`LogProcess.ring.offer`: checked,
+its arrays kept by reference; `_ring.c`), which writes its returned rows (~26 KB for R200's
+200 x 64: constant columns once, float32-exact ones as float32) into the shared ring, and the
+worker's log process (`logproc.py`), which holds neither the worker's GIL nor its memory,
+writes Parquet. When the ring is full the request is not logged and is counted
+(`log_dropped`, in `flywheel_dropped`); a request never waits for the log.
 
 A shadow-sampled request is scored by the shadow model on the event loop in a `call_soon`
 callback (after the response was handed to gRPC, within the shadow's CPU budget, and only
-while no other live call is in flight and the machine has CPU to spare; see shadow.py for why
-not in a thread), compared with the live scores there, then logged with its shadow scores
+while the loop is not late (`gate.py`), no other live call is in flight and the machine has
+CPU to spare; see shadow.py for why not in a thread), compared with the live scores there, then logged with its shadow scores
 beside the live ones. Drift-sampled requests are appended, by reference, to a bounded deque
 that a daemon thread drains every `poll_s` (5 ms): it counts their features into the drift
 monitor of their model (a share,

@@ -6,7 +6,7 @@ the neighbours), so a per-worker CPU budget alone let a shadow at sample 1.0 pus
 over its budget at 500 req/s (`ranking/flywheel/README.md`). `IdleMeter` reads the kernel's
 CPU counters (`/proc/stat`: every process on the machine, not only ours) every `every_s` on
 the flywheel's thread and keeps the idle share of the last interval; the hook skips the shadow
-while it is below `RANKING_SHADOW_MIN_IDLE` (counted as `shadow_skipped_busy`).
+while it is below `RANKING_SHADOW_MIN_IDLE` (counted as `shadow_skipped_idle`).
 
 Where /proc/stat cannot be read (not Linux) the meter reports the machine as idle, and only
 the other bounds apply. In a container with a CPU quota /proc/stat shows the host's CPUs.

@@ -1,10 +1,11 @@
 """The served-feature log's writer process, and the worker's handle on it.
 
 Each serving worker with `--log-dir` starts one log process (`LogProcess.start`): the worker's
-event loop copies each logged request into a shared ring (`ring.py`, one gather of the
-returned rows, no Python object per row), and this process decodes the ring and writes Parquet
-(`logwriter.py`). Encoding Parquet costs ~10x the copy; in its own process it neither holds
-the worker's GIL nor shares its interpreter, so the event loop only pays the copy.
+event loop queues each logged request for the ring's copy thread (`ring.py`, `_ring.c`: no
+Python object per row), which writes it into a shared ring, and this process decodes the ring
+and writes Parquet (`logwriter.py`). Encoding Parquet costs ~10x the copy; in its own process
+it neither holds the worker's GIL nor shares its interpreter, so the event loop only pays the
+hand-off.
 
 Control, worker -> log process, over a pipe (`ctl`): `F` + int64 head + `R`/`-`: "flush: write
 everything up to `head`, then (`R`) complete the open file", answered on the `reply` pipe by

@@ -1,8 +1,8 @@
 """A bounded single-producer, single-consumer byte ring in shared memory.
 
 The served-feature log's hand-off between a serving worker (the producer: its event loop
-copies each logged request in, `LogRing.offer`) and its log process (the consumer:
-`logproc.py` decodes and writes Parquet). The memory is a `memfd` (anonymous, not limited by
+queues each logged request, `LogRing.offer`, and a native copy thread writes it in,
+`_ring.Copier`) and its log process (the consumer: `logproc.py` decodes and writes Parquet). The memory is a `memfd` (anonymous, not limited by
 the size of /dev/shm, freed when both sides have closed it) passed to the log process as a
 file descriptor.
 
@@ -18,11 +18,12 @@ its body. A record never wraps: when it does not fit before the end, the produce
 (kind 0, or fewer than 16 bytes left, which the consumer skips) and writes at the start. The
 producer publishes a record by storing the new head after writing its bytes; the consumer
 releases space by storing the new tail after copying records out. Both are aligned 8-byte
-stores, atomic on x86-64, whose stores are not reordered with earlier stores (TSO); a weakly
-ordered CPU would need a fence between the body and the head.
+stores, atomic on x86-64, whose stores are not reordered with earlier stores (TSO; the copy
+thread's non-temporal stores are not, hence its sfence before the head); a weakly ordered CPU
+would need a fence between the body and the head.
 
-When the ring has no room the record is refused (`offer` returns False): the request path
-never waits for the consumer.
+When the ring has no room the record is dropped and counted (`LogRing.refused`): the request
+path never waits for the consumer.
 
 A served record's body (little-endian), written by `_ring.put_served` (one native call):
 

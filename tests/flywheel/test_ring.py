@@ -189,7 +189,7 @@ def test_wide_and_non_contiguous_inputs(small_world: SmallWorld, tmp_path: Path)
     wide[:, ::2] = c["matrix"]
     d = dict(c, matrix=wide[:, ::2], rows=c["rows"].astype(np.int32), scores=list(c["scores"]))
     assert offer(ring, bundle, d, 2.0)
-    count, tail = reader.read_into(capture)
+    count, _ = reader.read_into(capture)
     assert count == 2
     check(c, capture.got[0], 1.0)
     check(c, capture.got[1], 2.0)

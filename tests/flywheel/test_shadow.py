@@ -151,7 +151,10 @@ async def test_shadow_failing_to_score_never_affects_live(
 
     app = App(
         small_settings(
-            small_world, shadow_bundle=tmp_path / "shadow", shadow_sample=1.0, shadow_min_idle=0.0,
+            small_world,
+            shadow_bundle=tmp_path / "shadow",
+            shadow_sample=1.0,
+            shadow_min_idle=0.0,
             shadow_max_lag_ms=0.0,
         )
     )
