@@ -355,8 +355,11 @@ static inline void gather_row(const Target *t, Py_ssize_t i, const float *row) {
 
 /* The table, slots and rows are zeroed anonymous mappings that ask for transparent huge pages
    (2 MiB): a request's ids land on random lines of tens of MiB, and with 4 KiB pages nearly
-   every one of them also misses the TLB (measured: the lookup of 200 cold ids is ~1/3 faster
-   with huge pages). Where the kernel gives none (THP "never"), they are ordinary pages. */
+   every one of them also missed the TLB (benchmarks/index_cold.py: a lookup of 200 cold ids
+   took 2.4x as long). Where the kernel gives none (THP "never"), they are ordinary pages.
+   Every page is faulted in here, when the index is built (at start-up: features/cache.py), so
+   that no request waits for the kernel to find and zero a huge page (measured on a VM: 0.4 to
+   7 ms each, the first time the host backs the memory). */
 #define HUGE_PAGE ((size_t)2 << 20)
 
 static void *big_alloc(size_t n, size_t *mapped) {
@@ -366,6 +369,7 @@ static void *big_alloc(size_t n, size_t *mapped) {
 #ifdef MADV_HUGEPAGE
     if (len >= HUGE_PAGE) (void)madvise(p, len, MADV_HUGEPAGE);
 #endif
+    for (size_t at = 0; at < len; at += 4096) ((volatile char *)p)[at] = 0;
     *mapped = len;
     return p;
 }
@@ -414,7 +418,6 @@ static int Index_init(Index *ix, PyObject *args, PyObject *kw) {
         PyErr_NoMemory();
         return -1;
     }
-    for (Py_ssize_t s = 0; s < capacity; s++) ix->slots[s].expires = -INFINITY;
     return 0;
 }
 
@@ -659,6 +662,7 @@ static PyObject *Index_insert(Index *ix, PyObject *args, PyObject *kw) {
             PyErr_NoMemory();
             goto fail_s;
         }
+        ix->slots[s].expires = -INFINITY; /* expired until the last pass below dates it */
         ix->stamp[s] = ix->epoch;
         int32_t none;
         uint64_t at = find_pos(ix, p, n, h, &none); /* recomputed: an eviction may move cells */
