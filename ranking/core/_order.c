@@ -1,5 +1,5 @@
 /*
- * ranking.core._order: the per-candidate loops of the core's validate and sort steps.
+ * ranking.core._order: the per-candidate loops of the core's validate, assemble and sort steps.
  *
  *   rank_order(scores, priority, fit, top_k, n) -> (order, ranked_scores, unscored)
  *       the ranked rows, best first, ties in the order of `scores` (a stable descending sort,
@@ -11,6 +11,13 @@
  *       the index of the first id equal to an earlier one and of the first empty id (-1: none):
  *       an open-addressing set over the ids' bytes, hashed with SipHash-1-3 under a key drawn
  *       at import (so a caller cannot choose colliding ids).
+ *
+ *   fill_rows(matrix, user_pos, user_found, context_pos, context_values) -> None
+ *       completes an assembled matrix in one pass over its rows: with `user_found`, row 0's
+ *       values at `user_pos` are copied to every other row (the user's stored row, gathered
+ *       into row 0); every row gets context_values[j] at context_pos[j]. Positions are checked
+ *       against the matrix's width before anything is written. What MatrixPlan.finish did
+ *       with numpy fancy indexing (2 + one per context feature whole-matrix operations).
  *
  * Per-call state is on the stack or freed before returning; the GIL is held (microseconds).
  */
@@ -279,9 +286,82 @@ done:
     return out;
 }
 
+/* ---- assembling ------------------------------------------------------------------------- */
+
+static PyObject *fill_rows(PyObject *self, PyObject *args) {
+    PyObject *matrix_obj, *user_obj, *cpos_obj, *cval_obj;
+    int user_found;
+    if (!PyArg_ParseTuple(args, "OOpOO", &matrix_obj, &user_obj, &user_found, &cpos_obj,
+                          &cval_obj)) {
+        return NULL;
+    }
+    if (!PyArray_Check(matrix_obj) || PyArray_TYPE((PyArrayObject *)matrix_obj) != NPY_FLOAT64 ||
+        PyArray_NDIM((PyArrayObject *)matrix_obj) != 2 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)matrix_obj) ||
+        !PyArray_ISWRITEABLE((PyArrayObject *)matrix_obj)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "fill_rows: matrix must be a writable C-contiguous 2-D float64 array");
+        return NULL;
+    }
+    PyArrayObject *matrix = (PyArrayObject *)matrix_obj;
+    PyObject *out = NULL;
+    PyArrayObject *user = NULL, *cpos = NULL, *cval = NULL;
+    user = (PyArrayObject *)PyArray_FROMANY(user_obj, NPY_INT64, 1, 1, NPY_ARRAY_CARRAY_RO);
+    cpos = user ? (PyArrayObject *)PyArray_FROMANY(cpos_obj, NPY_INT64, 1, 1, NPY_ARRAY_CARRAY_RO)
+                : NULL;
+    cval = cpos ? (PyArrayObject *)PyArray_FROMANY(cval_obj, NPY_FLOAT64, 1, 1,
+                                                    NPY_ARRAY_CARRAY_RO)
+                : NULL;
+    if (cval == NULL) {
+        goto done;
+    }
+    const npy_intp n = PyArray_DIM(matrix, 0), width = PyArray_DIM(matrix, 1);
+    const npy_intp nu = PyArray_DIM(user, 0), nc = PyArray_DIM(cpos, 0);
+    const int64_t *up = PyArray_DATA(user), *cp = PyArray_DATA(cpos);
+    const double *cv = PyArray_DATA(cval);
+    if (PyArray_DIM(cval, 0) != nc) {
+        PyErr_SetString(PyExc_ValueError, "fill_rows: one context value per position");
+        goto done;
+    }
+    for (npy_intp j = 0; j < nu; j++) {
+        if (up[j] < 0 || up[j] >= width) {
+            PyErr_SetString(PyExc_ValueError, "fill_rows: user position outside the matrix");
+            goto done;
+        }
+    }
+    for (npy_intp j = 0; j < nc; j++) {
+        if (cp[j] < 0 || cp[j] >= width) {
+            PyErr_SetString(PyExc_ValueError, "fill_rows: context position outside the matrix");
+            goto done;
+        }
+    }
+    double *m = PyArray_DATA(matrix);
+    const double *first = m;
+    for (npy_intp r = 0; r < n; r++) {
+        double *row = m + r * width;
+        if (user_found && r > 0) {
+            for (npy_intp j = 0; j < nu; j++) {
+                row[up[j]] = first[up[j]];
+            }
+        }
+        for (npy_intp j = 0; j < nc; j++) {
+            row[cp[j]] = cv[j];
+        }
+    }
+    out = Py_None;
+    Py_INCREF(out);
+done:
+    Py_XDECREF(user);
+    Py_XDECREF(cpos);
+    Py_XDECREF(cval);
+    return out;
+}
+
 static PyMethodDef order_methods[] = {
     {"rank_order", rank_order, METH_VARARGS,
      "rank_order(scores, priority, fit, top_k, n) -> (order, ranked_scores, unscored)"},
+    {"fill_rows", fill_rows, METH_VARARGS,
+     "fill_rows(matrix, user_pos, user_found, context_pos, context_values): see the module."},
     {"check_ids", check_ids, METH_VARARGS,
      "check_ids(data, offsets) -> (first repeated id, first empty id), -1 for none"},
     {NULL, NULL, 0, NULL},

@@ -23,6 +23,22 @@ def rank_order(
     len(scores) > n (without one).
     """
 
+def fill_rows(
+    matrix: npt.NDArray[np.float64],
+    user_pos: npt.NDArray[np.int64],
+    user_found: bool,
+    context_pos: npt.NDArray[np.int64],
+    context_values: npt.NDArray[np.float64],
+) -> None:
+    """Complete an assembled (n, width) matrix in one pass over its rows: when `user_found`,
+    row 0's values at `user_pos` are copied to every other row; every row gets
+    `context_values[j]` at `context_pos[j]`.
+
+    Raises ValueError when the matrix is not a writable C-contiguous 2-D float64 array, a
+    position is outside [0, width), or the context arrays differ in length; nothing is written
+    then.
+    """
+
 def check_ids(data: bytes, offsets: npt.NDArray[np.int64]) -> tuple[int, int]:
     """(the index of the first id equal to an earlier one, the index of the first empty id),
     -1 for none; id i is `data[offsets[i]:offsets[i + 1]]`. Raises ValueError when offsets are

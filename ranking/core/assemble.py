@@ -4,7 +4,8 @@ A `MatrixPlan` is built once per (bundle, store columns) and reused by every req
 where each model feature comes from and where it lands. A request's matrix starts as the
 bundle's defaults (`new_matrix`); the feature store gathers stored rows straight into it through
 the plan's column maps (`item_target`, `user_target`: the cache does this natively, with no
-intermediate row block); `finish` broadcasts the user row and writes context and inline values.
+intermediate row block); `finish` broadcasts the user row and writes the context values in one
+native pass over the rows (`_order.fill_rows`), then the inline values.
 Values nobody supplied keep the bundle's default (NaN unless the bundle says otherwise).
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from ranking.core import _order
 from ranking.errors import InvalidRequest
 from ranking.features.store import Target
 from ranking.scoring.bundle import Bundle
@@ -119,10 +121,15 @@ class MatrixPlan:
         `inline_values` (n, len(inline_names)) override stored values; when `inline_rows` is
         given, only the rows it marks carry inline values (the others sent none).
         """
-        if user_found and len(matrix) > 1 and self._user_pos.size:
-            matrix[1:, self._user_pos] = matrix[0, self._user_pos]
-        for name, value in context.items():
-            matrix[:, self.context_positions[name]] = value
+        if context or (user_found and self._user_pos.size):
+            n = len(context)
+            _order.fill_rows(
+                matrix,
+                self._user_pos,
+                user_found,
+                np.fromiter(map(self.context_positions.__getitem__, context), np.int64, n),
+                np.fromiter(context.values(), np.float64, n),
+            )
         if inline_names and inline_values is not None:
             positions = np.array([self.inline_positions[n] for n in inline_names], np.intp)
             if inline_rows is None:

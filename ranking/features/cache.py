@@ -110,7 +110,9 @@ class CachedFeatureStore:
     settings: capacity (slots per entity type, >= 1 here: capacity 0 means "build no cache"),
     ttl_s (freshness of found entries), negative_ttl_s (of unknown ids), stale_ttl_s (how long
     past expiry an entry may serve while the inner store fails). clock: monotonic seconds
-    (injectable for tests).
+    (injectable for tests). entity_types: the types whose tables are built now, taking their
+    whole memory (tens of MiB at the default capacity, tens of ms) before the first request
+    rather than during it; any other type gets its table on first use.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class CachedFeatureStore:
         settings: CacheSettings | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        entity_types: Sequence[str] = (),
     ) -> None:
         s = settings or CacheSettings.defaults()
         if s.capacity < 1:
@@ -137,6 +140,8 @@ class CachedFeatureStore:
         self._inflight: dict[str, dict[str, _Flight]] = {}  # entity type -> id -> flight
         self._flights: set[asyncio.Task[list[FetchResult] | None]] = set()
         self._closed = False
+        for entity_type in entity_types:
+            self._table(entity_type)
 
     @property
     def inner(self) -> FeatureStore:

@@ -81,7 +81,7 @@ async def build_redis_store(
     store: FeatureStore = HedgedFeatureStore(replicas, policy=policy)
     params = cache or CacheSettings.defaults()
     if params.capacity > 0:
-        store = CachedFeatureStore(store, params, clock=clock)
+        store = CachedFeatureStore(store, params, clock=clock, entity_types=entity_types)
     return store
 
 

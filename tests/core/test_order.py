@@ -1,4 +1,5 @@
-"""The core's native top-k and id checks against the numpy / Python code they replaced."""
+"""The core's native top-k, id checks and row filling against the numpy / Python code they
+replaced."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranking.core._order import check_ids, rank_order
+from ranking.core._order import check_ids, fill_rows, rank_order
 from ranking.ids import Ids
 
 
@@ -84,3 +85,67 @@ def test_check_ids_refuses_bad_offsets() -> None:
         check_ids(b"ab", np.array([0, 3], dtype=np.int64))
     with pytest.raises(ValueError, match="out of range"):
         check_ids(b"ab", np.array([0, 2, 1], dtype=np.int64))
+
+
+def reference_fill(
+    matrix: npt.NDArray[np.float64],
+    user_pos: npt.NDArray[np.int64],
+    user_found: bool,
+    context: dict[int, float],
+) -> None:
+    """MatrixPlan.finish's user and context steps as they were before the native version."""
+    if user_found and len(matrix) > 1 and user_pos.size:
+        matrix[1:, user_pos] = matrix[0, user_pos]
+    for position, value in context.items():
+        matrix[:, position] = value
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.integers(0, 12),
+    width=st.integers(1, 10),
+    data=st.data(),
+    user_found=st.booleans(),
+)
+def test_fill_rows_is_the_numpy_it_replaced(
+    rows: int, width: int, data: st.DataObject, user_found: bool
+) -> None:
+    positions = st.lists(st.integers(0, width - 1), unique=True, max_size=width)
+    user_pos = np.asarray(data.draw(positions), dtype=np.int64)
+    context = data.draw(
+        st.dictionaries(st.integers(0, width - 1), st.floats(allow_nan=True), max_size=width)
+    )
+    start = np.random.default_rng(rows * 31 + width).standard_normal((rows, width))
+    want = start.copy()
+    reference_fill(want, user_pos, user_found, context)
+    got = start.copy()
+    fill_rows(
+        got,
+        user_pos,
+        user_found,
+        np.asarray(list(context), dtype=np.int64),
+        np.asarray(list(context.values()), dtype=np.float64),
+    )
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fill_rows_refuses_what_does_not_fit_and_writes_nothing() -> None:
+    m = np.zeros((3, 4))
+    none = np.empty(0, np.int64)
+    nothing = np.empty(0, np.float64)
+    bad = [
+        (m, np.array([4]), True, none, nothing),  # user position past the width
+        (m, none, False, np.array([-1]), np.array([1.0])),  # negative context position
+        (m, none, False, np.array([0, 1]), np.array([1.0])),  # one value short
+        (m.astype(np.float32), none, False, none, nothing),  # not float64
+        (np.zeros((4, 3)).T, none, False, none, nothing),  # not C-contiguous
+        (np.zeros(4), none, False, none, nothing),  # not 2-D
+    ]
+    for args in bad:
+        with pytest.raises(ValueError):
+            fill_rows(*args)
+    frozen = np.zeros((2, 2))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError):
+        fill_rows(frozen, none, False, np.array([0]), np.array([1.0]))
+    assert not m.any() and not frozen.any()

@@ -42,14 +42,21 @@ def binary(name: str) -> str:
 
 
 class RankingProcess:
-    """`ranking serve` over the small world, in its own process group."""
+    """`ranking serve` over the small world, in its own process group; `module` is the program
+    (`python -m module serve ...`), `ranking.cli` unless a benchmark's variant is tested."""
 
-    def __init__(self, world: SmallWorld, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        world: SmallWorld,
+        *args: str,
+        env: dict[str, str] | None = None,
+        module: str = "ranking.cli",
+    ) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         cmd = [
             sys.executable,
-            *("-m", "ranking.cli", "serve", "--bundle", str(world.bundle)),
+            *("-m", module, "serve", "--bundle", str(world.bundle)),
             *("--port", str(self.port), "--metrics-port", str(self.metrics_port)),
             *("--features", f"user={world.folder / 'users.csv'}"),
             *("--features", f"item={world.folder / 'items.csv'}"),
