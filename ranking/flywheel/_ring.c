@@ -19,8 +19,9 @@
  * that cost 40-60 us of the event loop per request even as one native call writing a quarter
  * of the bytes, above the issue's 30 us. The request path now pays the checks and a queue
  * slot; a native thread without the GIL does the copy, woken by nothing (the request path
- * makes no system call, unless the queue is half full): it polls every 1 ms while there is
- * work, backing off to 16 ms when idle; a half-full queue and `sync` wake it. The arrays are the core's, not touched after the hook (the seam
+ * makes no system call, unless the queue is half full): it polls every 2 ms while there is
+ * work, backing off to 32 ms when idle; a half-full queue and `sync` wake it. It runs as
+ * SCHED_IDLE (Linux): woken, it never preempts the event loop; it uses CPU nobody else wants. The arrays are the core's, not touched after the hook (the seam
  * in ranking/flywheel/README.md); the degraded reasons are copied at once (the core may add
  * one after the hook). A full queue (a burst the thread has not caught up with) is not a
  * drop: the caller copies that request itself, as it did before the thread (counted: `inline`);
@@ -38,6 +39,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -460,7 +462,13 @@ static uint64_t thread_ns(void) {
 
 static void *copier_main(void *arg) {
     Copier *c = arg;
-    long idle_ms = 1;
+#ifdef SCHED_IDLE
+    /* Background work: never preempt the event loop when woken; runs on idle CPU (a starved
+     * thread fills its queue, and the caller then copies: `inline`). */
+    struct sched_param idle = {0};
+    pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
+#endif
+    long idle_ms = 2;
     for (;;) {
         uint64_t d = atomic_load_explicit(&c->done, memory_order_relaxed);
         uint64_t s = atomic_load_explicit(&c->submitted, memory_order_acquire);
@@ -469,7 +477,7 @@ static void *copier_main(void *arg) {
             write_counted(c, &c->jobs[d % QUEUE]);
             atomic_fetch_add_explicit(&c->cpu_ns, thread_ns() - t0, memory_order_relaxed);
             atomic_store_explicit(&c->done, d + 1, memory_order_release);
-            idle_ms = 1;
+            idle_ms = 2;
             if (d + 1 == s) { /* caught up: tell a waiting sync */
                 pthread_mutex_lock(&c->lock);
                 pthread_cond_broadcast(&c->cond);
@@ -489,7 +497,7 @@ static void *copier_main(void *arg) {
             until.tv_sec += until.tv_nsec / 1000000000L;
             until.tv_nsec %= 1000000000L;
             pthread_cond_timedwait(&c->cond, &c->lock, &until);
-            if (idle_ms < 16) {
+            if (idle_ms < 32) {
                 idle_ms *= 2;
             }
         }
