@@ -11,18 +11,16 @@ writes Parquet. When the ring is full the request is not logged and is counted
 (`log_dropped`, in `flywheel_dropped`); a request never waits for the log.
 
 A shadow-sampled request is scored by the shadow model on the event loop in a `call_soon`
-callback (after the response was handed to gRPC, within the shadow's CPU budget, and only
-while the loop is not late (`gate.py`), no other live call is in flight and the machine has
-CPU to spare; see shadow.py for why not in a thread), compared with the live scores there, then logged with its shadow scores
-beside the live ones. Drift-sampled requests are appended, by reference, to a bounded deque
-that a daemon thread drains every `poll_s` (5 ms): it counts their features into the drift
-monitor of their model (a share,
-`drift_sample`, default 0.1: binning 200 x 64 values costs far more than copying them, and a
-sample describes a distribution as well). The thread also restarts a log process that died.
-`close` (called by the app after the gRPC server has drained, i.e. on SIGTERM) processes
-everything still queued and lets the log process write out the ring and complete its file: a
-clean shutdown loses nothing that was queued.
-"""
+callback (after the response was handed to gRPC, within the shadow's CPU budget, and only while
+the loop is not late (`gate.py`), no other live call is in flight and the machine has CPU to
+spare; see shadow.py for why not in a thread), compared with the live scores there, then logged
+with its shadow scores beside the live ones. Drift-sampled requests are appended, by reference,
+to a bounded deque that a daemon thread drains every `poll_s` (5 ms): it counts their features
+into the drift monitor of their model (a share, `drift_sample`, default 0.1: binning 200 x 64
+values costs far more than copying them, and a sample describes a distribution as well). The
+thread also restarts a log process that died. `close` (called by the app after the gRPC server
+has drained, i.e. on SIGTERM) processes everything still queued and lets the log process write
+out the ring and complete its file: a clean shutdown loses nothing that was queued."""
 
 from __future__ import annotations
 

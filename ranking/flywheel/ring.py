@@ -1,10 +1,10 @@
 """A bounded single-producer, single-consumer byte ring in shared memory.
 
-The served-feature log's hand-off between a serving worker (the producer: its event loop
-queues each logged request, `LogRing.offer`, and a native copy thread writes it in,
-`_ring.Copier`) and its log process (the consumer: `logproc.py` decodes and writes Parquet). The memory is a `memfd` (anonymous, not limited by
-the size of /dev/shm, freed when both sides have closed it) passed to the log process as a
-file descriptor.
+The served-feature log's hand-off between a serving worker (the producer: its event loop queues
+each logged request, `LogRing.offer`, and a native copy thread writes it in, `_ring.Copier`) and
+its log process (the consumer: `logproc.py` decodes and writes Parquet). The memory is a `memfd`
+(anonymous, not limited by the size of /dev/shm, freed when both sides have closed it) passed to
+the log process as a file descriptor.
 
 Layout: a 64-byte header of int64 slots, then `capacity` bytes of records.
 

@@ -7,14 +7,15 @@ hot reload) makes those requests skip the shadow, counted as `shadow_incompatibl
 
 Scoring runs on the event loop right after the response was handed to gRPC (a callback
 `Flywheel.observe` schedules with `call_soon`), within a CPU budget: a token bucket of CPU
-seconds filled at `cpu_share` seconds per second (up to half a second's worth) and debited
-with the thread CPU each score took; a request that finds it empty is not shadow-scored
+seconds filled at `cpu_share` seconds per second (up to half a second's worth) and debited with
+the thread CPU each score took; a request that finds it empty is not shadow-scored
 (`shadow_skipped_budget`). Nor is it while the event loop is late (`gate.py`,
 `shadow_skipped_lag`), while the worker has other live calls in flight (`Flywheel.busy`,
 `RANKING_SHADOW_BUSY_INFLIGHT`, `shadow_skipped_busy`: a shadow score then would hold those
 calls for its whole scoring time), or while the machine has little idle CPU (`idle.py`,
-`shadow_skipped_idle`). Every failure (loading, scoring, a non-finite score) is caught, logged once and counted;
-live answers never depend on it. The folder is hot-reloaded (`shadow_watch.py`).
+`shadow_skipped_idle`). Every failure (loading, scoring, a non-finite score) is caught, logged
+once and counted; live answers never depend on it. The folder is hot-reloaded
+(`shadow_watch.py`).
 
 Why the loop and not the background thread: measured with the demo model, scoring in the
 thread tripled the live p99 (its Python steps hold the GIL, and the loop then waits up to the
