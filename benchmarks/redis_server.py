@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +28,26 @@ START_TIMEOUT_S = 10.0
 
 class RedisNotInstalled(RuntimeError):
     """The redis-server (or redis-cli) binary is not on this machine."""
+
+
+#: A cluster node also listens on its port + 10000 (the cluster bus), so its port must be at
+#: most 65535 - 10000 and the bus port free too; the kernel hands out ports up to 60999.
+CLUSTER_BUS_OFFSET = 10_000
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port is in range and was free a moment ago too."""
+    for _ in range(100):
+        port = free_port()
+        if port + CLUSTER_BUS_OFFSET > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port with a free cluster bus port")
 
 
 def redis_binary(name: str = "redis-server") -> str:
@@ -52,7 +73,7 @@ class RedisServer:
         log_path: Path | None = None,
     ) -> None:
         self.binary = redis_binary()
-        self.port = port or free_port()
+        self.port = port or (_free_cluster_port() if cluster else free_port())
         self.cluster = cluster
         self.workdir = workdir / f"redis-{self.port}"
         self.workdir.mkdir(parents=True, exist_ok=True)
