@@ -146,75 +146,53 @@ class Flywheel:
             return request_id
         t0 = _thread_ns()
         try:
-            return self._sampled(
-                request_id, user_id, bundle, matrix, ids, rows, scores, unscored, degraded,
-                scored_rows, scored, logged, shadowed, drift,
-            )  # fmt: skip
+            if logged and not request_id:
+                request_id = self._id_prefix + str(next(self._id_seq))
+            now = time.time()
+            if logged and not shadowed:
+                self._offer(now, request_id, user_id, bundle, matrix, ids, rows, scores, unscored,
+                            degraded)  # fmt: skip
+            if not (shadowed or drift):
+                return request_id
+            if self._closed or len(self._queue) >= self._cap:
+                self.dropped += 1
+                if logged and shadowed:  # logged without its shadow scores
+                    self._offer(now, request_id, user_id, bundle, matrix, ids, rows, scores,
+                                unscored, degraded)  # fmt: skip
+                return request_id
+            served = Served(
+                now,
+                request_id,
+                user_id,
+                bundle,
+                matrix,
+                ids,
+                rows,
+                scores,
+                unscored,
+                degraded,
+                scored_rows,
+                scored,
+                logged,
+                shadowed,
+                drift,
+            )
+            if shadowed:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # no loop (a tool or a test): score it here and now
+                    self._shadow_then_queue(served)
+                else:
+                    # After this request's response is on its way: the shadow never delays it.
+                    # The time until the loop runs it is the loop's lag (the lag gate's input).
+                    served.scheduled = time.perf_counter()
+                    loop.call_soon(self._shadow_then_queue, served)
+                return request_id
+            self._queue.append(served)
+            self.queued += 1
+            return request_id
         finally:
             self.hook_ns += _thread_ns() - t0
-
-    def _sampled(
-        self,
-        request_id: str,
-        user_id: str,
-        bundle: Bundle,
-        matrix: npt.NDArray[np.float64],
-        ids: Sequence[str],
-        rows: npt.NDArray[np.intp],
-        scores: npt.NDArray[np.float64],
-        unscored: int,
-        degraded: list[str],
-        scored_rows: npt.NDArray[np.intp] | None,
-        scored: npt.NDArray[np.float64],
-        logged: bool,
-        shadowed: bool,
-        drift: bool,
-    ) -> str:
-        if logged and not request_id:
-            request_id = self._id_prefix + str(next(self._id_seq))
-        now = time.time()
-        if logged and not shadowed:
-            self._offer(now, request_id, user_id, bundle, matrix, ids, rows, scores, unscored,
-                        degraded)  # fmt: skip
-        if not (shadowed or drift):
-            return request_id
-        if self._closed or len(self._queue) >= self._cap:
-            self.dropped += 1
-            if logged and shadowed:  # logged without its shadow scores
-                self._offer(now, request_id, user_id, bundle, matrix, ids, rows, scores,
-                            unscored, degraded)  # fmt: skip
-            return request_id
-        served = Served(
-            now,
-            request_id,
-            user_id,
-            bundle,
-            matrix,
-            ids,
-            rows,
-            scores,
-            unscored,
-            degraded,
-            scored_rows,
-            scored,
-            logged,
-            shadowed,
-            drift,
-        )
-        if shadowed:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop (a tool or a test): score it here and now
-                self._shadow_then_queue(served)
-            else:
-                # After this request's response is on its way: the shadow never delays it.
-                # The time until the loop runs it is the loop's lag (the lag gate's input).
-                served.scheduled = time.perf_counter()
-                loop.call_soon(self._shadow_then_queue, served)
-            return request_id
-        self._queue.append(served)
-        self.queued += 1
-        return request_id
 
     def _offer(
         self,
