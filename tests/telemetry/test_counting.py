@@ -13,8 +13,9 @@ from hypothesis import strategies as hs
 
 from ranking.errors import DeadlineExceeded, InvalidRequest, Overloaded, Unavailable
 from ranking.telemetry import stats as st
-from ranking.telemetry.call import OUTCOMES
+from ranking.telemetry.call import OUTCOMES, new_recorder
 from ranking.telemetry.reference import PyRecorder
+from ranking.telemetry.stats import Stats
 
 _counting = pytest.importorskip(
     "ranking.telemetry._counting", reason="build it: python setup.py build_ext --inplace"
@@ -43,21 +44,13 @@ class Script:
     cpu_gaps: list[int]
 
 
-def recorder(kind: Any, row: np.ndarray, clock: Ticks, cpu: Ticks, every: int) -> Any:
-    return kind(
-        memoryview(row),
-        st.COUNT_LAYOUT,
-        st.I_CPU,
-        OUTCOMES,
-        st.I_REASON,
-        "other",
-        st.I_REQUESTS,
-        st.I_DEGRADED,
-        st.I_CPU_SAMPLED,
-        every,
-        clock,
-        cpu,
-    )
+def recorder(kind: Any, clock: Ticks | None, cpu: Ticks | None, every: int) -> tuple[Any, Any]:
+    """A recorder of `kind` built as the service builds its own (`new_recorder`), and the
+    numpy row it counts into."""
+    stats = Stats()
+    rec = new_recorder(stats, clock, cpu, native=kind is not PyRecorder, cpu_every=every)
+    assert type(rec) is kind
+    return rec, stats.array
 
 
 def play(rec: Any, clock: Ticks, cpu: Ticks, script: Script, now: int, every: int) -> str:
@@ -118,10 +111,9 @@ scripts = hs.builds(
 @settings(max_examples=200, deadline=None)
 @given(calls=hs.lists(scripts, min_size=1, max_size=8), start=hs.integers(1, 2**50))
 def test_c_equals_the_python_reference(calls: list[Script], start: int) -> None:
-    c_row, py_row = np.zeros(FIELDS), np.zeros(FIELDS)
     c_clock, c_cpu, py_clock, py_cpu = Ticks(), Ticks(), Ticks(), Ticks()
-    c_rec = recorder(_counting.Recorder, c_row, c_clock, c_cpu, 3)
-    py_rec = recorder(PyRecorder, py_row, py_clock, py_cpu, 3)
+    c_rec, c_row = recorder(_counting.Recorder, c_clock, c_cpu, 3)
+    py_rec, py_row = recorder(PyRecorder, py_clock, py_cpu, 3)
     for script in calls:
         got = play(c_rec, c_clock, c_cpu, script, start, 3)
         assert play(py_rec, py_clock, py_cpu, script, start, 3) == got
@@ -131,9 +123,8 @@ def test_c_equals_the_python_reference(calls: list[Script], start: int) -> None:
 
 
 def test_counts_add_up_over_calls() -> None:
-    row = np.zeros(FIELDS)
     clock, cpu = Ticks(), Ticks()
-    rec = recorder(_counting.Recorder, row, clock, cpu, 10**9)
+    rec, row = recorder(_counting.Recorder, clock, cpu, 10**9)
     script = Script([10, 20, 1_200_000, 0, 900_000, 30, 40], 5, (200, 150, []), None, [0] * 7)
     for _ in range(3):
         play(rec, clock, cpu, script, 1000, 10**9)
@@ -148,7 +139,7 @@ def test_counts_add_up_over_calls() -> None:
 
 def test_the_timeline_is_the_clock_readings() -> None:
     clock = Ticks()
-    rec = recorder(_counting.Recorder, np.zeros(FIELDS), clock, Ticks(), 10**9)
+    rec, _ = recorder(_counting.Recorder, clock, Ticks(), 10**9)
     clock.values = [100, 150, 400, 450]
     call = rec.begin()
     call.lap(st.CONVERT)
@@ -159,8 +150,7 @@ def test_the_timeline_is_the_clock_readings() -> None:
 
 
 def test_bad_calls_raise_and_count_nothing() -> None:
-    row = np.zeros(FIELDS)
-    rec = recorder(_counting.Recorder, row, None, None, 1)  # type: ignore[arg-type]
+    rec, row = recorder(_counting.Recorder, None, None, 1)
     call = rec.begin()
     with pytest.raises(ValueError, match="no such stage"):
         call.lap(st.TOTAL)  # the whole call is timed by end, not lapped
