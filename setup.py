@@ -30,6 +30,8 @@ setup(
         extension("ranking.features._index", "ranking/features/_index.c"),
         # Counting a finished call into the stats row (ranking/telemetry/call.py).
         extension("ranking.telemetry._counting", "ranking/telemetry/_counting.c"),
+        # Round-robin connection balancing across the workers' shared port (eBPF).
+        extension("ranking.server._reuseport", "ranking/server/_reuseport.c"),
         # The served-feature log's copy into its shared ring (ranking/flywheel/ring.py).
         extension("ranking.flywheel._ring", "ranking/flywheel/_ring.c"),
     ],

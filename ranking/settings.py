@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         description="Rounds of 8 concurrent synthetic queries a worker runs through its core "
         "before it listens (first store connections, code paths); 0 = none.",
     )
+    balance_connections: bool = Field(
+        True,
+        description="With several workers: deal new connections to the workers in turn (an "
+        "eBPF SO_REUSEPORT program; needs root or CAP_BPF + CAP_NET_ADMIN). Without it, or where "
+        "the kernel refuses it (logged at start), Linux's hash spreads them: with a few "
+        "connections often 3:1 or 4:0 (ranking/server/balance.py).",
+    )
     max_concurrent_streams: int = Field(
         256, ge=1, le=100_000, description="HTTP/2 streams per connection."
     )

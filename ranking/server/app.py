@@ -38,6 +38,7 @@ from ranking.flywheel.hook import Flywheel, build_flywheel
 from ranking.flywheel.shadow_watch import watch_shadow
 from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
+from ranking.server.balance import ConnectionBalancer
 from ranking.server.listeners import (
     Listeners,
     OpsServers,
@@ -124,12 +125,15 @@ class App:
         worker: int = 0,
         roster: Roster | None = None,
         serve_metrics: bool = True,
+        balancer: ConnectionBalancer | None = None,
     ) -> None:
         """`serve_metrics`: serve --metrics-port from this process (False in the workers of a
-        multi-process server, whose parent serves it)."""
+        multi-process server, whose parent serves it). `balancer`: the workers' connection
+        balancer this worker joins once it listens (`ranking.server.balance`)."""
         self.settings = settings
         self.worker = worker
         self.roster = roster
+        self._balancer = balancer
         self._serve_metrics = serve_metrics
         self.metrics: MetricsServer | None = None
         self._publisher: asyncio.Task[None] | None = None
@@ -246,6 +250,8 @@ class App:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
+        if self._balancer is not None:
+            self._balancer.join(self.worker, self.port)
         try:
             self._ops = await start_ops_servers(
                 s,
@@ -480,6 +486,7 @@ def run_worker(
     worker: int = 0,
     stats_path: Path | None = None,
     roster_path: Path | None = None,
+    balancer: ConnectionBalancer | None = None,
 ) -> None:
     """Process entry: serve until SIGTERM or SIGINT, then drain and exit."""
     if settings.uvloop:
@@ -496,7 +503,12 @@ def run_worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         app = App(
-            settings, stats=stats, worker=worker, serve_metrics=stats_path is None, roster=roster
+            settings,
+            stats=stats,
+            worker=worker,
+            serve_metrics=stats_path is None,
+            roster=roster,
+            balancer=balancer,
         )
         await app.start()
         await stop.wait()

@@ -15,7 +15,8 @@ watches them:
 
 While a worker is missing or restarting, the others report health NOT_SERVING (`roster.py`).
 SO_REUSEPORT spreads connections, not requests: clients need several channels (or a balancer)
-to use every worker.
+to use every worker. New connections are dealt to the workers in turn where the kernel lets the
+parent load the eBPF balancer (`ranking.server.balance`), else spread by the kernel's hash.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 
 from ranking.server.app import run_worker
+from ranking.server.balance import ConnectionBalancer
 from ranking.server.roster import Roster
 from ranking.settings import Settings
 from ranking.telemetry.endpoint import MetricsServer, SharedSource
@@ -99,6 +101,7 @@ class _Supervisor:
         self.stop_deadline = float("inf")
         self.code = 0
         self.ctx = mp.get_context("spawn")
+        self.balancer = ConnectionBalancer.create(workers) if settings.balance_connections else None
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -128,6 +131,8 @@ class _Supervisor:
                     slot.proc.join(5)
             if metrics is not None:
                 metrics.stop()
+            if self.balancer is not None:
+                self.balancer.close()
             with contextlib.suppress(OSError):
                 for path in self.folder.iterdir():
                     path.unlink()
@@ -150,7 +155,14 @@ class _Supervisor:
     def _start(self, slot: _Slot) -> None:
         proc = self.ctx.Process(
             target=_worker_main,
-            args=(self.settings, slot.index, self.stats_path, self.roster_path, os.getpid()),
+            args=(
+                self.settings,
+                slot.index,
+                self.stats_path,
+                self.roster_path,
+                os.getpid(),
+                self.balancer,
+            ),
             name=f"worker-{slot.index}",
         )
         proc.start()
@@ -233,10 +245,15 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker_main(
-    settings: Settings, worker: int, stats_path: Path, roster_path: Path, parent: int
+    settings: Settings,
+    worker: int,
+    stats_path: Path,
+    roster_path: Path,
+    parent: int,
+    balancer: ConnectionBalancer | None,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s"
     )
     _die_with_parent(parent)
-    run_worker(settings, worker, stats_path, roster_path)
+    run_worker(settings, worker, stats_path, roster_path, balancer)
