@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -136,7 +137,11 @@ class LatencyTracker:
         self._since += 1
         if self._n >= self._p.min_samples and self._since >= self._p.recompute_every:
             self._since = 0
-            q = float(np.percentile(self._buf[: self._n], self._p.percentile))
+            # The nearest-rank percentile by partial selection: O(window), without
+            # np.percentile's interpolation machinery (~10x the cost, run on every 16th read).
+            n = self._n
+            k = min(n - 1, max(0, math.ceil(self._p.percentile / 100.0 * n) - 1))
+            q = float(np.partition(self._buf[:n], k)[k])
             self._delay_ms = min(max(q, self._p.floor_ms), self._p.cap_ms)
 
     @property
