@@ -267,3 +267,48 @@ async def test_cancelled_reads_never_desynchronise(redis_server: RedisServer) ->
         assert store.stats.errors == 0
     finally:
         await store.close()
+
+
+async def test_reads_ride_the_connection_redis_py_opened_with_auth_and_db(
+    redis_server: RedisServer,
+) -> None:
+    """The pipelined connection is opened by redis-py (AUTH, SELECT) and then read by the store:
+    a password and a database number in the URL hold for every read, concurrent reads share one
+    connection, and an error reply is an outage of the store, not a crash."""
+    with redis_server.client() as admin:
+        admin.config_set("requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{redis_server.port}/3"
+    try:
+        m = load(url, 50)
+        store = await started(url)
+        got = await asyncio.gather(
+            *(store.fetch([Lookup("item", [f"i{k}", "nope"])]) for k in range(20))
+        )
+        for k, (r,) in enumerate(got):
+            assert r.found.tolist() == [True, False]
+            np.testing.assert_array_equal(r.rows[0], m[k])
+        with redis.Redis.from_url(url) as c:
+            clients = [x for x in c.client_list() if x.get("db") == "3" and x["cmd"] == "mget"]
+        assert len(clients) == 1  # 20 reads at once, one connection
+        with redis.Redis.from_url(url) as c:  # the store's connection is cut: it reconnects
+            c.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        for _ in range(20):  # bounded: a read may still find the cut connection
+            try:
+                (r,) = await store.fetch([Lookup("item", ["i7"])], timeout_s=1.0)
+                break
+            except FeatureStoreUnavailable:
+                await asyncio.sleep(0.05)
+        np.testing.assert_array_equal(r.rows[0], m[7])
+        with redis.Redis.from_url(url) as c:  # now the server answers MGET with an error
+            c.execute_command("ACL", "SETUSER", "default", "-mget")
+        with pytest.raises(FeatureStoreUnavailable) as info:
+            await store.fetch([Lookup("item", ["i1"])])
+        assert isinstance(info.value.__cause__, redis.ResponseError)
+        with redis.Redis.from_url(url) as c:
+            c.execute_command("ACL", "SETUSER", "default", "+mget")
+        (r,) = await store.fetch([Lookup("item", ["i2"])])  # the same connection, in step
+        np.testing.assert_array_equal(r.rows[0], m[2])
+        await store.close()
+    finally:
+        with redis.Redis.from_url(url) as c:
+            c.config_set("requirepass", "")
