@@ -281,8 +281,8 @@ async def test_reads_ride_the_connection_redis_py_opened_with_auth_and_db(
     try:
         m = load(url, 50)
         store = await started(url)
-        got = await asyncio.gather(
-            *(store.fetch([Lookup("item", [f"i{k}", "nope"])]) for k in range(20))
+        got = await asyncio.gather(  # timeouts for a loaded test machine, not the 50 ms default
+            *(store.fetch([Lookup("item", [f"i{k}", "nope"])], timeout_s=5.0) for k in range(20))
         )
         for k, (r,) in enumerate(got):
             assert r.found.tolist() == [True, False]
@@ -294,7 +294,7 @@ async def test_reads_ride_the_connection_redis_py_opened_with_auth_and_db(
             c.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         for _ in range(20):  # bounded: a read may still find the cut connection
             try:
-                (r,) = await store.fetch([Lookup("item", ["i7"])], timeout_s=1.0)
+                (r,) = await store.fetch([Lookup("item", ["i7"])], timeout_s=5.0)
                 break
             except FeatureStoreUnavailable:
                 await asyncio.sleep(0.05)
@@ -302,11 +302,11 @@ async def test_reads_ride_the_connection_redis_py_opened_with_auth_and_db(
         with redis.Redis.from_url(url) as c:  # now the server answers MGET with an error
             c.execute_command("ACL", "SETUSER", "default", "-mget")
         with pytest.raises(FeatureStoreUnavailable) as info:
-            await store.fetch([Lookup("item", ["i1"])])
+            await store.fetch([Lookup("item", ["i1"])], timeout_s=5.0)
         assert isinstance(info.value.__cause__, redis.ResponseError)
         with redis.Redis.from_url(url) as c:
             c.execute_command("ACL", "SETUSER", "default", "+mget")
-        (r,) = await store.fetch([Lookup("item", ["i2"])])  # the same connection, in step
+        (r,) = await store.fetch([Lookup("item", ["i2"])], timeout_s=5.0)  # in step
         np.testing.assert_array_equal(r.rows[0], m[2])
         await store.close()
     finally:
