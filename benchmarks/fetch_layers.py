@@ -141,7 +141,7 @@ async def _run(rounds: int, batch: int) -> None:
         # Inputs are built before each timed batch, so only the layer's own work is timed.
         layers: dict[str, tuple[Callable[[], Any], Callable[[Any], Awaitable[Any]]]] = {
             "bare protocol": (lambda: command_of(lookups_of(fresh_pair())), bare.call),
-            "pipe": (lambda: command_of(lookups_of(fresh_pair())), lambda c: pipe.call(c, 0.05)),
+            "pipe": (lambda: command_of(lookups_of(fresh_pair())), pipe.call),
             "replica": (lambda: lookups_of(fresh_pair()), replica.fetch),
             "hedged": (lambda: lookups_of(fresh_pair()), hedged.fetch),
             "cache, all hits": (lambda: Ids(warm.data, warm.offsets), gather),

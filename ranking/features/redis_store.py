@@ -38,7 +38,6 @@ import asyncio
 import json
 import logging
 import zlib
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,140 +171,91 @@ class HiredisPackConnection(aioredis.Connection):
         return packed
 
 
-class _Replies(asyncio.Protocol):
-    """The replies of one pipelined connection, parsed by hiredis, each to its command's future.
-
-    Redis answers a connection's commands in order, so a deque of futures is the whole protocol:
-    `send` writes a command and appends its future, `data_received` pops one future per complete
-    reply. A future already done (its caller timed out or was cancelled) just loses its reply,
-    so a cut read never leaves a reply for the next one: the connection stays in step and
-    stays open. A lost connection fails every future still waiting.
-    """
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.transport: Any = writer.transport  # uvloop's are not asyncio.Transport subclasses
-        # The stream writer that opened the connection is kept, not dropped: collected while
-        # its transport is open, it would close the transport (asyncio's StreamWriter.__del__).
-        self._writer = writer
-        self.lost = False
-        self._reader = hiredis.Reader()
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-
-    def send(self, command: bytes) -> asyncio.Future[Any]:
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        self.transport.write(command)  # buffered by the transport; nothing to await
-        return future
-
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
-        waiting = self._waiting
-        try:
-            while (reply := reader.gets()) is not False:
-                future = waiting.popleft()
-                if not future.done():
-                    future.set_result(reply)
-        except (hiredis.ProtocolError, IndexError):  # garbage, or a reply nobody asked for
-            logger.error("redis connection out of protocol; closing it")
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        while self._waiting:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(redis_exc.ConnectionError("connection lost"))
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
-
-
 class _Pipe:
-    """MGETs on one pipelined connection this store holds, below redis-py's command layer.
+    """MGETs on redis.asyncio connections this store holds, below redis-py's command layer.
 
-    redis-py opens the connection (address, TLS, AUTH, SELECT, its handshake), then the store
-    takes the connection's transport over (`_Replies`): a read is one write and one future,
-    resolved when its reply arrives, with the caller's timeout as a timer on that future. No
-    stream reader, no parser coroutine, no pool: concurrent reads are pipelined on the one
-    connection, and a read that times out or is cancelled leaves the connection in step
-    (test_cancelled_reads_never_desynchronise), so a tight budget never costs a reconnect.
-    A connection broken by a server restart fails its reads; a read that finds its connection
-    broken when it was opened earlier is retried once on a new one, as `connect_redis`'s one
-    immediate retry does. Connecting runs in a task of its own that callers wait for with
-    `asyncio.shield`, so a caller's timeout does not cut a handshake other reads will use.
+    A read takes an idle connection (or makes one with the client's pool settings: address,
+    timeouts, hiredis parser), writes the packed command on its stream and reads one reply with
+    redis-py's `read_response` (hiredis). A connection broken by a server restart fails on
+    first use and the read is retried once on a reconnected one, as `connect_redis`'s one
+    immediate retry does. A read cut mid-reply (cancelled, or timed out) has its connection
+    closed by `read_response`, so an idle connection never holds a pending reply.
+
+    Two choices keep the caller's timeout exact, both measured (tests/features/
+    test_redis_store.py::test_cancelled_reads_never_desynchronise): the write does not go
+    through `send_packed_command`, and connecting runs in a task of its own that the caller
+    waits for with `asyncio.shield`. Under load both redis-py paths were seen to lose the
+    cancellation of an `asyncio.timeout`, so a 5 ms read waited for a paused server for 300 ms.
     """
 
     def __init__(self, pool: aioredis.ConnectionPool, stats: RedisStoreStats) -> None:
         self._pool = pool
         self._stats = stats
-        self._replies: _Replies | None = None
-        self._connecting: asyncio.Task[_Replies] | None = None
+        self._idle: list[aioredis.Connection] = []
+        self._all: list[aioredis.Connection] = []
+        # connect tasks -> the connection to return to the idle list when the task ends
+        # (None while a caller still waits for it and so still owns the connection)
+        self._connecting: dict[asyncio.Task[None], aioredis.Connection | None] = {}
+        self._handed_off: set[int] = set()  # id() of connections a connect task owns
 
-    async def call(self, command: bytes, timeout_s: float) -> Any:
-        """The reply to `command`; TimeoutError after `timeout_s`, RedisError or OSError when
-        the server refuses or the connection breaks."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        replies = self._replies
-        retry = replies is not None and not replies.lost
-        while True:
-            if replies is None or replies.lost:
-                replies = await self._connect(deadline)
-            future = replies.send(command)
-            timer = loop.call_at(deadline, _expire, future)
+    async def call(self, command: bytes) -> Any:
+        conn = self._idle.pop() if self._idle else self._make()
+        try:
             try:
-                reply = await future
-            except redis_exc.ConnectionError:
-                if not retry:
-                    raise
-                retry = False
+                return await self._once(conn, command)
+            except (ConnectionError, OSError, redis_exc.ConnectionError):
                 self._stats.reconnects += 1
-                replies = None
-                continue
-            finally:
-                timer.cancel()
-            if isinstance(reply, hiredis.ReplyError):
-                raise redis_exc.ResponseError(str(reply))
-            return reply
+                await conn.disconnect(nowait=True)
+                return await self._once(conn, command)
+        finally:
+            if id(conn) not in self._handed_off:
+                self._idle.append(conn)
 
-    async def _connect(self, deadline: float) -> _Replies:
-        task = self._connecting
-        if task is None:
-            task = self._connecting = asyncio.ensure_future(self._open())
-            task.add_done_callback(self._connect_done)
-        async with asyncio.timeout_at(deadline):
-            return await asyncio.shield(task)
-
-    async def _open(self) -> _Replies:
-        conn: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-        await conn.connect_check_health(check_health=False)
+    async def _once(self, conn: aioredis.Connection, command: bytes) -> Any:
+        if not conn.is_connected:
+            await self._connect(conn)
         writer = conn._writer
         if writer is None:
             raise redis_exc.ConnectionError("not connected")
-        replies = _Replies(writer)
-        replies.transport.set_protocol(replies)
-        # The transport is the store's now: redis-py's connection object forgets it (it would
-        # otherwise warn, when collected, of a connection it thinks it still holds).
-        conn._reader = conn._writer = None
-        self._replies = replies
-        return replies
+        try:
+            writer.write(command)  # buffered by the transport; nothing to await
+        except OSError:
+            await conn.disconnect(nowait=True)
+            raise
+        return await conn.read_response(disable_decoding=True)
 
-    def _connect_done(self, task: asyncio.Task[_Replies]) -> None:
-        self._connecting = None
+    async def _connect(self, conn: aioredis.Connection) -> None:
+        task = asyncio.ensure_future(conn.connect_check_health(check_health=False))
+        self._connecting[task] = None
+        task.add_done_callback(self._connect_done)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # the caller gives up; the connection stays with the task
+                self._connecting[task] = conn
+                self._handed_off.add(id(conn))
+            raise
+
+    def _connect_done(self, task: asyncio.Task[None]) -> None:
+        conn = self._connecting.pop(task, None)
         if not task.cancelled():
-            task.exception()  # retrieved here: the callers may be gone; the next read retries
+            task.exception()  # retrieved here: the caller may be gone; the next use retries
+        if conn is not None:
+            self._handed_off.discard(id(conn))
+            self._idle.append(conn)
+
+    def _make(self) -> aioredis.Connection:
+        conn: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        self._all.append(conn)
+        return conn
 
     async def close(self) -> None:
-        task = self._connecting
-        if task is not None:
+        tasks = list(self._connecting)
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        replies, self._replies = self._replies, None
-        if replies is not None and not replies.lost:
-            replies.transport.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conns, self._all, self._idle = self._all, [], []
+        await asyncio.gather(*(c.disconnect() for c in conns), return_exceptions=True)
 
 
 def connect_redis(
@@ -409,7 +359,7 @@ class RedisFeatureStore:
         try:
             async with asyncio.timeout(timeout_s):
                 if self._pipe is not None:  # the connection the reads will use
-                    await self._pipe.call(b"*1\r\n$4\r\nPING\r\n", timeout_s)
+                    await self._pipe.call(b"*1\r\n$4\r\nPING\r\n")
                 else:
                     await self._client.ping()
         except (RedisError, OSError, TimeoutError):
@@ -430,7 +380,8 @@ class RedisFeatureStore:
         if not total:
             return [_empty(0, len(s.columns)) for s in schemas]
         try:
-            values = await self._mget(lookups, self._timeout_s if timeout_s is None else timeout_s)
+            async with asyncio.timeout(self._timeout_s if timeout_s is None else timeout_s):
+                values = await self._mget(lookups)
         except TimeoutError as exc:
             self.stats.timeouts += 1
             raise FeatureStoreTimeout("feature store timed out") from exc
@@ -447,13 +398,12 @@ class RedisFeatureStore:
             start += len(lk.ids)
         return results
 
-    async def _mget(self, lookups: Sequence[Lookup], timeout_s: float) -> Any:
+    async def _mget(self, lookups: Sequence[Lookup]) -> Any:
         if self._pipe is None:
             keys: list[str] = []
             for lk in lookups:
                 keys.extend(self.layout.keys(lk.entity_type, lk.ids))
-            async with asyncio.timeout(timeout_s):
-                return await self._client.mget_nonatomic(keys)  # type: ignore[union-attr]
+            return await self._client.mget_nonatomic(keys)  # type: ignore[union-attr]
         parts = []
         for lk in lookups:
             prefix = self._prefixes.get(lk.entity_type)
@@ -461,7 +411,7 @@ class RedisFeatureStore:
                 prefix = self._prefixes[lk.entity_type] = self.layout.prefix(lk.entity_type)
             ids = lk.ids
             parts.append((prefix, (ids.data, ids.offsets) if isinstance(ids, Ids) else list(ids)))
-        return await self._pipe.call(_index.mget_command(parts, self.layout.buckets), timeout_s)
+        return await self._pipe.call(_index.mget_command(parts, self.layout.buckets))
 
     def _decode(self, values: list[Any], start: int, n: int, schema: _Schema) -> FetchResult:
         rows = np.full((n, len(schema.columns)), np.nan, dtype=np.float32)
