@@ -34,16 +34,20 @@ except OSError as exc:  # not root: say so rather than fail every test the same 
     pytest.skip(f"the kernel refuses the eBPF balancer here ({exc})", allow_module_level=True)
 
 
+def listener(port: int = 0) -> socket.socket:
+    """A non-blocking SO_REUSEPORT listener on `port` (0: a free one)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(64)
+    s.setblocking(False)
+    return s
+
+
 def listeners(n: int) -> list[socket.socket]:
-    socks: list[socket.socket] = []
-    for _ in range(n):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.bind(("127.0.0.1", socks[0].getsockname()[1] if socks else 0))
-        s.listen(64)
-        s.setblocking(False)
-        socks.append(s)
-    return socks
+    socks = [listener()]
+    port = socks[0].getsockname()[1]
+    return socks + [listener(port) for _ in range(n - 1)]
 
 
 def accepted(s: socket.socket) -> int:
@@ -78,13 +82,8 @@ def test_connections_go_to_the_listeners_in_turn_and_an_empty_slot_falls_back() 
         clients += connect(port, 9)
         assert sum(accepted(s) for s in socks) == 9
         # A new listener in slot 2 (the restarted worker) takes its turns again.
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.bind(("127.0.0.1", port))
-        s.listen(64)
-        s.setblocking(False)
-        socks.append(s)
-        _reuseport.join(s.fileno(), 2, balancer._program, balancer._sockets)
+        socks.append(listener(port))
+        _reuseport.join(socks[-1].fileno(), 2, balancer._program, balancer._sockets)
         clients += connect(port, 12)
         assert [accepted(s) for s in socks] == [4, 4, 4]
     finally:
