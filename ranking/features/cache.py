@@ -271,7 +271,7 @@ class CachedFeatureStore:
             plans.extend(
                 (li, flight, flight.index[et], dst, src) for li, et, dst, src in fresh_plans
             )
-        await _wait_all({plan[1].task for plan in plans}, timeout_s)
+        await asyncio.wait({plan[1].task for plan in plans}, timeout=timeout_s)
         failed: dict[int, tuple[list[IntArray], set[str]]] = {}
         timed_out = False
         for li, flight, fi, dst, src in plans:
@@ -421,41 +421,6 @@ class CachedFeatureStore:
         if flights:
             await asyncio.gather(*flights, return_exceptions=True)
         await self._inner.close()
-
-
-async def _wait_all(
-    tasks: set[asyncio.Task[list[FetchResult] | None]], timeout_s: float | None
-) -> None:
-    """Until every task is done or `timeout_s` passed (`asyncio.wait`'s ALL_COMPLETED with a
-    timeout, without its sets of done and pending tasks: this runs on every read-through)."""
-    pending = [t for t in tasks if not t.done()]
-    if not pending:
-        return
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    left = len(pending)
-
-    def one_done(_: object) -> None:
-        nonlocal left
-        left -= 1
-        if not left and not waiter.done():
-            waiter.set_result(None)
-
-    for t in pending:
-        t.add_done_callback(one_done)
-    timer = None if timeout_s is None else loop.call_later(timeout_s, _release, waiter)
-    try:
-        await waiter
-    finally:
-        if timer is not None:
-            timer.cancel()
-        for t in pending:
-            t.remove_done_callback(one_done)
-
-
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 @dataclass(eq=False, slots=True)

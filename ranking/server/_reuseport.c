@@ -78,22 +78,16 @@ static struct bpf_insn insn(uint8_t code, uint8_t dst, uint8_t src, int16_t off,
 /* A map's fd into a register: two instruction slots. */
 #define LD_MAP_FD(d, fd) insn(BPF_LD | BPF_DW | BPF_IMM, d, BPF_PSEUDO_MAP_FD, 0, fd), insn(0, 0, 0, 0, 0)
 
+/* OSError(errno, "what: reason (detail)"): callers tell EPERM from the rest by its errno. */
 static PyObject *raise_errno(const char *what, int err, const char *detail) {
-    if (detail != NULL && detail[0] != '\0') {
-        PyErr_Format(PyExc_OSError, "%s: %s (%s)", what, strerror(err), detail);
-    } else {
-        PyErr_Format(PyExc_OSError, "%s: %s", what, strerror(err));
+    PyObject *msg = (detail != NULL && detail[0] != '\0')
+                        ? PyUnicode_FromFormat("%s: %s (%s)", what, strerror(err), detail)
+                        : PyUnicode_FromFormat("%s: %s", what, strerror(err));
+    PyObject *exc_args = msg ? Py_BuildValue("(iN)", err, msg) : NULL;
+    if (exc_args != NULL) {
+        PyErr_SetObject(PyExc_OSError, exc_args);
+        Py_DECREF(exc_args);
     }
-    /* OSError(message) has no errno; set it so callers can tell EPERM from the rest. */
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    PyObject *code = PyLong_FromLong(err);
-    if (code != NULL && value != NULL) {
-        PyObject_SetAttrString(value, "errno", code);
-    }
-    Py_XDECREF(code);
-    PyErr_Restore(type, value, tb);
     return NULL;
 }
 

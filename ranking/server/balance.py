@@ -76,7 +76,7 @@ class ConnectionBalancer:
         except OSError as exc:
             log.warning("worker %d: joining the connection balancer failed (%s)", worker, exc)
             return False
-        log.info("worker %d takes every %s new connection (eBPF balancer)", worker, _nth(self))
+        log.info("worker %d joined the eBPF connection balancer (1 in %d)", worker, self.workers)
         return True
 
     def close(self) -> None:
@@ -94,11 +94,6 @@ class ConnectionBalancer:
 
 def _rebuild(workers: int, program: Any, sockets: Any) -> ConnectionBalancer:
     return ConnectionBalancer(workers, program.detach(), sockets.detach())
-
-
-def _nth(balancer: ConnectionBalancer) -> str:
-    n = balancer.workers
-    return {2: "second", 3: "third"}.get(n, f"{n}th")
 
 
 def listening_sockets(port: int) -> list[int]:

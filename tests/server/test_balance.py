@@ -191,7 +191,7 @@ async def test_a_two_worker_server_splits_eight_connections_four_and_four(
     finally:
         await asyncio.gather(*(ch.close() for ch in channels))
     log = LOGS[proc.pid].read_text()
-    assert log.count("takes every second new connection (eBPF balancer)") == 3, log[-3000:]
+    assert log.count("joined the eBPF connection balancer (1 in 2)") == 3, log[-3000:]
 
 
 def test_without_the_privilege_the_server_says_it_spreads_connections_by_hash() -> None:
