@@ -12,8 +12,8 @@ difference between two lines is what the upper layer adds:
 - `bare protocol`: the same MGET bytes written on an `asyncio.Protocol` whose `data_received`
   feeds a `hiredis.Reader` and resolves a future: the syscalls and the event loop, no library
   (the floor of any Python reader);
-- `pipe`: `_Pipe.call`, the store's write on a redis.asyncio connection and redis-py's
-  `read_response` (hiredis);
+- `pipe`: `_Pipe.call`, the store's own protocol on a connection redis-py opened (the bare
+  protocol's work plus the read's timeout and the choice of connection);
 - `replica`: `RedisFeatureStore.fetch` (command built natively, timeout, native decode);
 - `hedged`: `HedgedFeatureStore.fetch` with its one replica (no race, policy bookkeeping);
 - `cache, all hits` and `cache, 2 misses`: `CachedFeatureStore.gather` of the whole request
@@ -141,7 +141,7 @@ async def _run(rounds: int, batch: int) -> None:
         # Inputs are built before each timed batch, so only the layer's own work is timed.
         layers: dict[str, tuple[Callable[[], Any], Callable[[Any], Awaitable[Any]]]] = {
             "bare protocol": (lambda: command_of(lookups_of(fresh_pair())), bare.call),
-            "pipe": (lambda: command_of(lookups_of(fresh_pair())), pipe.call),
+            "pipe": (lambda: command_of(lookups_of(fresh_pair())), lambda c: pipe.call(c, 0.05)),
             "replica": (lambda: lookups_of(fresh_pair()), replica.fetch),
             "hedged": (lambda: lookups_of(fresh_pair()), hedged.fetch),
             "cache, all hits": (lambda: Ids(warm.data, warm.offsets), gather),

@@ -938,9 +938,14 @@ static inline uint32_t load_le32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+static void fill_nan(float *r, Py_ssize_t width) {
+    for (Py_ssize_t j = 0; j < width; j++) r[j] = NAN;
+}
+
 /* decode_values(values, start, header, rows, found, unknown) -> mismatches
    values[start + i] (bytes or None) -> rows[i] (float32 after the 8-byte header), found[i];
-   None -> unknown[i]; a value of the wrong length or header is neither (a schema mismatch). */
+   None -> unknown[i]; a value of the wrong length or header is neither (a schema mismatch).
+   Rows not found are filled with NaN, so `rows` may come uninitialised. */
 static PyObject *mod_decode_values(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *values, *rows_obj, *found_obj, *unknown_obj;
@@ -970,19 +975,21 @@ static PyObject *mod_decode_values(PyObject *self, PyObject *args) {
     Py_ssize_t size = 8 + 4 * width, mismatches = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *v = PyList_GET_ITEM(values, start + i);
+        float *r = rows + i * width;
         found[i] = 0;
         unknown[i] = 0;
         if (v == Py_None) {
             unknown[i] = 1;
+            fill_nan(r, width);
             continue;
         }
         if (!PyBytes_Check(v) || PyBytes_GET_SIZE(v) != size ||
             memcmp(PyBytes_AS_STRING(v), header, 8) != 0) {
             mismatches++;
+            fill_nan(r, width);
             continue;
         }
         const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(v) + 8;
-        float *r = rows + i * width;
         for (Py_ssize_t j = 0; j < width; j++) {
             uint32_t w = load_le32(p + 4 * j);
             memcpy(&r[j], &w, 4);

@@ -101,4 +101,5 @@ def decode_values(
 ) -> int:
     """values[start + i] for i < len(rows): None -> unknown[i]; bytes of length
     8 + 4 * width starting with `header` (8 bytes) -> rows[i] (little-endian float32) and
-    found[i]; anything else is neither (a schema mismatch). Returns the mismatches."""
+    found[i]; anything else is neither (a schema mismatch). Rows not found are filled with
+    NaN, so `rows` may be uninitialised (`np.empty`). Returns the mismatches."""

@@ -21,9 +21,11 @@ id differs from the schema read at start is counted, treated as not found and re
 
 A request's lookups (user and items together) are read with one MGET. On a standalone server the
 command's bytes are built natively (`_index.mget_command`, from the key prefix and the ids'
-buffer) and sent on a redis.asyncio connection this store holds (`_Pipe`), skipping redis-py's
-command machinery (argument packing, pool locks, retry wrappers, observability hooks: ~0.1 ms of
-Python per call); hiredis parses the reply and `_index.decode_values` copies it into the rows.
+buffer) and written on a connection redis-py opened (address, TLS, AUTH, SELECT) whose transport
+this store then reads itself (`_Pipe`, `_RespProtocol`): redis-py's command machinery (argument
+packing, pool locks, retry wrappers, observability hooks) and its stream reader are skipped, so
+a read is one write, one hiredis parse of the reply, and `_index.decode_values` copying it into
+the rows.
 Nothing is done per id in Python. In cluster mode the keys
 are hash-tagged into `buckets` slots per entity type and `mget_nonatomic` sends one MGET per
 slot, pipelined per node. Trade-off: one bucket per entity type (`buckets=1`) means one MGET per
@@ -38,6 +40,7 @@ import asyncio
 import json
 import logging
 import zlib
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,91 +174,204 @@ class HiredisPackConnection(aioredis.Connection):
         return packed
 
 
-class _Pipe:
-    """MGETs on redis.asyncio connections this store holds, below redis-py's command layer.
+class _RespProtocol(asyncio.Protocol):
+    """One Redis connection below redis-py: commands written, replies parsed by hiredis.
 
-    A read takes an idle connection (or makes one with the client's pool settings: address,
-    timeouts, hiredis parser), writes the packed command on its stream and reads one reply with
-    redis-py's `read_response` (hiredis). A connection broken by a server restart fails on
-    first use and the read is retried once on a reconnected one, as `connect_redis`'s one
-    immediate retry does. A read cut mid-reply (cancelled, or timed out) has its connection
-    closed by `read_response`, so an idle connection never holds a pending reply.
-
-    Two choices keep the caller's timeout exact, both measured (tests/features/
-    test_redis_store.py::test_cancelled_reads_never_desynchronise): the write does not go
-    through `send_packed_command`, and connecting runs in a task of its own that the caller
-    waits for with `asyncio.shield`. Under load both redis-py paths were seen to lose the
-    cancellation of an `asyncio.timeout`, so a 5 ms read waited for a paused server for 300 ms.
+    Replies come back in the order the commands were written, so each resolves the oldest
+    waiting future. A waiter that stopped waiting (a timeout, a cancelled hedge) keeps its
+    place: its reply is parsed and dropped when it comes, so a cut read never leaves the
+    connection out of step and never costs a reconnect. An error reply fails its own waiter
+    (`ResponseError`); a reply nobody waits for, a malformed reply or a lost connection fails
+    every waiter (`ConnectionError`) and closes the connection for good.
     """
 
-    def __init__(self, pool: aioredis.ConnectionPool, stats: RedisStoreStats) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._reader = hiredis.Reader(
+            protocolError=redis_exc.InvalidResponse, replyError=redis_exc.ResponseError
+        )
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._transport: asyncio.Transport | None = None
+        #: The `asyncio.StreamWriter` redis-py opened the transport with: held so that it is
+        #: not collected, since collecting an open one closes its transport.
+        self.writer: Any = None
+        self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """Commands written whose replies have not come yet (cut ones included)."""
+        return len(self._waiting)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader, waiting = self._reader, self._waiting
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                if not waiting:
+                    raise redis_exc.InvalidResponse("a reply nobody asked for")
+                fut = waiting.popleft()
+                if fut.done():  # the caller stopped waiting: the reply is dropped
+                    continue
+                if isinstance(reply, redis_exc.ResponseError):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+        except redis_exc.InvalidResponse as exc:
+            self._fail(redis_exc.ConnectionError(f"bad reply from Redis: {exc}"))
+            if self._transport is not None:
+                self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(redis_exc.ConnectionError("connection to Redis lost"))
+
+    def _fail(self, error: redis_exc.ConnectionError) -> None:
+        self.closed = True
+        waiting = self._waiting
+        while waiting:
+            fut = waiting.popleft()
+            if not fut.done():
+                fut.set_exception(error)
+
+    def request(self, command: bytes) -> asyncio.Future[Any]:
+        """Write `command` (RESP bytes); the future gets its reply."""
+        if self.closed or self._transport is None:
+            raise redis_exc.ConnectionError("connection to Redis closed")
+        fut = self._loop.create_future()
+        self._waiting.append(fut)
+        self._transport.write(command)  # buffered by the transport; nothing to await
+        return fut
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _Pipe:
+    """The connections a standalone store reads on, below redis-py's command layer.
+
+    A connection is opened by redis-py (`pool.make_connection()`: address, TLS, AUTH, SELECT,
+    its whole handshake), then its transport is handed to a `_RespProtocol` and redis-py's
+    stream reader and command path are no longer in the way: a read is one write and one
+    hiredis parse. A read takes the connection with no reply pending, else pipelines on the
+    least busy one while another is opened for the next reads (at most `max_connections`);
+    Redis answers a connection's commands in order, so pipelining needs no bookkeeping beyond
+    the waiters' queue.
+
+    A connection broken by a server restart fails its reads and the read is retried once on a
+    reopened one, as `connect_redis`'s one immediate retry does. Opening runs in a task of its
+    own that callers wait for with `asyncio.shield`: a caller's timeout stays exact (measured:
+    under load redis-py's connect path lost the cancellation of an `asyncio.timeout`, so a
+    5 ms read waited for a paused server for 300 ms), and an opening a caller gave up on
+    still serves the next read.
+    """
+
+    def __init__(
+        self, pool: aioredis.ConnectionPool, stats: RedisStoreStats, max_connections: int = 4
+    ) -> None:
         self._pool = pool
         self._stats = stats
-        self._idle: list[aioredis.Connection] = []
-        self._all: list[aioredis.Connection] = []
-        # connect tasks -> the connection to return to the idle list when the task ends
-        # (None while a caller still waits for it and so still owns the connection)
-        self._connecting: dict[asyncio.Task[None], aioredis.Connection | None] = {}
-        self._handed_off: set[int] = set()  # id() of connections a connect task owns
+        self._max = max_connections
+        self._conns: list[_RespProtocol] = []
+        self._opening: asyncio.Task[_RespProtocol] | None = None
+        self._closed = False
 
-    async def call(self, command: bytes) -> Any:
-        conn = self._idle.pop() if self._idle else self._make()
+    async def call(self, command: bytes, timeout_s: float) -> Any:
+        """Write `command` and return its reply; TimeoutError when none came in `timeout_s`.
+
+        The timeout is one timer on the reply's future (an `asyncio.timeout` costs several
+        times more): when it fires the future fails, and the reply, when it comes, is dropped.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        conn = self._pick() or await self._open(deadline)
         try:
-            try:
-                return await self._once(conn, command)
-            except (ConnectionError, OSError, redis_exc.ConnectionError):
-                self._stats.reconnects += 1
-                await conn.disconnect(nowait=True)
-                return await self._once(conn, command)
-        finally:
-            if id(conn) not in self._handed_off:
-                self._idle.append(conn)
+            return await _reply(conn.request(command), deadline, loop)
+        except redis_exc.ConnectionError:
+            if not conn.closed:  # not a broken connection
+                raise
+            self._stats.reconnects += 1
+            conn = self._pick() or await self._open(deadline)
+            return await _reply(conn.request(command), deadline, loop)
 
-    async def _once(self, conn: aioredis.Connection, command: bytes) -> Any:
-        if not conn.is_connected:
-            await self._connect(conn)
+    def _pick(self) -> _RespProtocol | None:
+        """An idle open connection, else the least busy one (opening another meanwhile)."""
+        best: _RespProtocol | None = None
+        dead = False
+        for conn in self._conns:
+            if conn.closed:
+                dead = True
+            elif not conn.pending:
+                best = conn
+                break
+            elif best is None or conn.pending < best.pending:
+                best = conn
+        if dead:
+            self._conns = [c for c in self._conns if not c.closed]
+        if best is not None and best.pending and len(self._conns) < self._max:
+            self._start_opening()
+        return best
+
+    def _start_opening(self) -> asyncio.Task[_RespProtocol]:
+        task = self._opening
+        if task is None or task.done():
+            task = self._opening = asyncio.ensure_future(self._connect())
+            task.add_done_callback(_retrieve)
+        return task
+
+    async def _open(self, deadline: float) -> _RespProtocol:
+        async with asyncio.timeout_at(deadline):
+            return await asyncio.shield(self._start_opening())
+
+    async def _connect(self) -> _RespProtocol:
+        conn: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        await conn.connect_check_health(check_health=False)
         writer = conn._writer
         if writer is None:
             raise redis_exc.ConnectionError("not connected")
-        try:
-            writer.write(command)  # buffered by the transport; nothing to await
-        except OSError:
-            await conn.disconnect(nowait=True)
-            raise
-        return await conn.read_response(disable_decoding=True)
-
-    async def _connect(self, conn: aioredis.Connection) -> None:
-        task = asyncio.ensure_future(conn.connect_check_health(check_health=False))
-        self._connecting[task] = None
-        task.add_done_callback(self._connect_done)
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():  # the caller gives up; the connection stays with the task
-                self._connecting[task] = conn
-                self._handed_off.add(id(conn))
-            raise
-
-    def _connect_done(self, task: asyncio.Task[None]) -> None:
-        conn = self._connecting.pop(task, None)
-        if not task.cancelled():
-            task.exception()  # retrieved here: the caller may be gone; the next use retries
-        if conn is not None:
-            self._handed_off.discard(id(conn))
-            self._idle.append(conn)
-
-    def _make(self) -> aioredis.Connection:
-        conn: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-        self._all.append(conn)
-        return conn
+        transport = writer.transport
+        proto = _RespProtocol(asyncio.get_running_loop())
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        proto.writer = writer
+        conn._writer = conn._reader = None  # the transport is the protocol's now
+        if self._closed:
+            proto.close()
+            raise redis_exc.ConnectionError("store closed")
+        self._conns.append(proto)
+        return proto
 
     async def close(self) -> None:
-        tasks = list(self._connecting)
-        for task in tasks:
+        self._closed = True
+        task = self._opening
+        if task is not None and not task.done():
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        conns, self._all, self._idle = self._all, [], []
-        await asyncio.gather(*(c.disconnect() for c in conns), return_exceptions=True)
+            await asyncio.gather(task, return_exceptions=True)
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+
+async def _reply(fut: asyncio.Future[Any], deadline: float, loop: asyncio.AbstractEventLoop) -> Any:
+    timer = loop.call_at(deadline, _expire, fut)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Retrieve an opening's failure: every caller may have stopped waiting for it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def connect_redis(
@@ -357,10 +473,10 @@ class RedisFeatureStore:
         Called at start-up so that the first requests do not pay for connecting.
         """
         try:
-            async with asyncio.timeout(timeout_s):
-                if self._pipe is not None:  # the connection the reads will use
-                    await self._pipe.call(b"*1\r\n$4\r\nPING\r\n")
-                else:
+            if self._pipe is not None:  # the connection the reads will use
+                await self._pipe.call(b"*1\r\n$4\r\nPING\r\n", timeout_s)
+            else:
+                async with asyncio.timeout(timeout_s):
                     await self._client.ping()
         except (RedisError, OSError, TimeoutError):
             return False
@@ -379,9 +495,13 @@ class RedisFeatureStore:
         self.stats.keys_read += total
         if not total:
             return [_empty(0, len(s.columns)) for s in schemas]
+        timeout = self._timeout_s if timeout_s is None else timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s if timeout_s is None else timeout_s):
-                values = await self._mget(lookups)
+            if self._pipe is None:
+                async with asyncio.timeout(timeout):
+                    values = await self._cluster_mget(lookups)
+            else:
+                values = await self._pipe.call(self._command(lookups), timeout)
         except TimeoutError as exc:
             self.stats.timeouts += 1
             raise FeatureStoreTimeout("feature store timed out") from exc
@@ -398,12 +518,14 @@ class RedisFeatureStore:
             start += len(lk.ids)
         return results
 
-    async def _mget(self, lookups: Sequence[Lookup]) -> Any:
-        if self._pipe is None:
-            keys: list[str] = []
-            for lk in lookups:
-                keys.extend(self.layout.keys(lk.entity_type, lk.ids))
-            return await self._client.mget_nonatomic(keys)  # type: ignore[union-attr]
+    async def _cluster_mget(self, lookups: Sequence[Lookup]) -> Any:
+        keys: list[str] = []
+        for lk in lookups:
+            keys.extend(self.layout.keys(lk.entity_type, lk.ids))
+        return await self._client.mget_nonatomic(keys)  # type: ignore[union-attr]
+
+    def _command(self, lookups: Sequence[Lookup]) -> bytes:
+        """The RESP bytes of one MGET of every lookup's keys, built natively."""
         parts = []
         for lk in lookups:
             prefix = self._prefixes.get(lk.entity_type)
@@ -411,10 +533,10 @@ class RedisFeatureStore:
                 prefix = self._prefixes[lk.entity_type] = self.layout.prefix(lk.entity_type)
             ids = lk.ids
             parts.append((prefix, (ids.data, ids.offsets) if isinstance(ids, Ids) else list(ids)))
-        return await self._pipe.call(_index.mget_command(parts, self.layout.buckets))
+        return _index.mget_command(parts, self.layout.buckets)
 
     def _decode(self, values: list[Any], start: int, n: int, schema: _Schema) -> FetchResult:
-        rows = np.full((n, len(schema.columns)), np.nan, dtype=np.float32)
+        rows = np.empty((n, len(schema.columns)), dtype=np.float32)  # NaN where not found
         found = np.empty(n, dtype=np.bool_)
         unknown = np.empty(n, dtype=np.bool_)
         mismatches = _index.decode_values(values, start, schema.header, rows, found, unknown)

@@ -119,13 +119,14 @@ def test_decode_values() -> None:
     header = header_for(COLS)
     good = header + np.array([1, 2, 3], "<f4").tobytes()
     values = [b"junk", good, None, header + b"\0" * 4, b"X" * 8 + np.zeros(3, "<f4").tobytes()]
-    rows = np.full((4, 3), np.nan, np.float32)
+    rows = np.full((4, 3), 7.0, np.float32)  # garbage: rows not found must become NaN
     found = np.empty(4, np.bool_)
     unknown = np.empty(4, np.bool_)
     assert _index.decode_values(values, 1, header, rows, found, unknown) == 2
     assert found.tolist() == [True, False, False, False]
     assert unknown.tolist() == [False, True, False, False]
     assert rows[0].tolist() == [1.0, 2.0, 3.0]
+    assert np.isnan(rows[1:]).all()
 
 
 def test_arguments_are_checked_before_anything_is_written() -> None:
