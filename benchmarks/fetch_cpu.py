@@ -231,4 +231,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        import uvloop  # the service's loop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
