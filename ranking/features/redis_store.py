@@ -80,6 +80,7 @@ DEFAULT_CLUSTER_BUCKETS = 16  # hash-tag buckets per entity type on a cluster
 MAGIC = b"RF"
 FORMAT_FLOAT32 = 1
 HEADER_BYTES = 8
+MAX_PENDING_PER_CONNECTION = 64  # replies outstanding on one connection before it is retired
 
 AsyncClient = aioredis.Redis | RedisCluster
 
@@ -249,6 +250,12 @@ class _RespProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection now, failing every waiter (`ConnectionError`)."""
+        self._fail(redis_exc.ConnectionError("connection to Redis retired: too far behind"))
+        if self._transport is not None:
+            self._transport.abort()
+
 
 class _Pipe:
     """The connections a standalone store reads on, below redis-py's command layer.
@@ -259,7 +266,9 @@ class _Pipe:
     hiredis parse. A read takes the connection with no reply pending, else pipelines on the
     least busy one while another is opened for the next reads (at most `max_connections`);
     Redis answers a connection's commands in order, so pipelining needs no bookkeeping beyond
-    the waiters' queue.
+    the waiters' queue. A connection with `MAX_PENDING_PER_CONNECTION` replies outstanding
+    (a peer that vanished without a reset, or is stuck) is retired rather than queued on
+    forever: a healthy Redis never falls that far behind.
 
     A connection broken by a server restart fails its reads and the read is retried once on a
     reopened one, as `connect_redis`'s one immediate retry does. Opening runs in a task of its
@@ -302,6 +311,8 @@ class _Pipe:
         best: _RespProtocol | None = None
         dead = False
         for conn in self._conns:
+            if conn.pending >= MAX_PENDING_PER_CONNECTION and not conn.closed:
+                conn.abort()  # a peer this far behind is gone or stuck: retire it
             if conn.closed:
                 dead = True
             elif not conn.pending:

@@ -14,6 +14,7 @@ from ranking.errors import FeatureStoreTimeout, FeatureStoreUnavailable
 from ranking.features.redis_loader import load_entities, pack_rows
 from ranking.features.redis_store import (
     HEADER_BYTES,
+    MAX_PENDING_PER_CONNECTION,
     HiredisPackConnection,
     KeyLayout,
     RedisFeatureStore,
@@ -318,3 +319,32 @@ async def test_reads_ride_connections_redis_py_opened_with_auth_and_db(
             await store.close()  # is left for a later test's warnings check
         with redis.Redis.from_url(url) as c:
             c.config_set("requirepass", "")
+
+
+async def test_a_connection_too_far_behind_is_retired(redis_server: RedisServer) -> None:
+    """Reads to a server that stopped answering (paused here) pile up on a connection only up
+    to MAX_PENDING_PER_CONNECTION replies; then the connection is retired, and once the server
+    answers again the store reads normally."""
+    m = load(redis_server.url, 10)
+    store = await started(redis_server.url, entity_types=("item",))
+    try:
+        await store.fetch([Lookup("item", ["i1"])], timeout_s=5.0)  # connected
+        pipe = store._pipe
+        assert pipe is not None
+        with redis_server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        most = 0
+        for _ in range(3 * MAX_PENDING_PER_CONNECTION):
+            with pytest.raises(FeatureStoreUnavailable):  # timed out, or its connection retired
+                await store.fetch([Lookup("item", ["i1"])], timeout_s=0.002)
+            most = max([most, *(c.pending for c in pipe._conns)])
+        assert most <= MAX_PENDING_PER_CONNECTION
+        for _ in range(100):  # bounded: the pause ends within 3 s
+            try:
+                (r,) = await store.fetch([Lookup("item", ["i3"])], timeout_s=1.0)
+                break
+            except FeatureStoreUnavailable:
+                await asyncio.sleep(0.05)
+        np.testing.assert_array_equal(r.rows[0], m[3])
+    finally:
+        await store.close()
