@@ -41,7 +41,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import is_not
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -272,7 +271,7 @@ class CachedFeatureStore:
             plans.extend(
                 (li, flight, flight.index[et], dst, src) for li, et, dst, src in fresh_plans
             )
-        await _wait_all({plan[1].task for plan in plans}, timeout_s)
+        await asyncio.wait({plan[1].task for plan in plans}, timeout=timeout_s)
         failed: dict[int, tuple[list[IntArray], set[str]]] = {}
         timed_out = False
         for li, flight, fi, dst, src in plans:
@@ -422,41 +421,6 @@ class CachedFeatureStore:
         if flights:
             await asyncio.gather(*flights, return_exceptions=True)
         await self._inner.close()
-
-
-async def _wait_all(futures: set[asyncio.Task[Any]], timeout_s: float | None) -> None:
-    """Until every future is done or `timeout_s` passed, cancelling none of them.
-
-    `asyncio.wait(futures, timeout=...)` without its argument checks and result sets: one
-    waiter future, one done callback per future, one timer.
-    """
-    pending = [f for f in futures if not f.done()]
-    if not pending:
-        return
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    left = len(pending)
-
-    def one_done(_: object) -> None:
-        nonlocal left
-        left -= 1
-        if not left and not waiter.done():
-            waiter.set_result(None)
-
-    def timed_out() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    for f in pending:
-        f.add_done_callback(one_done)
-    timer = None if timeout_s is None else loop.call_later(timeout_s, timed_out)
-    try:
-        await waiter
-    finally:
-        if timer is not None:
-            timer.cancel()
-        for f in pending:
-            f.remove_done_callback(one_done)
 
 
 @dataclass(eq=False, slots=True)

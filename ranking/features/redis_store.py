@@ -221,9 +221,7 @@ class _RespProtocol(asyncio.Protocol):
                 else:
                     fut.set_result(reply)
         except redis_exc.InvalidResponse as exc:
-            self._fail(redis_exc.ConnectionError(f"bad reply from Redis: {exc}"))
-            if self._transport is not None:
-                self._transport.abort()
+            self.abort(f"bad reply from Redis: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(redis_exc.ConnectionError("connection to Redis lost"))
@@ -250,9 +248,9 @@ class _RespProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def abort(self) -> None:
-        """Drop the connection now, failing every waiter (`ConnectionError`)."""
-        self._fail(redis_exc.ConnectionError("connection to Redis retired: too far behind"))
+    def abort(self, why: str) -> None:
+        """Drop the connection now, failing every waiter with `ConnectionError(why)`."""
+        self._fail(redis_exc.ConnectionError(why))
         if self._transport is not None:
             self._transport.abort()
 
@@ -312,7 +310,7 @@ class _Pipe:
         dead = False
         for conn in self._conns:
             if conn.pending >= MAX_PENDING_PER_CONNECTION and not conn.closed:
-                conn.abort()  # a peer this far behind is gone or stuck: retire it
+                conn.abort("connection to Redis retired: too far behind")  # gone or stuck
             if conn.closed:
                 dead = True
             elif not conn.pending:

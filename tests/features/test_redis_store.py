@@ -22,7 +22,7 @@ from ranking.features.redis_store import (
     header_for,
     schema_id,
 )
-from ranking.features.store import Lookup
+from ranking.features.store import FetchResult, Lookup
 from tests.features.conftest import COLUMNS, make_matrix
 from tests.features.contract import check_feature_store
 from tests.redis_servers import RedisCluster, RedisServer
@@ -43,6 +43,22 @@ def mget_calls(server: RedisServer) -> int:
     with server.client() as c:
         stats = c.info("commandstats")
     return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+async def fetch_once_back(
+    store: RedisFeatureStore, item: str, *, timeout_s: float, tries: int
+) -> FetchResult:
+    """`item`'s read once the store reads again (after a restart, a cut, a pause): at most
+    `tries` attempts 50 ms apart; the last failure is raised."""
+    for attempt in range(tries):
+        try:
+            (r,) = await store.fetch([Lookup("item", [item])], timeout_s=timeout_s)
+            return r
+        except FeatureStoreUnavailable:
+            if attempt == tries - 1:
+                raise
+            await asyncio.sleep(0.05)
+    raise AssertionError("tries must be >= 1")
 
 
 async def started(url: str, **kw: object) -> RedisFeatureStore:
@@ -160,12 +176,8 @@ async def test_reconnects_after_restart(redis_server: RedisServer) -> None:
     assert r.found.all()
     redis_server.restart()  # no persistence: the data is gone, reload it
     load(redis_server.url, 10)
-    for _ in range(20):  # bounded: the first read may fail on the broken pooled connection
-        try:
-            (r,) = await store.fetch([Lookup("item", ["i1"])], timeout_s=1.0)
-            break
-        except FeatureStoreUnavailable:
-            await asyncio.sleep(0.05)
+    # the first read may fail on the broken pooled connection
+    r = await fetch_once_back(store, "i1", timeout_s=1.0, tries=20)
     assert r.found.all()
     await store.close()
 
@@ -298,12 +310,8 @@ async def test_reads_ride_connections_redis_py_opened_with_auth_and_db(
             np.testing.assert_array_equal(r.rows[0], m[k])
         with redis.Redis.from_url(url) as c:  # the store's connection is cut: it reconnects
             c.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        for _ in range(20):  # bounded: a read may still find the cut connection
-            try:
-                (r,) = await store.fetch([Lookup("item", ["i7"])], timeout_s=5.0)
-                break
-            except FeatureStoreUnavailable:
-                await asyncio.sleep(0.05)
+        # a read may still find the cut connection
+        r = await fetch_once_back(store, "i7", timeout_s=5.0, tries=20)
         np.testing.assert_array_equal(r.rows[0], m[7])
         with redis.Redis.from_url(url) as c:  # now the server answers MGET with an error
             c.execute_command("ACL", "SETUSER", "default", "-mget")
@@ -339,12 +347,7 @@ async def test_a_connection_too_far_behind_is_retired(redis_server: RedisServer)
                 await store.fetch([Lookup("item", ["i1"])], timeout_s=0.002)
             most = max([most, *(c.pending for c in pipe._conns)])
         assert most <= MAX_PENDING_PER_CONNECTION
-        for _ in range(100):  # bounded: the pause ends within 3 s
-            try:
-                (r,) = await store.fetch([Lookup("item", ["i3"])], timeout_s=1.0)
-                break
-            except FeatureStoreUnavailable:
-                await asyncio.sleep(0.05)
+        r = await fetch_once_back(store, "i3", timeout_s=1.0, tries=100)  # pause ends in 3 s
         np.testing.assert_array_equal(r.rows[0], m[3])
     finally:
         await store.close()
