@@ -18,20 +18,15 @@ service's default capacity. A request is 200 distinct Zipf ids (s = 1.1), gather
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
-import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
 import ranking.features._index as current
+from benchmarks.baseline_build import build_baseline
 from ranking.features.index import index_keys
 from ranking.ids import Ids
 from ranking.settings import CacheSettings
@@ -40,28 +35,6 @@ N_ITEMS = 50_000
 COLUMNS = 32
 CANDIDATES = 200
 MODEL_WIDTH = 64
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def build_baseline(ref: str, into: Path) -> ModuleType:
-    """`ranking.features._index` of git ref `ref`, built by that ref's setup.py."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True
-    ).stdout
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-        cwd=into,
-        check=True,
-        capture_output=True,
-    )
-    (so,) = (into / "ranking" / "features").glob("_index.*.so")
-    spec = importlib.util.spec_from_file_location("baseline._index", so)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def zipf_requests(rng: np.random.Generator, count: int) -> list[list[int]]:
@@ -84,7 +57,10 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="index-cold-") as tmp:
-        builds = {"baseline": build_baseline(args.baseline, Path(tmp)), "this tree": current}
+        builds = {
+            "baseline": build_baseline(args.baseline, Path(tmp), "ranking.features._index"),
+            "this tree": current,
+        }
         rng = np.random.default_rng(0)
         names = [f"item-{k}" for k in range(N_ITEMS)]
         rows = rng.standard_normal((N_ITEMS, COLUMNS)).astype(np.float32)
