@@ -50,12 +50,12 @@ def ensemble_arrays(model_text: str) -> dict[str, Any]:
         def __getattr__(self, name: str) -> Any:
             return getattr(current, name)
 
-    real = rank_build._rankscorer
-    rank_build._rankscorer = _Capture()  # type: ignore[assignment]
+    real = rank_build._rankscorer  # type: ignore[attr-defined]
+    rank_build._rankscorer = _Capture()  # type: ignore[attr-defined]
     try:
         QuickScorer.from_model_text(model_text + "\n")  # a text of its own: not memoised
     finally:
-        rank_build._rankscorer = real
+        rank_build._rankscorer = real  # type: ignore[attr-defined]
     if not captured:
         raise SystemExit("the model does not take the rank kernel")
     return captured
@@ -88,7 +88,9 @@ def main() -> None:
         rng = np.random.default_rng(0)
         other = np.zeros(64 << 20, np.uint8)
         lines = args.evict_kib * 1024 // 64
-        per = {(label, mode): [] for label in builds for mode in ("cold", "warm")}
+        per: dict[tuple[str, str], list[float]] = {
+            (label, mode): [] for label in builds for mode in ("cold", "warm")
+        }
         for r in range(args.rounds):
             order = list(builds) if r % 2 else list(builds)[::-1]
             for label in order:
