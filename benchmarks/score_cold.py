@@ -51,7 +51,7 @@ def ensemble_arrays(model_text: str) -> dict[str, Any]:
             return getattr(current, name)
 
     real = rank_build._rankscorer  # type: ignore[attr-defined]
-    rank_build._rankscorer = _Capture()  # type: ignore[attr-defined]
+    rank_build._rankscorer = _Capture()  # type: ignore[attr-defined,assignment]
     try:
         QuickScorer.from_model_text(model_text + "\n")  # a text of its own: not memoised
     finally:
