@@ -156,6 +156,7 @@ def markdown(
                 f"{_fmt(lat.p999_ms)} | {'pass' if s.passed else 'FAIL'}: {s.why} |"
             )
     lines.append("")
+    lines += _cpu_table(results)
     stages = _stage_table(results)
     if stages:
         lines += stages
@@ -167,6 +168,33 @@ def markdown(
             lines.append(f"- {verdict} ({c['kind']}): {c['check']} -- {c['measured']}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cpu_table(results: list[SystemResult]) -> list[str]:
+    """Where the machine's cores went per request sent, at every rate measured."""
+    rows = [(r.name, s) for r in results for s in _all_steps(r) if s.machine_cpu_ms_per_request]
+    if not rows:
+        return []
+    out = [
+        "## CPU per request on the machine (from /proc, per request sent)",
+        "",
+        "Server: its processes; store: redis-server, when the run started one; machine: every "
+        "core's busy time (all processes and the kernel); the rest is mostly the load "
+        "generator's processes.",
+        "",
+        "| system | rate | server ms | store ms | rest ms | machine ms | cores busy (run) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in rows:
+        machine = s.machine_cpu_ms_per_request or 0.0
+        rest = machine - (s.server_cpu_ms_per_request or 0.0) - (s.store_cpu_ms_per_request or 0.0)
+        out.append(
+            f"| {name} | {s.rate:g} | {_fmt(s.server_cpu_ms_per_request)} | "
+            f"{_fmt(s.store_cpu_ms_per_request)} | {_fmt(rest)} | {_fmt(machine)} | "
+            f"{_fmt(s.machine_busy_cores)} |"
+        )
+    out.append("")
+    return out
 
 
 def _stage_table(results: list[SystemResult]) -> list[str]:

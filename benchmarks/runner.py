@@ -22,7 +22,13 @@ from benchmarks.ports import free_port
 from benchmarks.profile import start_profile, summarize_profile
 from benchmarks.redis_server import RedisServer, start_redis
 from benchmarks.scenario import Scenario
-from benchmarks.servers import ManagedProcess, process_tree_cpu_s, process_tree_pids, wait_ready
+from benchmarks.servers import (
+    ManagedProcess,
+    machine_busy_cpu_s,
+    process_tree_cpu_s,
+    process_tree_pids,
+    wait_ready,
+)
 from benchmarks.slo import CLIENT_BEHIND, judge
 from benchmarks.stats import get_stats, stage_delta
 from benchmarks.steps import Step, SystemResult
@@ -227,7 +233,10 @@ class Runner:
         for attempt in range(attempts):
             _wait_idle(server)
             before_stats = get_stats(self.stats_target) if stats else None
+            store_pid = self.redis.pid if self.redis is not None else None
             cpu0 = process_tree_cpu_s(server.pid)
+            store0 = process_tree_cpu_s(store_pid) if store_pid else 0.0
+            machine0, wall0 = machine_busy_cpu_s(), time.monotonic()
             cfg = self._config(target, payload, rate, plan.duration_s, plan.warmup_s)
             spies = (
                 start_profile(process_tree_pids(server.pid), plan.duration_s, profile_to)
@@ -236,6 +245,9 @@ class Runner:
             )
             report = run_async(run_load(cfg))
             cpu = process_tree_cpu_s(server.pid) - cpu0
+            store = process_tree_cpu_s(store_pid) - store0 if store_pid else None
+            machine = machine_busy_cpu_s() - machine0
+            wall = time.monotonic() - wall0
             for spy, _ in spies:
                 try:
                     spy.wait(plan.duration_s + 30)
@@ -251,6 +263,9 @@ class Runner:
                 passed,
                 why,
                 1000.0 * cpu / sent if sent else None,
+                1000.0 * store / sent if sent and store is not None else None,
+                1000.0 * machine / sent if sent else None,
+                machine / wall if wall > 0 else None,
                 stage_delta(before_stats, after_stats),
             )
             if spies:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 __all__ = [
     "ManagedProcess",
+    "machine_busy_cpu_s",
     "process_tree_cpu_s",
     "process_tree_pids",
     "wait_ready",
@@ -154,6 +155,16 @@ def _proc_table() -> tuple[dict[int, list[int]], dict[int, float]]:
         children.setdefault(int(fields[1]), []).append(int(entry))
         cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
     return children, cpu
+
+
+def machine_busy_cpu_s() -> float:
+    """CPU seconds the machine's cores have been busy since boot, all processes and the kernel
+    (/proc/stat: user, nice, system, irq, softirq; not idle, iowait, or steal, the time the
+    hypervisor gave to other guests)."""
+    with open("/proc/stat", "rb") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def process_tree_pids(pid: int) -> list[int]:

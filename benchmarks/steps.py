@@ -23,6 +23,12 @@ class Step:
     passed: bool
     why: str
     server_cpu_ms_per_request: float | None = None
+    #: The feature store's own process (redis-server), when the runner started one.
+    store_cpu_ms_per_request: float | None = None
+    #: Every process on the machine and the kernel: server, client, store and anything else.
+    machine_cpu_ms_per_request: float | None = None
+    #: The machine's busy CPU seconds per second of the run (2.0 = both cores of two, full).
+    machine_busy_cores: float | None = None
     stages_us: dict[str, float] = field(default_factory=dict)
     #: py-spy bucket -> share of sampled server CPU (only with --profile).
     profile: dict[str, float] = field(default_factory=dict)
@@ -37,6 +43,9 @@ class Step:
             "passed": self.passed,
             "why": self.why,
             "server_cpu_ms_per_request": self.server_cpu_ms_per_request,
+            "store_cpu_ms_per_request": self.store_cpu_ms_per_request,
+            "machine_cpu_ms_per_request": self.machine_cpu_ms_per_request,
+            "machine_busy_cores": self.machine_busy_cores,
             "server_stage_mean_us": self.stages_us,
             "profile_share": self.profile,
             "profile_cpu_ms_per_request": self.profile_cpu_ms(),

@@ -59,5 +59,11 @@ def test_smoke_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
                 histogram = decode_histogram(report["histograms"][name])
                 assert histogram.get_total_count() == report[summary]["count"] == report["sent"]
             assert report["latency"]["p50_ms"] <= report["latency"]["p99_ms"]
+            # The machine's busy time holds the server's (both from /proc, in clock ticks, so
+            # a little rounding either way), and there is no store process (in-process store).
+            assert step["store_cpu_ms_per_request"] is None
+            assert step["machine_busy_cores"] > 0
+            assert step["machine_cpu_ms_per_request"] >= 0.9 * step["server_cpu_ms_per_request"]
+    assert "## CPU per request on the machine" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke-latency-vs-rate.png").stat().st_size > 0
     assert (tmp_path / "smoke-cdf.png").stat().st_size > 0
