@@ -1,4 +1,4 @@
-"""The service's errors, each carrying the gRPC status a caller sees.
+"""The service's errors, each naming the gRPC status a caller sees.
 
     RankingError                      INTERNAL (base; never raised directly)
     ├── InvalidRequest                INVALID_ARGUMENT: malformed; the message names the field
@@ -9,14 +9,14 @@
     │       └── FeatureStoreTimeout   ... or did not answer within the time it was given
     └── BundleError                   FAILED_PRECONDITION: a model bundle is invalid (load / reload)
 
-Only `server/errors` turns these into gRPC statuses; everything else raises. Messages are
+Only `server/errors` turns these into gRPC statuses; everything else raises. A status is its
+`grpc.StatusCode` name, so that importing the errors does not load grpc: `ranking serve` must
+set grpc-core's experiments before grpc loads (`server/experiments.py`). Messages are
 written for the caller: they never contain exception text from a library. Errors from Redis
 and LightGBM are translated at the adapter edge with `raise ... from exc`.
 """
 
 from __future__ import annotations
-
-import grpc
 
 __all__ = [
     "BundleError",
@@ -31,9 +31,10 @@ __all__ = [
 
 
 class RankingError(Exception):
-    """Base of the service's errors; `code` is the gRPC status sent to the caller."""
+    """Base of the service's errors; `status` names the gRPC status sent to the caller (a
+    `grpc.StatusCode` member's name)."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status: str = "INTERNAL"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -41,17 +42,17 @@ class RankingError(Exception):
 
 
 class InvalidRequest(RankingError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
 class DeadlineExceeded(RankingError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status = "DEADLINE_EXCEEDED"
 
 
 class Overloaded(RankingError):
     """Shed by admission control. `retry_after_ms` is a hint sent as trailing metadata."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
@@ -59,7 +60,7 @@ class Overloaded(RankingError):
 
 
 class Unavailable(RankingError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class FeatureStoreUnavailable(Unavailable):
@@ -73,4 +74,4 @@ class FeatureStoreTimeout(FeatureStoreUnavailable):
 
 
 class BundleError(RankingError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"

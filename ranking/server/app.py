@@ -40,6 +40,7 @@ from ranking.limits import Limiter, build_limiter
 from ranking.scoring.bundle import Bundle, load_bundle
 from ranking.server.balance import ConnectionBalancer
 from ranking.server.listeners import (
+    ListenError,
     Listeners,
     OpsServers,
     bind,
@@ -510,7 +511,10 @@ def run_worker(
             roster=roster,
             balancer=balancer,
         )
-        await app.start()
+        try:
+            await app.start()
+        except ListenError as exc:  # a message, not a traceback: the caller picks another port
+            raise SystemExit(f"ranking serve: {exc}") from None
         await stop.wait()
         log.info("worker %d draining (grace %.1f s)", worker, settings.grace_s)
         await app.stop()

@@ -36,7 +36,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoRetu
             context.set_trailing_metadata(
                 (("retry-after-ms", hint), ("grpc-retry-pushback-ms", hint))
             )
-        await context.abort(exc.code, exc.message)
+        await context.abort(grpc.StatusCode[exc.status], exc.message)
     log.error("unexpected error in a call", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
     raise AssertionError("unreachable: context.abort raises")

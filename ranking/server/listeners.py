@@ -22,7 +22,14 @@ from ranking.api.v1 import admin_pb2, admin_pb2_grpc
 from ranking.settings import Settings
 from ranking.tls import CertificateReloader, ServerTls, server_credentials
 
-__all__ = ["Listeners", "OpsServers", "bind", "serving_credentials", "start_ops_servers"]
+__all__ = [
+    "ListenError",
+    "Listeners",
+    "OpsServers",
+    "bind",
+    "serving_credentials",
+    "start_ops_servers",
+]
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
@@ -37,17 +44,32 @@ def serving_credentials(
     return server_credentials(ServerTls(s.tls_cert, s.tls_key, s.tls_client_ca))
 
 
+class ListenError(OSError):
+    """A port the settings name cannot be listened on (in use, or not an address here)."""
+
+
 def bind(
-    server: grpc.aio.Server, host: str, port: int, credentials: grpc.ServerCredentials | None
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None,
+    flag: str = "--port",
 ) -> int:
-    """Add a listening port; returns the bound port, OSError when it cannot listen."""
+    """Add a listening port; returns the bound port. `ListenError` when it cannot listen,
+    naming the address and the setting (`flag`) that chose it."""
     address = f"{host}:{port}"
-    if credentials is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio >= 1.5x raises where older versions returned 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise ListenError(
+            f"cannot listen on {address} ({flag}): the port is in use by another process, "
+            "or the host is not an address of this machine"
+        )
     return int(bound)
 
 
@@ -94,12 +116,14 @@ async def start_ops_servers(
             ops.admin = grpc.aio.server(options=options)
             admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, ops.admin)
             reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), ops.admin)
-            listeners.admin = bind(ops.admin, s.admin_host, s.admin_port, credentials)
+            listeners.admin = bind(
+                ops.admin, s.admin_host, s.admin_port, credentials, "--admin-port"
+            )
             await ops.admin.start()
         if s.health_port is not None:
             ops.health = grpc.aio.server(options=options)
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ops.health)
-            listeners.health = bind(ops.health, s.host, s.health_port, None)
+            listeners.health = bind(ops.health, s.host, s.health_port, None, "--health-port")
             await ops.health.start()
     except BaseException:
         await ops.stop(0)

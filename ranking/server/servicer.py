@@ -96,7 +96,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         try:
             model = await self._core.models.reload(Path(request.bundle_path))
         except BundleError as exc:
-            await context.abort(exc.code, f"bundle refused, old model still serving: {exc.message}")
+            await context.abort(
+                grpc.StatusCode[exc.status],
+                f"bundle refused, old model still serving: {exc.message}",
+            )
         return admin_pb2.ReloadModelResponse(model_version=model.version)
 
     async def GetStats(

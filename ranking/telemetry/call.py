@@ -208,7 +208,8 @@ class TracedCall:
                 )
                 child.end(end_time=epoch + (mark - start))
                 prev = mark
-        code = exc.code if isinstance(exc, RankingError) else grpc.StatusCode[st.OUTCOMES[outcome]]
+        name = exc.status if isinstance(exc, RankingError) else st.OUTCOMES[outcome]
+        code = grpc.StatusCode[name]
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if outcome != "ok":
             span.set_status(Status(StatusCode.ERROR, code.name))

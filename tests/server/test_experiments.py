@@ -43,10 +43,14 @@ def test_applying_after_grpc_loaded_says_it_is_too_late(monkeypatch: pytest.Monk
 
 
 def test_the_cli_sets_it_before_grpc_is_imported() -> None:
-    """What `ranking serve` imports up to `apply()` must not load grpc, or the setting is
-    silently lost in a one-process server."""
+    """What `ranking serve` imports up to `apply()` (the module, its parser with every
+    subcommand's defaults, the settings) must not load grpc, or the setting is silently lost in
+    a one-process server. The parser once imported `ranking.train`, whose bundle code imported
+    the errors, which imported grpc."""
     code = (
         "import sys, ranking.cli, ranking.settings, ranking.server.experiments\n"
+        "args = ranking.cli.build_parser().parse_args(['serve', '--port', '1'])\n"
+        "import pydantic\n"
         "print('grpc' in sys.modules)"
     )
     out = subprocess.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -253,36 +254,79 @@ async def test_a_bad_tls_file_at_start_is_an_exit_message_not_a_traceback(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("workers", "flag"), [("1", "--port"), ("2", "--health-port"), ("2", "--admin-port")]
+)
+async def test_a_port_in_use_at_start_is_an_exit_message_not_a_traceback(
+    small_world: SmallWorld, workers: str, flag: str
+) -> None:
+    with socket.socket() as taken:  # another process's listener on the port asked for
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        ports = {"--port": str(free_port()), "--admin-port": str(free_port())}
+        ports |= {"--health-port": str(free_port()), flag: busy}
+        code, _out, err = await cli(
+            *("serve", "--bundle", str(small_world.bundle), "--workers", workers),
+            *(part for item in ports.items() for part in item),
+        )
+    assert code == 1
+    assert f"ranking serve: cannot listen on 127.0.0.1:{busy} ({flag}): the port is in use" in err
+    assert "Traceback" not in err
+
+
+async def _serve_until_probed(
+    args: list[str], stderr_to: Path, attempts: int = 3
+) -> tuple[asyncio.subprocess.Process, int, int, int]:
+    """`ranking serve` with fresh free ports (serving, admin, health) until its plaintext probe
+    port answers; a start that failed because another process took one of the ports between
+    `free_port()` and the bind is retried with new ones, any other early exit fails the test
+    with the server's own stderr."""
+    for _attempt in range(attempts):
+        port, admin_port, health_port = free_port(), free_port(), free_port()
+        with stderr_to.open("wb") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "ranking.cli", "serve", *args),
+                *("--port", str(port), "--admin-port", str(admin_port)),
+                *("--health-port", str(health_port)),
+                cwd=ROOT,
+                env={**os.environ, "RANKING_RELOAD_POLL_S": "0"},
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        until = asyncio.get_running_loop().time() + 60
+        while proc.returncode is None:
+            code, _out, err = await cli("health", "--target", f"127.0.0.1:{health_port}")
+            if code == 0:
+                return proc, port, admin_port, health_port
+            if asyncio.get_running_loop().time() > until:
+                proc.terminate()
+                await asyncio.wait_for(proc.wait(), 30)
+                raise AssertionError(f"not serving after 60 s: {err}")
+            await asyncio.sleep(0.2)
+        log = await asyncio.to_thread(stderr_to.read_text)
+        assert "cannot listen on" in log, f"server exited {proc.returncode}:\n{log}"
+    raise AssertionError(f"no free ports in {attempts} attempts:\n{log}")
+
+
 async def test_ranking_serve_with_two_workers_speaks_mutual_tls_on_every_port_but_probes(
-    small_world: SmallWorld, pki: Pki
+    small_world: SmallWorld, pki: Pki, tmp_path: Path
 ) -> None:
     """The flags through the real `ranking serve`: each of two workers builds its own
     credentials; the admin port needs the same client certificate, the probe port is plaintext."""
-    port, admin_port, health_port = free_port(), free_port(), free_port()
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "ranking.cli", "serve", "--workers", "2"),
-        *("--port", str(port), "--admin-port", str(admin_port), "--health-port", str(health_port)),
-        *("--bundle", str(small_world.bundle)),
-        *("--features", f"user={small_world.folder / 'users.csv'}"),
-        *("--features", f"item={small_world.folder / 'items.csv'}"),
-        *("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)),
-        *("--tls-client-ca", str(pki.ca.cert)),
-        cwd=ROOT,
-        env={**os.environ, "RANKING_RELOAD_POLL_S": "0"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+    proc, port, admin_port, _health_port = await _serve_until_probed(
+        [
+            *("--workers", "2", "--bundle", str(small_world.bundle)),
+            *("--features", f"user={small_world.folder / 'users.csv'}"),
+            *("--features", f"item={small_world.folder / 'items.csv'}"),
+            *("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)),
+            *("--tls-client-ca", str(pki.ca.cert)),
+        ],
+        tmp_path / "serve.stderr",
     )
     mtls = ["--tls-ca", str(pki.ca.cert)]
     mtls += ["--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)]
     try:
-        until = asyncio.get_running_loop().time() + 60
-        while True:  # the probe port: plaintext
-            code, out, err = await cli("health", "--target", f"127.0.0.1:{health_port}")
-            if code == 0:
-                break
-            assert proc.returncode is None, "server exited"
-            assert asyncio.get_running_loop().time() < until, err
-            await asyncio.sleep(0.2)
         code, out, err = await cli("health", "--target", f"127.0.0.1:{port}", *mtls)
         assert out.strip() == f"127.0.0.1:{port}: SERVING"
         assert code == 0, err
