@@ -1,13 +1,15 @@
-"""A C extension of the package as built at another git ref, loaded beside this tree's.
+"""The before/after benchmarks' common parts: a baseline's C extension, and their options.
 
-The before/after benchmarks of native code (`index_cold`, `score_cold`) time both builds in one
-process, interleaved, so that the machine's drift cancels: this builds the baseline's extension
-from that ref's own sources with that ref's own setup.py, in a temporary directory, and loads it
-under a name of its own.
+The before/after benchmarks (`index_cold`, `score_cold`, `fetch_cpu`) time the code at another
+git ref and this tree's in one process, in interleaved rounds, so that the machine's drift
+cancels. `build_baseline` builds a baseline's extension from that ref's own sources with that
+ref's own setup.py, in a temporary directory, and loads it under a name of its own;
+`interleaved_parser` is their shared command line.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from io import BytesIO
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["build_baseline"]
+__all__ = ["build_baseline", "interleaved_parser"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,3 +43,15 @@ def build_baseline(ref: str, into: Path, module: str) -> ModuleType:
     loaded = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loaded)
     return loaded
+
+
+def interleaved_parser(
+    doc: str | None, *, rounds: int, batch: int, per: str
+) -> argparse.ArgumentParser:
+    """--baseline (a git ref, default main), --rounds and --batch (`per` of each side per round),
+    described by the first paragraph of the benchmark's `doc`."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    ap.add_argument("--baseline", default="main", help="git ref of the code before (default main)")
+    ap.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds")
+    ap.add_argument("--batch", type=int, default=batch, help=f"{per} per side per round")
+    return ap

@@ -18,7 +18,6 @@ excluded. "fetch" is what the service's fetch stage does (store read + degraded 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.util
 import inspect
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.baseline_build import interleaved_parser
 from benchmarks.redis_server import start_redis
 from ranking.core.assemble import MatrixPlan
 from ranking.degraded import Degraded
@@ -117,10 +117,7 @@ def _old_cache(oc: Any, oh: Any, replica: Any) -> Any:
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", default="main", help="git ref of the 'before' code")
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--batch", type=int, default=100, help="requests per system per round")
+    ap = interleaved_parser(__doc__, rounds=30, batch=100, per="requests")
     ap.add_argument("--warmup", type=int, default=3000, help="requests to warm each cache")
     args = ap.parse_args()
 

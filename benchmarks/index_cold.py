@@ -17,7 +17,6 @@ service's default capacity. A request is 200 distinct Zipf ids (s = 1.1), gather
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import ranking.features._index as current
-from benchmarks.baseline_build import build_baseline
+from benchmarks.baseline_build import build_baseline, interleaved_parser
 from ranking.features.index import index_keys
 from ranking.ids import Ids
 from ranking.settings import CacheSettings
@@ -50,11 +49,7 @@ def zipf_requests(rng: np.random.Generator, count: int) -> list[list[int]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", default="main", help="git ref to compare with (default main)")
-    ap.add_argument("--rounds", type=int, default=21)
-    ap.add_argument("--batch", type=int, default=300, help="lookups per build per round")
-    args = ap.parse_args()
+    args = interleaved_parser(__doc__, rounds=21, batch=300, per="lookups").parse_args()
 
     with tempfile.TemporaryDirectory(prefix="index-cold-") as tmp:
         builds = {

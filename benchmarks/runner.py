@@ -262,11 +262,13 @@ class Runner:
                 report,
                 passed,
                 why,
-                1000.0 * cpu / sent if sent else None,
-                1000.0 * store / sent if sent and store is not None else None,
-                1000.0 * machine / sent if sent else None,
-                machine / wall if wall > 0 else None,
-                stage_delta(before_stats, after_stats),
+                server_cpu_ms_per_request=1000.0 * cpu / sent if sent else None,
+                store_cpu_ms_per_request=(
+                    1000.0 * store / sent if sent and store is not None else None
+                ),
+                machine_cpu_ms_per_request=1000.0 * machine / sent if sent else None,
+                machine_busy_cores=machine / wall if wall > 0 else None,
+                stages_us=stage_delta(before_stats, after_stats),
             )
             if spies:
                 step.profile = summarize_profile([out for _, out in spies])

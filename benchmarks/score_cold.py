@@ -18,7 +18,6 @@ wall time is CPU time); the two builds' scores must be equal.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -28,8 +27,7 @@ from typing import Any
 import numpy as np
 
 import ranking.scoring._rankscorer as current
-import ranking.scoring.rank_build as rank_build
-from benchmarks.baseline_build import build_baseline
+from benchmarks.baseline_build import build_baseline, interleaved_parser
 from benchmarks.scorers import r200_world, realistic_rows
 from ranking.scoring.quickscorer import QuickScorer
 
@@ -39,33 +37,27 @@ CANDIDATES = 200
 
 
 def ensemble_arrays(model_text: str) -> dict[str, Any]:
-    """The constructor arguments `rank_build` gives `RankEnsemble` for this model."""
+    """The constructor arguments `rank_build` gives `RankEnsemble` for this model, taken from
+    QuickScorer's own build of it (so every check of that build ran)."""
     captured: dict[str, Any] = {}
+    made = current.RankEnsemble
 
-    class _Capture:
-        def RankEnsemble(self, **kwargs: Any) -> Any:
-            captured.update(kwargs)
-            return current.RankEnsemble(**kwargs)
+    def capture(**kwargs: Any) -> Any:
+        captured.update(kwargs)
+        return made(**kwargs)
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(current, name)
-
-    real = rank_build._rankscorer  # type: ignore[attr-defined]
-    rank_build._rankscorer = _Capture()  # type: ignore[attr-defined,assignment]
+    current.RankEnsemble = capture  # type: ignore[misc,assignment]
     try:
         QuickScorer.from_model_text(model_text + "\n")  # a text of its own: not memoised
     finally:
-        rank_build._rankscorer = real  # type: ignore[attr-defined]
+        current.RankEnsemble = made  # type: ignore[misc]
     if not captured:
         raise SystemExit("the model does not take the rank kernel")
     return captured
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", default="main", help="git ref to compare with (default main)")
-    ap.add_argument("--rounds", type=int, default=21)
-    ap.add_argument("--batch", type=int, default=100, help="requests per build per round")
+    ap = interleaved_parser(__doc__, rounds=21, batch=100, per="requests")
     ap.add_argument("--evict-kib", type=int, default=2048, help="other work before a cold call")
     args = ap.parse_args()
 

@@ -63,13 +63,11 @@ def bind(
             bound = server.add_insecure_port(address)
         else:
             bound = server.add_secure_port(address, credentials)
-    except RuntimeError:  # grpcio >= 1.5x raises where older versions returned 0
-        bound = 0
-    if bound == 0:
+    except RuntimeError:  # grpcio's "Failed to bind to address"
         raise ListenError(
             f"cannot listen on {address} ({flag}): the port is in use by another process, "
             "or the host is not an address of this machine"
-        )
+        ) from None
     return int(bound)
 
 
