@@ -9,16 +9,26 @@ import time
 __all__ = ["free_port", "wait_port"]
 
 
+#: Ports `free_port` has handed out in this process: never handed out twice, because the
+#: kernel can give a just-closed port to the next bind, and a caller that asks for several
+#: ports in a row (serving, admin, health) would get one of them twice.
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago.
+    """A TCP port on 127.0.0.1 that was free a moment ago, and that no earlier call in this
+    process returned.
 
     Another process can take it between this call and the caller's bind, so callers that start
     a server on it retry on a failed start (see `benchmarks.redis_server.start_redis`).
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
 
 
 def wait_port(port: int, timeout_s: float = 10.0) -> None:
