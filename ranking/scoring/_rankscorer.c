@@ -514,6 +514,67 @@ block_avx512(const RankEnsembleObject *m, int64_t b, const double *x, const rk_s
     RK_BLOCK_BODY(apply_avx512, scan_avx512, exit_leaves_avx512, add_leaves_avx512)
 }
 
+/* The scan of two passes at once (documents A and B, 64 each): each record is loaded and its
+   j and clear bytes broadcast once for both, and the two read-modify-writes are independent. */
+__attribute__((target("avx512f,avx512bw"))) static inline void
+scan2_avx512(const RankEnsembleObject *m, int64_t b, const rk_scratch *sa, const rk_scratch *sb) {
+    const int64_t nf = m->num_features;
+    uint8_t *bva = sa->bv, *bvb = sb->bv;
+    for (int64_t f = 0; f < nf; ++f) {
+        const int64_t sg = b * nf + f;
+        const rk_rec *rp = m->recs + m->seg_off[sg];
+        const rk_rec *re = m->recs + m->seg_off[sg + 1];
+        if (rp == re) {
+            continue;
+        }
+        const __m512i ra = _mm512_loadu_si512(sa->ranks + f * RK_LANES);
+        const __m512i rb = _mm512_loadu_si512(sb->ranks + f * RK_LANES);
+        for (; rp < re; ++rp) {
+            const __m512i j = _mm512_set1_epi32((int)rp->j4);
+            const __mmask64 ka = _mm512_cmpgt_epu8_mask(ra, j);
+            const __mmask64 kb = _mm512_cmpgt_epu8_mask(rb, j);
+            if ((ka | kb) == 0) {
+                break; /* j ascends: no lane of either pass is false from here on */
+            }
+            const __m512i clear = _mm512_set1_epi32((int)rp->clear4);
+            uint8_t *pa = bva + rp->off;
+            uint8_t *pb = bvb + rp->off;
+            const __m512i ca = _mm512_loadu_si512(pa);
+            const __m512i cb = _mm512_loadu_si512(pb);
+            _mm512_storeu_si512(pa, _mm512_mask_mov_epi8(ca, ka, _mm512_andnot_si512(clear, ca)));
+            _mm512_storeu_si512(pb, _mm512_mask_mov_epi8(cb, kb, _mm512_andnot_si512(clear, cb)));
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx512bw"))) static inline void
+start_avx512(const RankEnsembleObject *m, int64_t b, const double *x, const rk_scratch *s,
+             int rows) {
+    RK_START_BODY(apply_avx512)
+}
+
+/* One tree block for two passes (rows_a and rows_b documents, each <= 64): as block_avx512,
+   with one scan for both. Each document's leaves are still added in model order. */
+__attribute__((target("avx512f,avx512bw"))) static void
+block2_avx512(const RankEnsembleObject *m, int64_t b, const double *xa, const rk_scratch *sa,
+              int rows_a, const double *xb, const rk_scratch *sb, int rows_b) {
+    start_avx512(m, b, xa, sa, rows_a);
+    start_avx512(m, b, xb, sb, rows_b);
+    scan2_avx512(m, b, sa, sb);
+    const int64_t t0 = m->block_tree[b];
+    const int64_t base = m->tree_vec[t0];
+    const int64_t K = m->num_outputs;
+    for (int64_t t = t0; t < m->block_tree[b + 1]; ++t) {
+        const int64_t v0 = m->tree_vec[t];
+        const int64_t nb = m->tree_vec[t + 1] - v0;
+        const double *leaf = m->leaf_value + v0 * 8;
+        exit_leaves_avx512(sa->bv + (v0 - base) * RK_LANES, nb, sa->leaf_idx);
+        add_leaves_avx512(leaf, sa->leaf_idx, rows_a, sa->acc + (t % K) * RK_LANES);
+        exit_leaves_avx512(sb->bv + (v0 - base) * RK_LANES, nb, sb->leaf_idx);
+        add_leaves_avx512(leaf, sb->leaf_idx, rows_b, sb->acc + (t % K) * RK_LANES);
+    }
+}
+
 __attribute__((target("avx2"))) static void block_avx2(const RankEnsembleObject *m, int64_t b,
                                                        const double *x, const rk_scratch *s,
                                                        int rows) {
@@ -524,6 +585,9 @@ __attribute__((target("avx2"))) static void block_avx2(const RankEnsembleObject 
 typedef struct {
     void (*bin)(const RankEnsembleObject *, const double *, int, rk_scratch *);
     void (*block)(const RankEnsembleObject *, int64_t, const double *, const rk_scratch *, int);
+    /* Two passes of up to 64 rows in one sweep over the blocks (NULL: the ISA has none). */
+    void (*block2)(const RankEnsembleObject *, int64_t, const double *, const rk_scratch *, int,
+                   const double *, const rk_scratch *, int);
 } rk_kernel;
 
 static const char *const kernel_names[RK_KERNEL_COUNT] = {"rank-avx2", "rank-avx512"};
@@ -535,75 +599,124 @@ static void detect_kernels(void) {
 #if RK_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) {
-        g_kernels[RK_KERNEL_AVX2] = (rk_kernel){bin_block_avx2, block_avx2};
+        g_kernels[RK_KERNEL_AVX2] = (rk_kernel){bin_block_avx2, block_avx2, NULL};
         g_have[RK_KERNEL_AVX2] = 1;
     }
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
-        g_kernels[RK_KERNEL_AVX512] = (rk_kernel){bin_block_avx512, block_avx512};
+        g_kernels[RK_KERNEL_AVX512] = (rk_kernel){bin_block_avx512, block_avx512, block2_avx512};
         g_have[RK_KERNEL_AVX512] = 1;
     }
 #endif
 }
 
+/* Frees what scratch_alloc allocated (NULL pointers included). */
+static void scratch_free(rk_scratch *s) {
+    free(s->bv);
+    free(s->ranks);
+    free(s->nan_lanes);
+    free(s->zero_lanes);
+    free(s->nan_feats);
+    free(s->zero_feats);
+    free(s->cat_feats);
+    free(s->cat_false);
+    free(s->acc);
+    free(s->last_v);
+    free(s->last_r);
+    free(s->leaf_idx);
+}
+
+/* Scratch for one pass; 0, or -1 when memory could not be allocated (free it either way). */
+static int scratch_alloc(const RankEnsembleObject *m, rk_scratch *s) {
+    const int64_t nf = m->num_features;
+    const int64_t K = m->num_outputs;
+    const size_t bv_bytes = (size_t)m->max_block_vecs * RK_LANES;
+    s->bv = aligned_alloc(64, bv_bytes + 64);
+    s->ranks = aligned_alloc(64, (size_t)nf * RK_LANES + 64);
+    s->nan_lanes = calloc((size_t)nf, RK_LANES);
+    s->zero_lanes = calloc((size_t)nf, RK_LANES);
+    s->nan_feats = malloc(sizeof(int64_t) * (size_t)nf);
+    s->zero_feats = malloc(sizeof(int64_t) * (size_t)nf);
+    s->cat_feats = malloc(sizeof(int64_t) * (size_t)nf);
+    s->cat_false = aligned_alloc(64, 64);
+    s->n_nan = s->n_zero = s->n_cat = 0;
+    s->acc = aligned_alloc(64, sizeof(double) * (size_t)K * RK_LANES + 64);
+    s->last_v = malloc(sizeof(double) * (size_t)nf);
+    s->last_r = malloc((size_t)nf);
+    s->leaf_idx = aligned_alloc(64, 64);
+    if (!s->bv || !s->ranks || !s->nan_lanes || !s->zero_lanes || !s->nan_feats ||
+        !s->zero_feats || !s->cat_feats || !s->cat_false || !s->acc || !s->last_v ||
+        !s->last_r || !s->leaf_idx) {
+        return -1;
+    }
+    for (int64_t f = 0; f < nf; ++f) {
+        s->last_v[f] = NAN; /* never equal to anything */
+        s->last_r[f] = 0;
+    }
+    return 0;
+}
+
+/* Bins `rows` rows of x into the pass's scratch and clears its accumulators. */
+static void begin_pass(const RankEnsembleObject *m, const rk_kernel *kn, const double *x, int rows,
+                       rk_scratch *s) {
+    kn->bin(m, x, rows, s);
+    memset(s->acc, 0, sizeof(double) * (size_t)m->num_outputs * RK_LANES);
+}
+
+/* The pass's scores into out rows r0 .. r0 + rows. */
+static void end_pass(const RankEnsembleObject *m, const rk_scratch *s, int64_t r0, int rows,
+                     double *out) {
+    const int64_t K = m->num_outputs;
+    for (int lane = 0; lane < rows; ++lane) {
+        for (int64_t k = 0; k < K; ++k) {
+            const double a = s->acc[k * RK_LANES + lane];
+            out[(r0 + lane) * K + k] = m->average_output ? a / (double)m->num_iterations : a;
+        }
+    }
+}
+
 /* Scores n rows of x into out (n x num_outputs). Returns 0, or -1 when scratch memory could
-   not be allocated. Runs without the GIL. */
+   not be allocated. Runs without the GIL. With more than 64 rows left and a kernel that has
+   `block2`, two passes share one sweep over the tree blocks (the scan's record loads and
+   broadcasts, and the loop, serve 128 documents); otherwise one pass takes up to 64 rows. */
 static int score_rows(const RankEnsembleObject *m, const rk_kernel *kn, const double *x,
                       int64_t n, double *out) {
     const int64_t nf = m->num_features;
-    const int64_t K = m->num_outputs;
-    rk_scratch s;
-    const size_t bv_bytes = (size_t)m->max_block_vecs * RK_LANES;
-    s.bv = aligned_alloc(64, bv_bytes + 64);
-    s.ranks = aligned_alloc(64, (size_t)nf * RK_LANES + 64);
-    s.nan_lanes = calloc((size_t)nf, RK_LANES);
-    s.zero_lanes = calloc((size_t)nf, RK_LANES);
-    s.nan_feats = malloc(sizeof(int64_t) * (size_t)nf);
-    s.zero_feats = malloc(sizeof(int64_t) * (size_t)nf);
-    s.cat_feats = malloc(sizeof(int64_t) * (size_t)nf);
-    s.cat_false = aligned_alloc(64, 64);
-    s.n_nan = s.n_zero = s.n_cat = 0;
-    s.acc = aligned_alloc(64, sizeof(double) * (size_t)K * RK_LANES + 64);
-    s.last_v = malloc(sizeof(double) * (size_t)nf);
-    s.last_r = malloc((size_t)nf);
-    s.leaf_idx = aligned_alloc(64, 64);
+    const int paired = kn->block2 != NULL && n > RK_LANES;
+    rk_scratch s, s2;
+    memset(&s, 0, sizeof s);
+    memset(&s2, 0, sizeof s2);
     int rc = 0;
-    if (!s.bv || !s.ranks || !s.nan_lanes || !s.zero_lanes || !s.nan_feats || !s.zero_feats ||
-        !s.cat_feats || !s.cat_false || !s.acc || !s.last_v || !s.last_r || !s.leaf_idx) {
+    if (scratch_alloc(m, &s) < 0 || (paired && scratch_alloc(m, &s2) < 0)) {
         rc = -1;
         goto done;
     }
-    for (int64_t f = 0; f < nf; ++f) {
-        s.last_v[f] = NAN; /* never equal to anything */
-        s.last_r[f] = 0;
-    }
-    for (int64_t r0 = 0; r0 < n; r0 += RK_LANES) {
-        const int rows = (int)((n - r0) < RK_LANES ? (n - r0) : RK_LANES);
-        const double *xb = x + r0 * nf;
-        kn->bin(m, xb, rows, &s);
-        memset(s.acc, 0, sizeof(double) * (size_t)K * RK_LANES);
-        for (int64_t b = 0; b < m->num_blocks; ++b) {
-            kn->block(m, b, xb, &s, rows);
-        }
-        for (int lane = 0; lane < rows; ++lane) {
-            for (int64_t k = 0; k < K; ++k) {
-                const double a = s.acc[k * RK_LANES + lane];
-                out[(r0 + lane) * K + k] = m->average_output ? a / (double)m->num_iterations : a;
+    for (int64_t r0 = 0; r0 < n;) {
+        const int64_t left = n - r0;
+        const double *xa = x + r0 * nf;
+        if (paired && left > RK_LANES) {
+            const int rows_b = (int)(left - RK_LANES < RK_LANES ? left - RK_LANES : RK_LANES);
+            const double *xb = xa + (int64_t)RK_LANES * nf;
+            begin_pass(m, kn, xa, RK_LANES, &s);
+            begin_pass(m, kn, xb, rows_b, &s2);
+            for (int64_t b = 0; b < m->num_blocks; ++b) {
+                kn->block2(m, b, xa, &s, RK_LANES, xb, &s2, rows_b);
             }
+            end_pass(m, &s, r0, RK_LANES, out);
+            end_pass(m, &s2, r0 + RK_LANES, rows_b, out);
+            r0 += RK_LANES + rows_b;
+            continue;
         }
+        const int rows = (int)(left < RK_LANES ? left : RK_LANES);
+        begin_pass(m, kn, xa, rows, &s);
+        for (int64_t b = 0; b < m->num_blocks; ++b) {
+            kn->block(m, b, xa, &s, rows);
+        }
+        end_pass(m, &s, r0, rows, out);
+        r0 += rows;
     }
 done:
-    free(s.bv);
-    free(s.ranks);
-    free(s.nan_lanes);
-    free(s.zero_lanes);
-    free(s.nan_feats);
-    free(s.zero_feats);
-    free(s.cat_feats);
-    free(s.cat_false);
-    free(s.acc);
-    free(s.last_v);
-    free(s.last_r);
-    free(s.leaf_idx);
+    scratch_free(&s);
+    scratch_free(&s2);
     return rc;
 }
 
