@@ -55,6 +55,7 @@
 #define RK_LANES 64            /* documents per pass: one byte lane each in a 512-bit vector */
 #define RK_KZERO ((double)1e-35f) /* LightGBM's kZeroThreshold */
 #define RK_MAX_RANKS 255       /* distinct thresholds per feature: ranks must fit a byte */
+#define RK_MAX_PASSES 2        /* passes of 64 rows one sweep over the tree blocks serves */
 
 enum { RK_KERNEL_AVX2 = 0, RK_KERNEL_AVX512 = 1, RK_KERNEL_COUNT = 2 };
 
@@ -313,10 +314,13 @@ bin_block_avx512(const RankEnsembleObject *m, const double *x, int rows, rk_scra
     RK_BIN_BODY(rank_avx512)
 }
 
-__attribute__((target("avx512f,avx512bw"))) static inline void
-scan_avx512(const RankEnsembleObject *m, int64_t b, const rk_scratch *s) {
+/* The records of block b applied to np passes (1 or 2; a constant where this is inlined, so
+   each count gets its own loop). With two, each record is loaded and its j and clear bytes
+   broadcast once for both passes, and their read-modify-writes are independent. */
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void
+scan_avx512(const RankEnsembleObject *m, int64_t b, rk_scratch *const *sp, int np) {
     const int64_t nf = m->num_features;
-    uint8_t *bv = s->bv;
+    uint8_t *bv0 = sp[0]->bv, *bv1 = np > 1 ? sp[1]->bv : NULL;
     for (int64_t f = 0; f < nf; ++f) {
         const int64_t sg = b * nf + f;
         const rk_rec *rp = m->recs + m->seg_off[sg];
@@ -324,17 +328,27 @@ scan_avx512(const RankEnsembleObject *m, int64_t b, const rk_scratch *s) {
         if (rp == re) {
             continue;
         }
-        const __m512i r = _mm512_loadu_si512(s->ranks + f * RK_LANES);
+        const __m512i r0 = _mm512_loadu_si512(sp[0]->ranks + f * RK_LANES);
+        const __m512i r1 = np > 1 ? _mm512_loadu_si512(sp[1]->ranks + f * RK_LANES) : r0;
         for (; rp < re; ++rp) {
-            const __mmask64 k = _mm512_cmpgt_epu8_mask(r, _mm512_set1_epi32((int)rp->j4));
-            if (k == 0) {
+            const __m512i j = _mm512_set1_epi32((int)rp->j4);
+            const __mmask64 k0 = _mm512_cmpgt_epu8_mask(r0, j);
+            const __mmask64 k1 = np > 1 ? _mm512_cmpgt_epu8_mask(r1, j) : 0;
+            if ((k0 | k1) == 0) {
                 break; /* j ascends: no lane is false for this node or any later one */
             }
-            uint8_t *p = bv + rp->off;
-            const __m512i cur = _mm512_loadu_si512(p);
-            /* lanes where the node is false lose its left leaves */
-            const __m512i cleared = _mm512_andnot_si512(_mm512_set1_epi32((int)rp->clear4), cur);
-            _mm512_storeu_si512(p, _mm512_mask_mov_epi8(cur, k, cleared));
+            /* lanes where the node is false lose its left leaves; both loads come before both
+               stores (the compiler may not reorder them: byte stores may alias) */
+            const __m512i clear = _mm512_set1_epi32((int)rp->clear4);
+            uint8_t *p0 = bv0 + rp->off;
+            uint8_t *p1 = np > 1 ? bv1 + rp->off : NULL;
+            const __m512i c0 = _mm512_loadu_si512(p0);
+            const __m512i c1 = np > 1 ? _mm512_loadu_si512(p1) : c0;
+            _mm512_storeu_si512(p0, _mm512_mask_mov_epi8(c0, k0, _mm512_andnot_si512(clear, c0)));
+            if (np > 1) {
+                _mm512_storeu_si512(p1,
+                                    _mm512_mask_mov_epi8(c1, k1, _mm512_andnot_si512(clear, c1)));
+            }
         }
     }
 }
@@ -412,8 +426,12 @@ bin_block_avx2(const RankEnsembleObject *m, const double *x, int rows, rk_scratc
     RK_BIN_BODY(rank_avx2)
 }
 
+/* AVX2 has one pass per sweep (np is 1): a pass is already two 256-bit halves. */
 __attribute__((target("avx2"))) static inline void scan_avx2(const RankEnsembleObject *m,
-                                                             int64_t b, const rk_scratch *s) {
+                                                             int64_t b, rk_scratch *const *sp,
+                                                             int np) {
+    (void)np;
+    const rk_scratch *s = sp[0];
     const int64_t nf = m->num_features;
     uint8_t *bv = s->bv;
     const __m256i bias = _mm256_set1_epi8((char)0x80);
@@ -493,59 +511,38 @@ __attribute__((target("avx2"))) static inline void add_leaves_avx2(const double 
         _mm256_storeu_pd(acc + g, _mm256_add_pd(_mm256_loadu_pd(acc + g), v));
     }
 }
-/* One tree block for one pass of 64 documents: false nodes, then every tree's exit leaves in
-   model order (tree t adds to output t % K, as GBDT::PredictRaw does). One body per ISA so that
-   the helpers inline into it. */
-#define RK_BLOCK_BODY(APPLY, SCAN, EXIT, ADD)                                                    \
-    RK_START_BODY(APPLY)                                                                         \
-    SCAN(m, b, s);                                                                               \
-    const int64_t t0 = m->block_tree[b];                                                         \
-    const int64_t base = m->tree_vec[t0];                                                        \
+/* One tree block for np passes (1 or 2, a constant): each pass's vectors started (START, an
+   inline wrapper of RK_START_BODY), one scan of the block's records for all of them, then every
+   tree's exit leaves per pass in model order (tree t adds to output t % K, as GBDT::PredictRaw
+   does). One body per ISA and pass count so that the helpers inline into it. */
+#define RK_BLOCK_BODY(START, SCAN, EXIT, ADD, NP)                                                \
+    for (int q = 0; q < (NP); ++q) {                                                             \
+        START(m, b, xp[q], sp[q], rows[q]);                                                      \
+    }                                                                                            \
+    SCAN(m, b, sp, (NP));                                                                        \
+    /* Locals, not reloads: the byte stores below may alias any memory, the model's arrays and \
+       the pass array included, so the compiler would otherwise read these again per tree. */  \
+    const uint8_t *bvq[NP];                                                                      \
+    uint8_t *idxq[NP];                                                                           \
+    double *accq[NP];                                                                            \
+    for (int q = 0; q < (NP); ++q) {                                                             \
+        bvq[q] = sp[q]->bv;                                                                      \
+        idxq[q] = sp[q]->leaf_idx;                                                               \
+        accq[q] = sp[q]->acc;                                                                    \
+    }                                                                                            \
+    const int64_t *tree_vec = m->tree_vec;                                                       \
+    const double *leaf_value = m->leaf_value;                                                    \
+    const int64_t t0 = m->block_tree[b], t1 = m->block_tree[b + 1];                              \
+    const int64_t base = tree_vec[t0];                                                           \
     const int64_t K = m->num_outputs;                                                            \
-    for (int64_t t = t0; t < m->block_tree[b + 1]; ++t) {                                        \
-        const int64_t v0 = m->tree_vec[t];                                                       \
-        EXIT(s->bv + (v0 - base) * RK_LANES, m->tree_vec[t + 1] - v0, s->leaf_idx);              \
-        ADD(m->leaf_value + v0 * 8, s->leaf_idx, rows, s->acc + (t % K) * RK_LANES);             \
+    for (int64_t t = t0; t < t1; ++t) {                                                          \
+        const int64_t v0 = tree_vec[t];                                                          \
+        const int64_t nb = tree_vec[t + 1] - v0;                                                 \
+        for (int q = 0; q < (NP); ++q) {                                                         \
+            EXIT(bvq[q] + (v0 - base) * RK_LANES, nb, idxq[q]);                                  \
+            ADD(leaf_value + v0 * 8, idxq[q], rows[q], accq[q] + (t % K) * RK_LANES);            \
+        }                                                                                        \
     }
-
-__attribute__((target("avx512f,avx512bw"))) static void
-block_avx512(const RankEnsembleObject *m, int64_t b, const double *x, const rk_scratch *s,
-             int rows) {
-    RK_BLOCK_BODY(apply_avx512, scan_avx512, exit_leaves_avx512, add_leaves_avx512)
-}
-
-/* The scan of two passes at once (documents A and B, 64 each): each record is loaded and its
-   j and clear bytes broadcast once for both, and the two read-modify-writes are independent. */
-__attribute__((target("avx512f,avx512bw"))) static inline void
-scan2_avx512(const RankEnsembleObject *m, int64_t b, const rk_scratch *sa, const rk_scratch *sb) {
-    const int64_t nf = m->num_features;
-    uint8_t *bva = sa->bv, *bvb = sb->bv;
-    for (int64_t f = 0; f < nf; ++f) {
-        const int64_t sg = b * nf + f;
-        const rk_rec *rp = m->recs + m->seg_off[sg];
-        const rk_rec *re = m->recs + m->seg_off[sg + 1];
-        if (rp == re) {
-            continue;
-        }
-        const __m512i ra = _mm512_loadu_si512(sa->ranks + f * RK_LANES);
-        const __m512i rb = _mm512_loadu_si512(sb->ranks + f * RK_LANES);
-        for (; rp < re; ++rp) {
-            const __m512i j = _mm512_set1_epi32((int)rp->j4);
-            const __mmask64 ka = _mm512_cmpgt_epu8_mask(ra, j);
-            const __mmask64 kb = _mm512_cmpgt_epu8_mask(rb, j);
-            if ((ka | kb) == 0) {
-                break; /* j ascends: no lane of either pass is false from here on */
-            }
-            const __m512i clear = _mm512_set1_epi32((int)rp->clear4);
-            uint8_t *pa = bva + rp->off;
-            uint8_t *pb = bvb + rp->off;
-            const __m512i ca = _mm512_loadu_si512(pa);
-            const __m512i cb = _mm512_loadu_si512(pb);
-            _mm512_storeu_si512(pa, _mm512_mask_mov_epi8(ca, ka, _mm512_andnot_si512(clear, ca)));
-            _mm512_storeu_si512(pb, _mm512_mask_mov_epi8(cb, kb, _mm512_andnot_si512(clear, cb)));
-        }
-    }
-}
 
 __attribute__((target("avx512f,avx512bw"))) static inline void
 start_avx512(const RankEnsembleObject *m, int64_t b, const double *x, const rk_scratch *s,
@@ -553,41 +550,37 @@ start_avx512(const RankEnsembleObject *m, int64_t b, const double *x, const rk_s
     RK_START_BODY(apply_avx512)
 }
 
-/* One tree block for two passes (rows_a and rows_b documents, each <= 64): as block_avx512,
-   with one scan for both. Each document's leaves are still added in model order. */
 __attribute__((target("avx512f,avx512bw"))) static void
-block2_avx512(const RankEnsembleObject *m, int64_t b, const double *xa, const rk_scratch *sa,
-              int rows_a, const double *xb, const rk_scratch *sb, int rows_b) {
-    start_avx512(m, b, xa, sa, rows_a);
-    start_avx512(m, b, xb, sb, rows_b);
-    scan2_avx512(m, b, sa, sb);
-    const int64_t t0 = m->block_tree[b];
-    const int64_t base = m->tree_vec[t0];
-    const int64_t K = m->num_outputs;
-    for (int64_t t = t0; t < m->block_tree[b + 1]; ++t) {
-        const int64_t v0 = m->tree_vec[t];
-        const int64_t nb = m->tree_vec[t + 1] - v0;
-        const double *leaf = m->leaf_value + v0 * 8;
-        exit_leaves_avx512(sa->bv + (v0 - base) * RK_LANES, nb, sa->leaf_idx);
-        add_leaves_avx512(leaf, sa->leaf_idx, rows_a, sa->acc + (t % K) * RK_LANES);
-        exit_leaves_avx512(sb->bv + (v0 - base) * RK_LANES, nb, sb->leaf_idx);
-        add_leaves_avx512(leaf, sb->leaf_idx, rows_b, sb->acc + (t % K) * RK_LANES);
+block_avx512(const RankEnsembleObject *m, int64_t b, const double *const *xp,
+             rk_scratch *const *sp, const int *rows, int np) {
+    if (np == 2) {
+        RK_BLOCK_BODY(start_avx512, scan_avx512, exit_leaves_avx512, add_leaves_avx512, 2)
+    } else {
+        RK_BLOCK_BODY(start_avx512, scan_avx512, exit_leaves_avx512, add_leaves_avx512, 1)
     }
 }
 
+__attribute__((target("avx2"))) static inline void start_avx2(const RankEnsembleObject *m,
+                                                              int64_t b, const double *x,
+                                                              const rk_scratch *s, int rows) {
+    RK_START_BODY(apply_avx2)
+}
+
 __attribute__((target("avx2"))) static void block_avx2(const RankEnsembleObject *m, int64_t b,
-                                                       const double *x, const rk_scratch *s,
-                                                       int rows) {
-    RK_BLOCK_BODY(apply_avx2, scan_avx2, exit_leaves_avx2, add_leaves_avx2)
+                                                       const double *const *xp,
+                                                       rk_scratch *const *sp, const int *rows,
+                                                       int np) {
+    (void)np;
+    RK_BLOCK_BODY(start_avx2, scan_avx2, exit_leaves_avx2, add_leaves_avx2, 1)
 }
 #endif /* RK_X86 */
 
 typedef struct {
     void (*bin)(const RankEnsembleObject *, const double *, int, rk_scratch *);
-    void (*block)(const RankEnsembleObject *, int64_t, const double *, const rk_scratch *, int);
-    /* Two passes of up to 64 rows in one sweep over the blocks (NULL: the ISA has none). */
-    void (*block2)(const RankEnsembleObject *, int64_t, const double *, const rk_scratch *, int,
-                   const double *, const rk_scratch *, int);
+    /* One tree block for np <= max_passes passes of up to 64 rows each. */
+    void (*block)(const RankEnsembleObject *, int64_t, const double *const *, rk_scratch *const *,
+                  const int *, int);
+    int max_passes;
 } rk_kernel;
 
 static const char *const kernel_names[RK_KERNEL_COUNT] = {"rank-avx2", "rank-avx512"};
@@ -599,11 +592,11 @@ static void detect_kernels(void) {
 #if RK_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) {
-        g_kernels[RK_KERNEL_AVX2] = (rk_kernel){bin_block_avx2, block_avx2, NULL};
+        g_kernels[RK_KERNEL_AVX2] = (rk_kernel){bin_block_avx2, block_avx2, 1};
         g_have[RK_KERNEL_AVX2] = 1;
     }
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
-        g_kernels[RK_KERNEL_AVX512] = (rk_kernel){bin_block_avx512, block_avx512, block2_avx512};
+        g_kernels[RK_KERNEL_AVX512] = (rk_kernel){bin_block_avx512, block_avx512, RK_MAX_PASSES};
         g_have[RK_KERNEL_AVX512] = 1;
     }
 #endif
@@ -675,48 +668,47 @@ static void end_pass(const RankEnsembleObject *m, const rk_scratch *s, int64_t r
 }
 
 /* Scores n rows of x into out (n x num_outputs). Returns 0, or -1 when scratch memory could
-   not be allocated. Runs without the GIL. With more than 64 rows left and a kernel that has
-   `block2`, two passes share one sweep over the tree blocks (the scan's record loads and
-   broadcasts, and the loop, serve 128 documents); otherwise one pass takes up to 64 rows. */
+   not be allocated. Runs without the GIL. Each sweep over the tree blocks serves up to the
+   kernel's max_passes passes of up to 64 rows (AVX-512: two, so 200 rows are two sweeps). */
 static int score_rows(const RankEnsembleObject *m, const rk_kernel *kn, const double *x,
                       int64_t n, double *out) {
     const int64_t nf = m->num_features;
-    const int paired = kn->block2 != NULL && n > RK_LANES;
-    rk_scratch s, s2;
-    memset(&s, 0, sizeof s);
-    memset(&s2, 0, sizeof s2);
+    const int64_t passes = (n + RK_LANES - 1) / RK_LANES;
+    const int np_max = (int)(passes < kn->max_passes ? passes : kn->max_passes);
+    rk_scratch s[RK_MAX_PASSES];
+    rk_scratch *sp[RK_MAX_PASSES];
+    memset(s, 0, sizeof s);
     int rc = 0;
-    if (scratch_alloc(m, &s) < 0 || (paired && scratch_alloc(m, &s2) < 0)) {
-        rc = -1;
-        goto done;
+    for (int q = 0; q < np_max; ++q) {
+        sp[q] = &s[q];
+        if (scratch_alloc(m, &s[q]) < 0) {
+            rc = -1;
+            goto done;
+        }
     }
     for (int64_t r0 = 0; r0 < n;) {
-        const int64_t left = n - r0;
-        const double *xa = x + r0 * nf;
-        if (paired && left > RK_LANES) {
-            const int rows_b = (int)(left - RK_LANES < RK_LANES ? left - RK_LANES : RK_LANES);
-            const double *xb = xa + (int64_t)RK_LANES * nf;
-            begin_pass(m, kn, xa, RK_LANES, &s);
-            begin_pass(m, kn, xb, rows_b, &s2);
-            for (int64_t b = 0; b < m->num_blocks; ++b) {
-                kn->block2(m, b, xa, &s, RK_LANES, xb, &s2, rows_b);
-            }
-            end_pass(m, &s, r0, RK_LANES, out);
-            end_pass(m, &s2, r0 + RK_LANES, rows_b, out);
-            r0 += RK_LANES + rows_b;
-            continue;
+        const double *xp[RK_MAX_PASSES];
+        int rows[RK_MAX_PASSES];
+        int np = 0;
+        int64_t r = r0;
+        while (np < np_max && r < n) {
+            rows[np] = (int)(n - r < RK_LANES ? n - r : RK_LANES);
+            xp[np] = x + r * nf;
+            begin_pass(m, kn, xp[np], rows[np], sp[np]);
+            r += rows[np++];
         }
-        const int rows = (int)(left < RK_LANES ? left : RK_LANES);
-        begin_pass(m, kn, xa, rows, &s);
         for (int64_t b = 0; b < m->num_blocks; ++b) {
-            kn->block(m, b, xa, &s, rows);
+            kn->block(m, b, xp, sp, rows, np);
         }
-        end_pass(m, &s, r0, rows, out);
-        r0 += rows;
+        for (int q = 0; q < np; ++q) { /* every pass but the last is 64 rows */
+            end_pass(m, sp[q], r0 + (int64_t)q * RK_LANES, rows[q], out);
+        }
+        r0 = r;
     }
 done:
-    scratch_free(&s);
-    scratch_free(&s2);
+    for (int q = 0; q < RK_MAX_PASSES; ++q) {
+        scratch_free(&s[q]);
+    }
     return rc;
 }
 
